@@ -1,0 +1,1 @@
+"""videocaption: describe a video with a vision-language model, batch by batch."""

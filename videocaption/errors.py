@@ -1,0 +1,26 @@
+"""Exceptions the library raises.
+
+Every error a user can cause (a bad option, a missing video, a model that cannot be found)
+derives from :class:`CaptionError`, so the CLI and the BMF module can catch them at the top,
+print one line and exit with code 2, while real bugs still surface as tracebacks.
+"""
+
+
+class CaptionError(Exception):
+    """Base class for problems caused by the input or the configuration, not by a bug."""
+
+
+class InvalidOptionError(CaptionError, ValueError):
+    """An option has an unknown name, a wrong type or a value outside its range."""
+
+
+class VideoInputError(CaptionError):
+    """The input is missing, unreadable, not a video, or has no video stream."""
+
+
+class ModelLoadError(CaptionError):
+    """The model cannot be found or its files do not match the architecture."""
+
+
+class ContextOverflowError(CaptionError, ValueError):
+    """A prompt would need more tokens than the model's context holds."""
