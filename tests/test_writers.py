@@ -1,0 +1,70 @@
+import io
+import json
+
+import pytest
+import srt
+import webvtt
+
+from videocaption.result import BatchCaption, CaptionResult
+from videocaption.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, get_writer, write_atomic
+
+
+def make_result() -> CaptionResult:
+    batches = [
+        BatchCaption(1, 4, 0.0, 3.0, "A rabbit wakes up.", 0.5),
+        BatchCaption(2, 4, 4.0, 7.0, "It walks out\n\nof its burrow.", 0.7),
+        BatchCaption(3, 1, 3725.5, 3725.5, "The end.", 0.3),
+    ]
+    return CaptionResult("Bunny", "A rabbit wakes up and leaves.", 4, batches, "tiny", 1.0, 9.5)
+
+
+def test_json_keeps_the_original_schema_and_adds_fields():
+    document = make_result().to_dict()
+    assert list(document)[:5] == ["video_title", "batch_size", "batches", "frames_analysed", "summary"]
+    assert document["frames_analysed"] == 9
+    assert document["batches"][0] == {
+        "batch_id": 1, "frames": 4, "description": "A rabbit wakes up.", "start_time": 0.0, "end_time": 3.0,
+    }
+    assert document["average_inference"] == pytest.approx(0.5)
+    assert document["model"] == "tiny" and document["fps"] == 1.0 and document["turnaround_time"] == 9.5
+
+
+def test_json_writer_accepts_a_handle():
+    buffer = io.StringIO()
+    WriteJSON().write_result(make_result(), buffer)
+    assert json.loads(buffer.getvalue())["video_title"] == "Bunny"
+
+
+def test_timestamps():
+    assert format_timestamp(3725.5, always_include_hours=True, decimal_marker=",") == "01:02:05,500"
+    assert format_timestamp(5.0, always_include_hours=False, decimal_marker=".") == "00:05.000"
+
+
+def test_srt_parses_and_matches_batch_times(tmp_path):
+    path = WriteSRT()(make_result(), tmp_path / "out.srt")
+    cues = list(srt.parse(path.read_text()))
+    assert [c.start.total_seconds() for c in cues] == [0.0, 4.0, 3725.5]
+    assert [c.end.total_seconds() for c in cues] == [4.0, 3725.5, 3726.5]
+    assert cues[1].content == "It walks out\nof its burrow."
+
+
+def test_vtt_parses_and_matches_batch_times(tmp_path):
+    path = WriteVTT()(make_result(), tmp_path / "out.vtt")
+    captions = webvtt.read(str(path))
+    assert [c.start_in_seconds for c in captions] == [0, 4, 3725]
+    assert captions[0].text == "A rabbit wakes up."
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+
+    with pytest.raises(TypeError):
+        write_atomic(target, object())  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_unknown_writer():
+    with pytest.raises(ValueError, match="unknown output format"):
+        get_writer("docx")

@@ -1,0 +1,62 @@
+"""Vision-language model backends behind one small interface.
+
+The pipeline only needs to describe batches of images, complete text prompts and count tokens;
+:func:`load_model` returns one shared instance per process and configuration, so several
+graphs (or several module instances) never load the same weights twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, Sequence, runtime_checkable
+
+from PIL import Image
+
+from ..options import CaptionOptions
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    """What the captioning pipeline asks of a model."""
+
+    name: str  # hub id, path or served model name, recorded in result.json
+    context_length: int  # prompt plus answer tokens the model can attend to
+
+    def describe_batch(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+    ) -> list[str]:
+        """Answer several independent image prompts; each prompt has one placeholder per image."""
+
+    def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        """Answer several independent text-only prompts."""
+
+    def count_tokens(self, prompt: str, image_sizes: Sequence[tuple[int, int]] = ()) -> int:
+        """Tokens the prompt takes, with images of these (width, height) sizes."""
+
+    def max_image_tokens(self, num_images: int) -> int:
+        """Worst-case tokens taken by ``num_images`` images of unknown size in one prompt."""
+
+    def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
+        """The smallest image that the model sees exactly like ``image`` (lets frames shrink early)."""
+
+
+_cache: dict[tuple[str, ...], VisionLanguageModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(options: CaptionOptions) -> VisionLanguageModel:
+    """The model the options name, loaded once per process and shared."""
+    key = ("deepseek_vl2", options.model, options.device, options.dtype)
+    with _cache_lock:
+        model = _cache.get(key)
+        if model is None:
+            from ..deepseek_vl2 import DeepseekVL2
+
+            model = DeepseekVL2.from_pretrained(options.model, device=options.device, dtype=options.dtype)
+            _cache[key] = model
+        return model
+
+
+def loaded_models() -> int:
+    """How many model instances this process holds (tests check that it stays at one)."""
+    return len(_cache)

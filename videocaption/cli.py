@@ -1,0 +1,167 @@
+"""Command line: ``python test_llm_caption.py [VIDEO] [options]``.
+
+Like whisper's ``cli()``: parse, check, run the BMF graph, print the title and summary. A
+problem with the input or the configuration is one line on stderr and exit code 2 (set
+``LLM_CAPTION_DEBUG=1`` for the traceback); no result file is left behind for a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from . import progress
+from .errors import CaptionError, ModelLoadError
+from .graph import REPO_ROOT, run_caption_graph
+from .options import DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
+from .probe import VideoInfo, probe_video
+
+SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
+TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
+EXIT_BAD_INPUT = 2
+
+log = logging.getLogger("llm_caption")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="test_llm_caption.py",
+        description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
+    )
+    parser.add_argument("video", nargs="?", default=str(SAMPLE_CLIP),
+                        help="video file to caption (default: the bundled Big Buck Bunny clip)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="hub id or local directory of a DeepSeek-VL2 checkpoint (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, help="frames per prompt (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default: %(default)s)")
+    parser.add_argument("--output", default="result.json", help="result file (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="(default: %(default)s)")
+    parser.add_argument("--multithreading", action="store_true",
+                        help="describe several batches at once in one batched model call")
+    parser.add_argument("--max-threads", type=int, default=None,
+                        help="batches in flight with --multithreading (default: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer (default: %(default)s)")
+    parser.add_argument("--prompt", help="instruction for each batch of frames")
+    parser.add_argument("--summary-prompt", help="instruction for the summary pass")
+    parser.add_argument("--title-prompt", help="instruction for the title pass")
+    parser.add_argument("--no-time-aware", dest="time_aware", action="store_false",
+                        help="do not tell the model the time of each frame")
+    parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CaptionOptions:
+    if args.max_threads is not None and not args.multithreading:
+        parser.error("--max-threads needs --multithreading")
+    values = {
+        "batch_size": args.batch_size, "result_path": args.output, "multithreading": args.multithreading,
+        "max_threads": args.max_threads, "fps": args.fps, "model": args.model, "device": args.device,
+        "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "time_aware": args.time_aware,
+    }
+    for name in ("prompt", "summary_prompt", "title_prompt"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    try:
+        return CaptionOptions(**values)
+    except CaptionError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = options_from_args(args, parser)
+    try:
+        info = probe_video(args.video)
+        with native_output_captured(enabled=not args.verbose) as console:
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                                format="%(levelname)s: %(message)s", stream=console, force=True)
+            with progress_bar(info, options, console):
+                result = run_caption_graph(args.video, options)
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if options.model == DEFAULT_MODEL:
+            print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
+                  f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text is noise)",
+                  file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CaptionError as error:
+        if os.environ.get("LLM_CAPTION_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"Title: {result['video_title']}")
+    print(f"Summary: {result['summary']}")
+    print(f"{result['frames_analysed']} frames in {len(result['batches'])} batches, "
+          f"{result['turnaround_time']:.1f} s; result written to {options.result_path}")
+    return 0
+
+
+@contextlib.contextmanager
+def native_output_captured(enabled: bool) -> Iterator[TextIO]:
+    """Send what BMF and FFmpeg print (graph dumps, stream info) to a temporary log.
+
+    They write to file descriptors 1 and 2 from C++, below Python's ``sys.stdout``, so the
+    descriptors themselves are redirected; Python's own output keeps going to the terminal
+    through the returned console stream. On an unexpected failure the log's tail is shown.
+    """
+    if not enabled:
+        yield sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(saved_err), "w", buffering=1)
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    with tempfile.NamedTemporaryFile("w+", prefix="llm_caption_", suffix=".log", delete=False) as native_log:
+        os.dup2(native_log.fileno(), 1)
+        os.dup2(native_log.fileno(), 2)
+        sys.stdout = os.fdopen(os.dup(saved_out), "w", buffering=1)
+        sys.stderr = console
+        failed = True
+        try:
+            yield console
+            failed = False
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            sys.stdout, sys.stderr = real_stdout, real_stderr
+            console.close()
+            if failed and sys.exc_info()[0] is not None and not issubclass(sys.exc_info()[0], CaptionError):
+                native_log.seek(0)
+                tail = native_log.read()[-4000:]
+                print(f"--- last native log lines ({native_log.name}) ---\n{tail}", file=sys.stderr)
+            else:
+                os.unlink(native_log.name)
+
+
+@contextlib.contextmanager
+def progress_bar(info: VideoInfo | None, options: CaptionOptions, console: TextIO) -> Iterator[None]:
+    """A tqdm bar over sampled frames (total from the probed duration) with batches done."""
+    from tqdm import tqdm
+
+    total = math.floor(info.duration * options.fps) + 1 if info and info.duration else None
+    bar = tqdm(total=total, unit="frame", desc="loading model", file=console, disable=None, dynamic_ncols=True)
+
+    def update(report: progress.Progress) -> None:
+        bar.set_description(report.stage, refresh=False)
+        bar.set_postfix_str(f"{report.batches_done} batches described", refresh=False)
+        bar.update(report.frames_sampled - bar.n)
+
+    with progress.listening(update):
+        try:
+            yield
+        finally:
+            bar.close()

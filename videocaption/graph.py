@@ -1,0 +1,63 @@
+"""The demo BMF graph: decode (sampling at ``fps``) -> ``llm_caption`` module.
+
+The module is loaded by path and entry like any BMF Python module, so this works from any
+working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import VideoInputError
+from .options import CaptionOptions
+from .probe import explain_decoder_error
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODULE_NAME = "llm_caption"
+MODULE_ENTRY = "llm_caption.llm_caption"
+
+
+def module_options(options: CaptionOptions) -> dict[str, Any]:
+    """The option dict the BMF module is given (every field, so nothing depends on defaults)."""
+    return dataclasses.asdict(options)
+
+
+def decoder_options(video_path: str | os.PathLike, options: CaptionOptions) -> dict[str, Any]:
+    """BMF decoder options that extract frames at ``fps`` inside the decoder."""
+    return {"input_path": str(video_path), "video_params": {"extract_frames": {"fps": options.fps}}}
+
+
+def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions):
+    """Build (but do not run) the graph; returns the graph and the module's caption stream."""
+    import bmf
+
+    graph = bmf.graph()
+    video = graph.decode(decoder_options(video_path, options))["video"]
+    node = bmf.module([video], MODULE_NAME, module_options(options),
+                      module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
+    return graph, node
+
+
+def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) -> dict[str, Any]:
+    """Caption one video through BMF; returns the result document the module wrote.
+
+    Raises:
+        VideoInputError: the decoder could not open the input.
+        CaptionError: a bad option, a missing model, or a video without frames.
+    """
+    _, node = build_caption_graph(video_path, options)
+    try:
+        node.run()
+    except RuntimeError as error:
+        explained = explain_decoder_error(video_path, error)
+        if explained is None:
+            raise
+        raise explained from error
+    try:
+        return json.loads(Path(options.result_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VideoInputError(f"{video_path}: the graph ended without a result") from None

@@ -1,0 +1,295 @@
+"""The captioning pipeline: sampled frames in, a :class:`CaptionResult` out.
+
+:class:`Captioner` is fed frames one at a time (by the BMF module, or by any loop over
+frames), groups them into batches, has the model describe the batches on a worker thread
+(see :mod:`videocaption.scheduler`), and at the end summarises the descriptions and titles
+the summary. It writes nothing; writers turn its result into files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from PIL import Image
+
+from . import progress
+from .backends import VisionLanguageModel, load_model
+from .batching import FrameBatch, FrameBatcher
+from .errors import CaptionError, InvalidOptionError, VideoInputError
+from .frames import FrameSampler, SampledFrame
+from .options import CaptionOptions
+from .prompts import (
+    IMAGE_PLACEHOLDER,
+    PART_SUMMARY_PROMPT,
+    batch_prompt,
+    clean_title,
+    summary_prompt,
+    title_prompt,
+)
+from .result import BatchCaption, CaptionResult
+from .scheduler import BatchScheduler
+
+log = logging.getLogger("llm_caption")
+
+# The largest batch size considered when looking for the largest one that fits the context.
+MAX_BATCH_SIZE_SEARCHED = 256
+
+
+def batch_tokens(model: VisionLanguageModel, options: CaptionOptions, num_frames: int) -> int:
+    """Worst-case tokens of a batch prompt plus its answer, whatever the frame size."""
+    text = batch_prompt(options.prompt, [0.0] * num_frames, time_aware=options.time_aware)
+    text_tokens = model.count_tokens(text.replace(IMAGE_PLACEHOLDER, ""))
+    # Times in the prompt grow with the video ("1:23.0" vs "0:00.0"): keep a few tokens spare.
+    spare = 4 * num_frames + 8
+    return text_tokens + spare + model.max_image_tokens(num_frames) + options.max_new_tokens
+
+
+def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> None:
+    """Refuse a ``batch_size`` whose prompt cannot fit the model's context, before any decoding.
+
+    Raises:
+        InvalidOptionError: naming the sizes that fit.
+    """
+    needed = batch_tokens(model, options, options.batch_size)
+    if needed <= model.context_length:
+        return
+    fitting = [
+        n for n in range(1, min(options.batch_size, MAX_BATCH_SIZE_SEARCHED) + 1)
+        if batch_tokens(model, options, n) <= model.context_length
+    ]
+    if not fitting:
+        advice = "no batch size fits; lower max_new_tokens or shorten the prompt"
+    else:
+        advice = f"the largest batch that fits is {max(fitting)}"
+        gaps = sorted(set(range(1, max(fitting) + 1)) - set(fitting))
+        if gaps:
+            advice += (
+                f" (batch sizes {', '.join(map(str, gaps))} do not: with one or two frames a "
+                "prompt the model tiles each frame at high resolution)"
+            )
+    raise InvalidOptionError(
+        f"batch_size {options.batch_size} does not fit the {model.context_length}-token context "
+        f"of {model.name}: it needs up to {needed} tokens with max_new_tokens "
+        f"{options.max_new_tokens}; {advice}"
+    )
+
+
+class Captioner:
+    """Describes a stream of frames batch by batch, then summarises and titles the video.
+
+    Args:
+        options: validated options.
+        model: a loaded model; by default the one ``options`` names, shared per process.
+        first_batch_id: the id of the first batch this captioner makes (resumed runs start later).
+    """
+
+    def __init__(
+        self,
+        options: CaptionOptions,
+        model: VisionLanguageModel | None = None,
+        *,
+        first_batch_id: int = 1,
+    ) -> None:
+        self.options = options
+        self.model = model if model is not None else load_model(options)
+        check_batch_fits(self.model, options)
+        self._started = time.perf_counter()
+        self._sampler = FrameSampler(options.fps)
+        self._batcher = FrameBatcher(options.batch_size, first_batch_id)
+        self._scheduler = BatchScheduler(self._describe_group, options.max_threads)
+        self._next_id = first_batch_id
+        self._described: list[BatchCaption] = []
+        self._frames_sampled = 0
+        self._video_time = 0.0
+
+    # -- feeding frames ---------------------------------------------------------------------
+
+    def wants(self, timestamp: float) -> bool:
+        """Whether the frame at ``timestamp`` is sampled (ask before converting it)."""
+        return self._sampler.want(timestamp)
+
+    def add(self, image: Image.Image, timestamp: float) -> None:
+        """Add a sampled frame; blocks while the model is ``max_threads`` batches behind."""
+        image = self.model.prepare_image(image.convert("RGB"), self.options.batch_size)
+        self._frames_sampled += 1
+        self._video_time = max(self._video_time, timestamp)
+        full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp))
+        if full is not None:
+            self._scheduler.submit(full)
+        self._report("describing")
+
+    def take_described(self) -> list[BatchCaption]:
+        """Batches described since the last call, in video order (never blocks)."""
+        ready = self._scheduler.take_finished(self._next_id)
+        self._next_id += len(ready)
+        self._described.extend(ready)
+        if ready:
+            self._report("describing")
+        return ready
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def finish_batches(self) -> list[BatchCaption]:
+        """Describe the last, possibly short, batch and wait for all; return the rest in order."""
+        last = self._batcher.flush()
+        if last is not None:
+            self._scheduler.submit(last)
+        self._scheduler.join()
+        return self.take_described()
+
+    def finish(self) -> CaptionResult:
+        """Wait for every batch, then run the summary and title passes.
+
+        Raises:
+            VideoInputError: no frame was received (the input has no video stream).
+        """
+        self.finish_batches()
+        if not self._described:
+            raise VideoInputError("no video frames were decoded: the input has no video stream")
+        self._report("summarizing")
+        summary, rounds = self.summarize(self._described)
+        self._report("titling")
+        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
+        self._report("done")
+        return CaptionResult(
+            video_title=title,
+            summary=summary,
+            batch_size=self.options.batch_size,
+            batches=list(self._described),
+            model=self.model.name,
+            fps=self.options.fps,
+            turnaround_time=time.perf_counter() - self._started,
+            summary_rounds=rounds,
+        )
+
+    def stop(self) -> list[BatchCaption]:
+        """Stop early: finish the model call in progress, drop what waits, keep what is done."""
+        self._scheduler.stop()
+        return self.take_described()
+
+    @property
+    def described(self) -> list[BatchCaption]:
+        return list(self._described)
+
+    # -- the model passes -------------------------------------------------------------------
+
+    def _describe_group(self, batches: list[FrameBatch]) -> list[BatchCaption]:
+        """Describe batches in one model call; on failure isolate, then split, then record."""
+        requests = [
+            ([f.image for f in b.frames], batch_prompt(self.options.prompt, b.timestamps, time_aware=self.options.time_aware))
+            for b in batches
+        ]
+        started = time.perf_counter()
+        try:
+            texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+        except CaptionError:
+            raise
+        except Exception as error:  # out of memory, a backend that timed out, ...
+            if len(batches) > 1:
+                log.warning("describing %d batches together failed (%s); describing them one by one", len(batches), error)
+                return [caption for batch in batches for caption in self._describe_group([batch])]
+            return [self._describe_split(batches[0], error)]
+        seconds = (time.perf_counter() - started) / len(batches)
+        return [self._caption(batch, text, seconds) for batch, text in zip(batches, texts)]
+
+    def _describe_split(self, batch: FrameBatch, first_error: Exception) -> BatchCaption:
+        """Retry a failed batch once as two half batches; record an error if that fails too."""
+        log.warning("batch %d failed (%s); retrying it split in two", batch.batch_id, first_error)
+        half = max(1, len(batch.frames) // 2)
+        parts = [batch.frames[:half], batch.frames[half:]] if len(batch.frames) > 1 else [batch.frames]
+        requests = [
+            ([f.image for f in part], batch_prompt(self.options.prompt, [f.timestamp for f in part], time_aware=self.options.time_aware))
+            for part in parts
+        ]
+        started = time.perf_counter()
+        try:
+            texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+        except CaptionError:
+            raise
+        except Exception as error:
+            log.error("batch %d could not be described: %s", batch.batch_id, error)
+            return self._caption(batch, "", time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+        return self._caption(batch, " ".join(texts), time.perf_counter() - started)
+
+    @staticmethod
+    def _caption(batch: FrameBatch, text: str, seconds: float, error: str | None = None) -> BatchCaption:
+        return BatchCaption(
+            batch_id=batch.batch_id,
+            frames=len(batch.frames),
+            start_time=batch.start_time,
+            end_time=batch.end_time,
+            description=text,
+            inference_time=seconds,
+            error=error,
+        )
+
+    def summarize(self, batches: Iterable[BatchCaption]) -> tuple[str, int]:
+        """Summarise descriptions, in rounds when they do not fit one prompt.
+
+        Returns:
+            The summary and the number of rounds (1 when everything fit one prompt).
+        """
+        items = [(b.start_time, b.end_time, b.description) for b in batches if b.error is None]
+        if not items:
+            return "", 0
+        budget = self.model.context_length - self.options.max_new_tokens
+        rounds = 0
+        while True:
+            rounds += 1
+            final = summary_prompt(self.options.summary_prompt, items, time_aware=self.options.time_aware)
+            if self.model.count_tokens(final) <= budget:
+                return self._complete([final])[0], rounds
+            groups = self._group_to_fit(items, budget)
+            prompts = [summary_prompt(PART_SUMMARY_PROMPT, group, time_aware=self.options.time_aware) for group in groups]
+            texts = self._complete(prompts)
+            items = [(group[0][0], group[-1][1], text) for group, text in zip(groups, texts)]
+
+    def _group_to_fit(self, items: list[tuple[float, float, str]], budget: int) -> list[list[tuple[float, float, str]]]:
+        """Consecutive groups whose part-summary prompts fit ``budget`` tokens, two items or more each."""
+        def fits(group: list[tuple[float, float, str]]) -> bool:
+            prompt = summary_prompt(PART_SUMMARY_PROMPT, group, time_aware=self.options.time_aware)
+            return self.model.count_tokens(prompt) <= budget
+
+        groups: list[list[tuple[float, float, str]]] = []
+        current: list[tuple[float, float, str]] = []
+        for item in items:
+            if not fits([item]):
+                item = _shorten(item, self.model, budget)
+            if current and not fits(current + [item]):
+                groups.append(current)
+                current = []
+            current.append(item)
+        if current:
+            groups.append(current)
+        # A group of one cannot shrink the list; merge it into its neighbour by halving texts.
+        if len(groups) == len(items):
+            return [[_shorten(a, self.model, budget // 2), _shorten(b, self.model, budget // 2)]
+                    for a, b in zip(items[::2], items[1::2])] + ([[items[-1]]] if len(items) % 2 else [])
+        return groups
+
+    def _complete(self, prompts: list[str]) -> list[str]:
+        """Text-only passes, batched up to ``max_threads`` prompts a call."""
+        size = self.options.max_threads
+        texts: list[str] = []
+        for start in range(0, len(prompts), size):
+            texts.extend(self.model.complete_batch(prompts[start:start + size], max_new_tokens=self.options.max_new_tokens))
+        return texts
+
+    def _report(self, stage: str) -> None:
+        progress.report(progress.Progress(
+            frames_sampled=self._frames_sampled,
+            batches_done=len(self._described),
+            video_time=self._video_time,
+            stage=stage,
+        ))
+
+
+def _shorten(item: tuple[float, float, str], model: VisionLanguageModel, budget: int) -> tuple[float, float, str]:
+    """Cut a text (by words) until it takes at most about ``budget`` tokens."""
+    start, end, text = item
+    words = text.split()
+    while words and model.count_tokens(" ".join(words)) > budget * 0.8:
+        words = words[: max(1, int(len(words) * 0.8))] if len(words) > 1 else []
+    return start, end, " ".join(words)

@@ -1,0 +1,95 @@
+"""Checking an input file before decoding it, so that bad input fails with one clear line.
+
+``ffprobe`` (installed with FFmpeg by the set-up script) tells whether the file is a video
+and how long it is (for the progress bar). Without it, only the file-system checks run and
+BMF's own errors are translated by :func:`explain_decoder_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VideoInputError
+
+# Demuxers that read still images: such a file has a "video stream" but is not a video.
+IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "apng"}
+PROBE_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration: float | None  # seconds, when the container says
+    width: int
+    height: int
+    has_audio: bool
+
+
+def check_readable(path: Path) -> None:
+    """File-system checks: exists, is a file, can be read, is not empty."""
+    if not path.exists():
+        raise VideoInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoInputError(f"{path}: is a directory, not a video file")
+    if not os.access(path, os.R_OK):
+        raise VideoInputError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise VideoInputError(f"{path}: empty file, not a video")
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo | None:
+    """Check that ``path`` is a readable video with a video stream; None when ffprobe is absent.
+
+    Raises:
+        VideoInputError: naming the problem (missing, unreadable, not a video, no video stream).
+    """
+    path = Path(path)
+    check_readable(path)
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    command = [ffprobe, "-v", "error", "-show_entries",
+               "stream=codec_type,width,height:format=duration,format_name", "-of", "json", str(path)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)")
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["unknown format"])[-1]
+        raise VideoInputError(f"{path}: not a video file ({_strip_path(reason, path)})")
+    info = json.loads(done.stdout or "{}")
+    streams = info.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video"]
+    fmt = info.get("format", {})
+    if not video:
+        kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
+        raise VideoInputError(f"{path}: has no video stream (streams: {', '.join(kinds)})")
+    if fmt.get("format_name") in IMAGE_FORMATS:
+        raise VideoInputError(f"{path}: is a still image, not a video")
+    duration = fmt.get("duration")
+    return VideoInfo(
+        duration=float(duration) if duration not in (None, "N/A") else None,
+        width=int(video[0].get("width") or 0),
+        height=int(video[0].get("height") or 0),
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+    )
+
+
+def explain_decoder_error(path: str | os.PathLike, error: Exception) -> VideoInputError | None:
+    """Turn BMF's decoder failure (a RuntimeError with FFmpeg's reason) into a one-line error."""
+    text = str(error)
+    marker = "avformat_open_input failed:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].split(" in function")[0].strip()
+        return VideoInputError(f"{path}: not a video file ({reason})")
+    if "ffmpeg_decoder" in text or "Transcode Error" in text:
+        return VideoInputError(f"{path}: cannot be decoded ({text.splitlines()[0][-200:]})")
+    return None
+
+
+def _strip_path(reason: str, path: Path) -> str:
+    return reason.replace(f"{path}: ", "").strip()

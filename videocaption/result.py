@@ -1,0 +1,77 @@
+"""What a captioning run produces, independent of how it is written out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BatchCaption:
+    """The description of one batch of consecutive sampled frames."""
+
+    batch_id: int  # 1-based, in video order
+    frames: int  # frames in the batch; the last batch may hold fewer than batch_size
+    start_time: float  # seconds: timestamp of the first frame
+    end_time: float  # seconds: timestamp of the last frame
+    description: str  # the model's answer
+    inference_time: float = 0.0  # seconds the model call that produced it took
+    error: str | None = None  # set when the model failed on this batch; description is then ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "batch_id": self.batch_id,
+            "frames": self.frames,
+            "description": self.description,
+            "start_time": round(self.start_time, 6),
+            "end_time": round(self.end_time, 6),
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """A whole video: the batch descriptions, their summary and a title."""
+
+    video_title: str
+    summary: str
+    batch_size: int
+    batches: list[BatchCaption]
+    model: str
+    fps: float
+    turnaround_time: float  # seconds, from the first frame received to the result
+    summary_rounds: int = 1  # >1 when the descriptions had to be summarised in groups first
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the input path
+
+    @property
+    def frames_analysed(self) -> int:
+        return sum(batch.frames for batch in self.batches)
+
+    @property
+    def average_inference(self) -> float:
+        """Seconds of model time per batch (0 when there was no batch)."""
+        timed = [batch.inference_time for batch in self.batches]
+        return sum(timed) / len(timed) if timed else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """False when some batch could not be described."""
+        return all(batch.error is None for batch in self.batches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result.json document: the original schema first, then the added fields."""
+        return {
+            "video_title": self.video_title,
+            "batch_size": self.batch_size,
+            "batches": [batch.to_dict() for batch in self.batches],
+            "frames_analysed": self.frames_analysed,
+            "summary": self.summary,
+            "model": self.model,
+            "fps": self.fps,
+            "average_inference": round(self.average_inference, 4),
+            "turnaround_time": round(self.turnaround_time, 4),
+            "summary_rounds": self.summary_rounds,
+            **self.extra,
+        }

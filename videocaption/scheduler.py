@@ -1,0 +1,162 @@
+"""Runs the model on a worker thread behind a bounded queue, batching what is waiting.
+
+Decoding (BMF's thread, calling :meth:`BatchScheduler.submit`) and inference (the worker)
+overlap, and at most ``max_in_flight`` batches are queued or being described at any time:
+``submit`` blocks when that many are out, which is what holds the decoder back (backpressure)
+and keeps memory flat however long the video is. When several batches wait, the worker
+describes them together in one batched model call (dynamic batching) instead of one thread
+per batch, so one model instance serves them all.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from .batching import FrameBatch
+from .result import BatchCaption
+
+DescribeGroup = Callable[[list[FrameBatch]], list[BatchCaption]]
+
+
+class SchedulerStopped(RuntimeError):
+    """Raised by ``submit`` after :meth:`BatchScheduler.stop`."""
+
+
+class BatchScheduler:
+    """A single model worker with a bounded number of batches in flight.
+
+    Args:
+        describe_group: describes a list of batches in one call and returns their captions
+            (in the same order). It should turn model failures into captions with ``error``
+            set; anything it raises stops the scheduler and is re-raised to the caller.
+        max_in_flight: the most batches queued or being described at once; also the most
+            batches described together.
+        gather_window: when fewer than ``max_in_flight`` batches wait, the worker waits up to
+            this fraction of its last call's duration for more, so that steady streams form
+            full groups instead of alternating small and large ones.
+    """
+
+    def __init__(
+        self, describe_group: DescribeGroup, max_in_flight: int, *, gather_window: float = 0.1
+    ) -> None:
+        self._describe_group = describe_group
+        self.max_in_flight = max_in_flight
+        self._gather_window = gather_window
+        self._slots = threading.Semaphore(max_in_flight)
+        self._queue: queue.Queue[FrameBatch | None] = queue.Queue()
+        self._lock = threading.Condition()
+        self._finished: dict[int, BatchCaption] = {}
+        self._in_flight = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._input_closed = False
+        self._last_call_seconds = 0.0
+        self.peak_in_flight = 0  # the most batches that were ever out at once (tests read it)
+        self.group_sizes: list[int] = []  # how many batches each model call described
+        self._worker = threading.Thread(target=self._run, name="videocaption-model", daemon=True)
+        self._worker.start()
+
+    # -- producer side (BMF's thread) -------------------------------------------------------
+
+    def submit(self, batch: FrameBatch) -> None:
+        """Queue a full batch; blocks while ``max_in_flight`` batches are out."""
+        while not self._slots.acquire(timeout=0.05):
+            self._raise_if_failed()
+        self._raise_if_failed()
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        self._queue.put(batch)
+
+    def take_finished(self, next_id: int) -> list[BatchCaption]:
+        """Captions finished so far that continue the video-order sequence at ``next_id``."""
+        self._raise_if_failed()
+        with self._lock:
+            ready = []
+            while next_id in self._finished:
+                ready.append(self._finished.pop(next_id))
+                next_id += 1
+            return ready
+
+    def close_input(self) -> None:
+        """No more batches will come: let the worker finish what is queued."""
+        if not self._input_closed:
+            self._input_closed = True
+            self._queue.put(None)
+
+    def join(self) -> None:
+        """Wait until every submitted batch is described (after :meth:`close_input`)."""
+        self.close_input()
+        while self._worker.is_alive():
+            self._worker.join(timeout=0.1)
+        self._raise_if_failed()
+
+    def stop(self) -> None:
+        """Stop early: queued batches are dropped; the call in progress finishes first."""
+        self._stopped = True
+        while True:
+            try:
+                dropped = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if dropped is not None:
+                self._release(1)
+        self.close_input()
+        self._worker.join()
+
+    # -- worker side ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                group = self._gather()
+                if not group:
+                    return
+                started = time.perf_counter()
+                captions = self._describe_group(group)
+                self._last_call_seconds = time.perf_counter() - started
+                self.group_sizes.append(len(group))
+                with self._lock:
+                    for caption in captions:
+                        self._finished[caption.batch_id] = caption
+                    self._lock.notify_all()
+                for batch in group:
+                    batch.release()
+                self._release(len(group))
+        except BaseException as error:  # re-raised on the producer's thread
+            self._error = error
+            self._release(self.max_in_flight)
+
+    def _gather(self) -> list[FrameBatch]:
+        """Block for one batch, then take what else waits (briefly waiting for more)."""
+        first = self._queue.get()
+        if first is None:
+            return []
+        group = [first]
+        deadline = time.perf_counter() + self._gather_window * self._last_call_seconds
+        while len(group) < self.max_in_flight:
+            timeout = deadline - time.perf_counter()
+            try:
+                batch = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if batch is None:  # end of input: describe what we have, then stop
+                self._queue.put(None)
+                break
+            group.append(batch)
+        return group
+
+    def _release(self, count: int) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - count)
+        for _ in range(count):
+            self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._stopped:
+            raise SchedulerStopped("the captioning run was stopped")

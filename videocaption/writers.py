@@ -1,0 +1,136 @@
+"""Writers for a :class:`CaptionResult`: result.json, SRT and WebVTT subtitles.
+
+Every writer replaces its file atomically (a temporary file in the same directory, then
+``os.replace``), so a reader never sees a half-written file and a crash leaves the previous
+file, or none, behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from .result import BatchCaption, CaptionResult
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that the file is either the old one or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
+    write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+class ResultWriter:
+    """Base writer: subclasses set ``extension`` and implement ``write_result``."""
+
+    extension: str
+
+    def write_result(self, result: CaptionResult, file: TextIO) -> None:
+        raise NotImplementedError
+
+    def __call__(self, result: CaptionResult, path: str | os.PathLike) -> Path:
+        buffer = io.StringIO()
+        self.write_result(result, buffer)
+        write_atomic(path, buffer.getvalue())
+        return Path(path)
+
+
+class WriteJSON(ResultWriter):
+    extension = "json"
+
+    def write_result(self, result: CaptionResult, file: TextIO) -> None:
+        json.dump(result.to_dict(), file, indent=2, ensure_ascii=False)
+        file.write("\n")
+
+
+def format_timestamp(seconds: float, *, always_include_hours: bool, decimal_marker: str) -> str:
+    """``3725.5`` -> ``01:02:05,500`` (SRT) or ``01:02:05.500`` (VTT)."""
+    milliseconds = max(0, round(seconds * 1000))
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    secs, milliseconds = divmod(milliseconds, 1000)
+    hours_part = f"{hours:02d}:" if always_include_hours or hours else ""
+    return f"{hours_part}{minutes:02d}:{secs:02d}{decimal_marker}{milliseconds:03d}"
+
+
+def cue_spans(result: CaptionResult) -> list[tuple[float, float, BatchCaption]]:
+    """One cue per batch: from its first frame until the next batch starts.
+
+    A batch's last frame stands for the sampling interval after it, so the last cue ends one
+    interval after the last frame; cues never overlap and never have zero length.
+    """
+    interval = 1.0 / result.fps if result.fps > 0 else 1.0
+    spans = []
+    for index, batch in enumerate(result.batches):
+        if index + 1 < len(result.batches):
+            end = result.batches[index + 1].start_time
+        else:
+            end = batch.end_time + interval
+        spans.append((batch.start_time, max(end, batch.start_time + 0.001), batch))
+    return spans
+
+
+class SubtitlesWriter(ResultWriter):
+    always_include_hours: bool
+    decimal_marker: str
+
+    def timestamp(self, seconds: float) -> str:
+        return format_timestamp(
+            seconds, always_include_hours=self.always_include_hours, decimal_marker=self.decimal_marker
+        )
+
+    def cue_text(self, batch: BatchCaption) -> str:
+        text = batch.description if batch.error is None else f"[not described: {batch.error}]"
+        # A blank line would end the cue early in both formats.
+        return "\n".join(line for line in text.splitlines() if line.strip()) or "..."
+
+
+class WriteSRT(SubtitlesWriter):
+    extension = "srt"
+    always_include_hours = True
+    decimal_marker = ","
+
+    def write_result(self, result: CaptionResult, file: TextIO) -> None:
+        for number, (start, end, batch) in enumerate(cue_spans(result), start=1):
+            file.write(f"{number}\n{self.timestamp(start)} --> {self.timestamp(end)}\n")
+            file.write(f"{self.cue_text(batch)}\n\n")
+
+
+class WriteVTT(SubtitlesWriter):
+    extension = "vtt"
+    always_include_hours = False
+    decimal_marker = "."
+
+    def write_result(self, result: CaptionResult, file: TextIO) -> None:
+        file.write("WEBVTT\n\n")
+        for start, end, batch in cue_spans(result):
+            text = self.cue_text(batch).replace("-->", "->")
+            file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{text}\n\n")
+
+
+WRITERS: dict[str, type[ResultWriter]] = {"json": WriteJSON, "srt": WriteSRT, "vtt": WriteVTT}
+
+
+def get_writer(output_format: str) -> ResultWriter:
+    """The writer for ``json``, ``srt`` or ``vtt``."""
+    try:
+        return WRITERS[output_format]()
+    except KeyError:
+        raise ValueError(f"unknown output format {output_format!r}; choose from {', '.join(WRITERS)}")
