@@ -121,30 +121,30 @@ def native_output_captured(enabled: bool) -> Iterator[TextIO]:
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
     console = os.fdopen(os.dup(saved_err), "w", buffering=1)
-    real_stdout, real_stderr = sys.stdout, sys.stderr
     with tempfile.NamedTemporaryFile("w+", prefix="llm_caption_", suffix=".log", delete=False) as native_log:
+        # Python-level prints of BMF go through sys.stdout to descriptor 1, so they land here too.
         os.dup2(native_log.fileno(), 1)
         os.dup2(native_log.fileno(), 2)
-        sys.stdout = os.fdopen(os.dup(saved_out), "w", buffering=1)
-        sys.stderr = console
-        failed = True
         try:
             yield console
-            failed = False
+        except CaptionError:
+            os.unlink(native_log.name)
+            raise
+        except BaseException:
+            native_log.seek(0)
+            tail = native_log.read()[-4000:]
+            console.write(f"--- last lines of BMF's log ({native_log.name}) ---\n{tail}\n")
+            raise
+        else:
+            os.unlink(native_log.name)
         finally:
             sys.stdout.flush()
+            sys.stderr.flush()
             os.dup2(saved_out, 1)
             os.dup2(saved_err, 2)
             os.close(saved_out)
             os.close(saved_err)
-            sys.stdout, sys.stderr = real_stdout, real_stderr
             console.close()
-            if failed and sys.exc_info()[0] is not None and not issubclass(sys.exc_info()[0], CaptionError):
-                native_log.seek(0)
-                tail = native_log.read()[-4000:]
-                print(f"--- last native log lines ({native_log.name}) ---\n{tail}", file=sys.stderr)
-            else:
-                os.unlink(native_log.name)
 
 
 @contextlib.contextmanager

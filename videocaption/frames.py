@@ -47,7 +47,7 @@ def video_frame_to_image(frame) -> Image.Image:
     """Convert a BMF ``VideoFrame`` (any pixel format, CPU or GPU) to an RGB PIL image."""
     import bmf.hmp as mp
 
-    if frame.device().type() != mp.kCPU:
+    if frame.device.type() != mp.kCPU:
         frame = frame.cpu()
     rgb = frame.reformat(mp.PixelInfo(mp.kPF_RGB24)).frame().plane(0).numpy()
     # fromarray keeps a view of BMF's buffer: copy so the frame can be released.

@@ -7,6 +7,7 @@ working directory.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 from pathlib import Path
@@ -49,7 +50,7 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) ->
         VideoInputError: the decoder could not open the input.
         CaptionError: a bad option, a missing model, or a video without frames.
     """
-    _, node = build_caption_graph(video_path, options)
+    graph, node = build_caption_graph(video_path, options)
     try:
         node.run()
     except RuntimeError as error:
@@ -57,6 +58,10 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) ->
         if explained is None:
             raise
         raise explained from error
+    finally:
+        # The engine logs while it shuts down; let that happen now, not at interpreter exit.
+        del graph, node
+        gc.collect()
     try:
         return json.loads(Path(options.result_path).read_text(encoding="utf-8"))
     except FileNotFoundError:
