@@ -22,7 +22,7 @@ from .frames import frame_timestamp, video_frame_to_image
 from .options import CaptionOptions
 from .pipeline import Captioner
 from .result import BatchCaption, CaptionResult
-from .writers import WriteJSON
+from .writers import write_outputs
 
 log = logging.getLogger("llm_caption")
 
@@ -57,7 +57,7 @@ class CaptionModule(Module):
     def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
         self.node = node
         self.options = CaptionOptions.from_mapping(option)
-        self._captioner: Captioner | None = Captioner(self.options)
+        self._captioner = Captioner(self.options)
         self._eof_inputs: set[int] = set()
         self._done = False
 
@@ -88,11 +88,9 @@ class CaptionModule(Module):
 
     def _finish(self, outputs) -> None:
         self._done = True
-        captioner = self._captioner
-        self._emit_captions(outputs, captioner.finish_batches())
-        result = captioner.finish()
-        WriteJSON()(result, self.options.result_path)
-        log.info("wrote %s", self.options.result_path)
+        self._emit_captions(outputs, self._captioner.finish_batches())
+        result = self._captioner.finish()
+        write_outputs(result, self.options)
         self._put(outputs, CAPTIONS_OUT, Packet(summary_payload(result)))
         for stream_id in outputs:
             outputs[stream_id].put(Packet.generate_eof_packet())
@@ -111,7 +109,7 @@ class CaptionModule(Module):
     def reset(self) -> None:
         """Start over (BMF calls this when a graph is reset): a fresh run on the same model."""
         self._stop_early()
-        self._captioner = Captioner(self.options, self._captioner.model if self._captioner else None)
+        self._captioner = Captioner(self.options, self._captioner.model)
         self._eof_inputs = set()
         self._done = False
 
@@ -120,20 +118,11 @@ class CaptionModule(Module):
         self._stop_early()
 
     def _stop_early(self) -> None:
-        if self._done or self._captioner is None:
+        if self._done:
             return
         self._done = True
-        described = self._captioner.stop()
-        log.warning("stopped before the end of the video: %d batches were described", len(described))
-        partial = CaptionResult(
-            video_title="",
-            summary="",
-            batch_size=self.options.batch_size,
-            batches=self._captioner.described,
-            model=self._captioner.model.name,
-            fps=self.options.fps,
-            turnaround_time=0.0,
-            summary_rounds=0,
-            extra={"complete": False},
-        )
-        WriteJSON()(partial, self.options.result_path)
+        partial = self._captioner.stop()
+        if partial.batches:
+            log.warning("stopped before the end of the video after %d batches; partial result in %s",
+                        len(partial.batches), self.options.result_path)
+            write_outputs(partial, self.options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from . import progress
-from .errors import CaptionError, ModelLoadError
+from .checkpoint import checkpoint_path
+from .errors import CaptionError, ModelLoadError, VideoInputError
+from .result import BatchCaption, CaptionResult
+from .writers import write_outputs
 from .graph import REPO_ROOT, run_caption_graph
 from .options import DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
 from .probe import VideoInfo, probe_video
@@ -26,6 +30,10 @@ from .probe import VideoInfo, probe_video
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
 TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3  # the run finished but some batch could not be described
+EXIT_INTERRUPTED = 130
+BESIDE_RESULT = "beside-result"
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 
 log = logging.getLogger("llm_caption")
 
@@ -36,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
     parser.add_argument("video", nargs="?", default=str(SAMPLE_CLIP),
-                        help="video file to caption (default: the bundled Big Buck Bunny clip)")
+                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny clip)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id or local directory of a DeepSeek-VL2 checkpoint (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="frames per prompt (default: %(default)s)")
@@ -54,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--title-prompt", help="instruction for the title pass")
     parser.add_argument("--no-time-aware", dest="time_aware", action="store_false",
                         help="do not tell the model the time of each frame")
+    parser.add_argument("--output-dir", default="results",
+                        help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
+    parser.add_argument("--srt", nargs="?", const=BESIDE_RESULT, metavar="PATH",
+                        help="also write SRT subtitles (alone: beside the result file)")
+    parser.add_argument("--vtt", nargs="?", const=BESIDE_RESULT, metavar="PATH",
+                        help="also write WebVTT subtitles (alone: beside the result file)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its checkpoint (RESULT.partial)")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     return parser
 
@@ -65,6 +81,9 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         "batch_size": args.batch_size, "result_path": args.output, "multithreading": args.multithreading,
         "max_threads": args.max_threads, "fps": args.fps, "model": args.model, "device": args.device,
         "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "time_aware": args.time_aware,
+        "resume": args.resume,
+        "srt_path": _subtitle_path(args.srt, args.output, ".srt"),
+        "vtt_path": _subtitle_path(args.vtt, args.output, ".vtt"),
     }
     for name in ("prompt", "summary_prompt", "title_prompt"):
         if getattr(args, name) is not None:
@@ -76,18 +95,33 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         raise  # unreachable: parser.error exits
 
 
+def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | None:
+    """``--srt`` alone puts the subtitles beside the result file; ``--srt PATH`` puts them at PATH."""
+    if value is None:
+        return None
+    return str(Path(result_path).with_suffix(suffix)) if value == BESIDE_RESULT else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options = options_from_args(args, parser)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", force=True)
     try:
-        info = probe_video(args.video)
-        with native_output_captured(enabled=not args.verbose) as console:
-            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                                format="%(levelname)s: %(message)s", stream=console, force=True)
-            with progress_bar(info, options, console):
-                result = run_caption_graph(args.video, options)
+        if Path(args.video).is_dir():
+            return caption_directory(Path(args.video), Path(args.output_dir), options, args)
+        return report(caption_file(Path(args.video), options, args), options)
+    except KeyboardInterrupt:
+        saved = save_interrupted(options)
+        print(f"\ninterrupted: {saved} described batches are saved in "
+              f"{checkpoint_path(options.result_path)}; run the same command with --resume to continue",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)  # BMF's threads are still running: leave without joining them
     except ModelLoadError as error:
+        if os.environ.get("LLM_CAPTION_DEBUG"):
+            raise
         print(f"error: {error}", file=sys.stderr)
         if options.model == DEFAULT_MODEL:
             print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
@@ -99,11 +133,90 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def caption_file(video: Path, options: CaptionOptions, args: argparse.Namespace,
+                 console_bar_position: int = 0) -> dict:
+    """Caption one video through the BMF graph; returns the result document."""
+    info = probe_video(video)
+    handler = logging.getLogger().handlers[0]
+    with native_output_captured(enabled=not args.verbose) as console:
+        handler.setStream(console)
+        try:
+            with progress_bar(info, options, console, position=console_bar_position):
+                return run_caption_graph(video, options)
+        finally:
+            handler.setStream(sys.stderr)
+
+
+def report(result: dict, options: CaptionOptions) -> int:
+    """Print the title and summary; exit code 3 when some batch could not be described."""
     print(f"Title: {result['video_title']}")
     print(f"Summary: {result['summary']}")
+    failed = [batch["batch_id"] for batch in result["batches"] if "error" in batch]
     print(f"{result['frames_analysed']} frames in {len(result['batches'])} batches, "
           f"{result['turnaround_time']:.1f} s; result written to {options.result_path}")
+    if failed:
+        print(f"incomplete: batches {', '.join(map(str, failed))} could not be described "
+              "(see their 'error' fields)", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
+
+
+def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, args: argparse.Namespace) -> int:
+    """Caption every video in ``folder``, one result per video in ``output_dir``, skipping done ones."""
+    from tqdm import tqdm
+
+    videos = find_videos(folder)
+    if not videos:
+        raise VideoInputError(f"{folder}: no video files (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    failures = 0
+    with tqdm(videos, unit="video", desc="videos", disable=None, dynamic_ncols=True) as bar:
+        for video in bar:
+            result_path = output_dir / f"{video.stem}.json"
+            video_options = options.replace(
+                result_path=str(result_path),
+                srt_path=str(result_path.with_suffix(".srt")) if options.srt_path else None,
+                vtt_path=str(result_path.with_suffix(".vtt")) if options.vtt_path else None,
+            )
+            if is_done(result_path):
+                bar.write(f"Skipping {video}: already captioned in {result_path}")
+                continue
+            try:
+                result = caption_file(video, video_options, args, console_bar_position=1)
+            except VideoInputError as error:
+                bar.write(f"Skipping {error}")
+                failures += 1
+                continue
+            bar.write(f"{video}: {result['video_title']} -> {result_path}")
+    return EXIT_BAD_INPUT if failures else 0
+
+
+def find_videos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def is_done(result_path: Path) -> bool:
+    """A finished result exists (an interrupted run leaves a checkpoint and no complete result)."""
+    if checkpoint_path(result_path).exists() or not result_path.exists():
+        return False
+    try:
+        return json.loads(result_path.read_text(encoding="utf-8")).get("complete", True) is not False
+    except (OSError, ValueError):
+        return False
+
+
+def save_interrupted(options: CaptionOptions) -> int:
+    """Write what the checkpoint holds as a partial result (``complete: false``)."""
+    try:
+        saved = json.loads(checkpoint_path(options.result_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    batches = [BatchCaption(**batch) for batch in saved.get("batches", [])]
+    partial = CaptionResult("", "", options.batch_size, batches, options.model, options.fps, 0.0,
+                            summary_rounds=0, extra={"complete": False})
+    write_outputs(partial, options)
+    return len(batches)
 
 
 @contextlib.contextmanager
@@ -148,12 +261,14 @@ def native_output_captured(enabled: bool) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
-def progress_bar(info: VideoInfo | None, options: CaptionOptions, console: TextIO) -> Iterator[None]:
+def progress_bar(info: VideoInfo | None, options: CaptionOptions, console: TextIO,
+                 position: int = 0) -> Iterator[None]:
     """A tqdm bar over sampled frames (total from the probed duration) with batches done."""
     from tqdm import tqdm
 
     total = math.floor(info.duration * options.fps) + 1 if info and info.duration else None
-    bar = tqdm(total=total, unit="frame", desc="loading model", file=console, disable=None, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="frame", desc="loading model", file=console, disable=None,
+               dynamic_ncols=True, position=position, leave=position == 0)
 
     def update(report: progress.Progress) -> None:
         bar.set_description(report.stage, refresh=False)

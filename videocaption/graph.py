@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,29 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions):
     return graph, node
 
 
+def wait_for_graph(graph) -> None:
+    """Wait for a started graph to finish, staying interruptible.
+
+    BMF's ``close`` blocks in C++ until every node is done, where Python cannot deliver
+    Ctrl-C; waiting for it on a helper thread keeps the main thread in Python, so a
+    KeyboardInterrupt reaches the caller at once. A module's exception is re-raised here.
+    """
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            graph.close()
+        except BaseException as error:  # handed to the main thread
+            failure.append(error)
+
+    closer = threading.Thread(target=close, name="bmf-graph-close", daemon=True)
+    closer.start()
+    while closer.is_alive():
+        closer.join(timeout=0.2)
+    if failure:
+        raise failure[0]
+
+
 def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) -> dict[str, Any]:
     """Caption one video through BMF; returns the result document the module wrote.
 
@@ -52,7 +76,8 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) ->
     """
     graph, node = build_caption_graph(video_path, options)
     try:
-        node.run()
+        graph.run(node, is_blocked=False)
+        wait_for_graph(graph)
     except RuntimeError as error:
         explained = explain_decoder_error(video_path, error)
         if explained is None:

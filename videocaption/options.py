@@ -38,6 +38,9 @@ class CaptionOptions:
     summary_prompt: str = DEFAULT_SUMMARY_PROMPT  # turns the batch descriptions into a summary
     title_prompt: str = DEFAULT_TITLE_PROMPT  # turns the summary into a title
     time_aware: bool = True  # tell the model which seconds of the video the frames cover
+    srt_path: str | None = None  # also write the batch descriptions as SRT subtitles
+    vtt_path: str | None = None  # also write them as WebVTT subtitles
+    resume: bool = False  # continue from the checkpoint an interrupted run left next to result_path
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
@@ -45,6 +48,10 @@ class CaptionOptions:
         _check_bool("multithreading", self.multithreading)
         _check_bool("pass_through", self.pass_through)
         _check_bool("time_aware", self.time_aware)
+        _check_bool("resume", self.resume)
+        for name in ("srt_path", "vtt_path"):
+            if getattr(self, name) is not None:
+                _check_str(name, getattr(self, name))
         if self.max_threads is None:
             parallel = DEFAULT_PARALLEL_BATCHES if self.multithreading else 1
             object.__setattr__(self, "max_threads", parallel)

@@ -8,6 +8,7 @@ the summary. It writes nothing; writers turn its result into files.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Iterable
@@ -17,6 +18,7 @@ from PIL import Image
 from . import progress
 from .backends import VisionLanguageModel, load_model
 from .batching import FrameBatch, FrameBatcher
+from .checkpoint import Checkpoint, fingerprint
 from .errors import CaptionError, InvalidOptionError, VideoInputError
 from .frames import FrameSampler, SampledFrame
 from .options import CaptionOptions
@@ -82,25 +84,22 @@ class Captioner:
     Args:
         options: validated options.
         model: a loaded model; by default the one ``options`` names, shared per process.
-        first_batch_id: the id of the first batch this captioner makes (resumed runs start later).
     """
 
-    def __init__(
-        self,
-        options: CaptionOptions,
-        model: VisionLanguageModel | None = None,
-        *,
-        first_batch_id: int = 1,
-    ) -> None:
+    def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None) -> None:
         self.options = options
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
         self._started = time.perf_counter()
         self._sampler = FrameSampler(options.fps)
-        self._batcher = FrameBatcher(options.batch_size, first_batch_id)
+        self._batcher = FrameBatcher(options.batch_size)
         self._scheduler = BatchScheduler(self._describe_group, options.max_threads)
-        self._next_id = first_batch_id
+        self._checkpoint = Checkpoint(options.result_path)
+        self._fingerprint: str | None = None
+        self._next_id = 1
         self._described: list[BatchCaption] = []
+        self._undelivered: list[BatchCaption] = []  # restored from a checkpoint, not yet taken
+        self._frames_to_skip = 0
         self._frames_sampled = 0
         self._video_time = 0.0
 
@@ -113,21 +112,48 @@ class Captioner:
     def add(self, image: Image.Image, timestamp: float) -> None:
         """Add a sampled frame; blocks while the model is ``max_threads`` batches behind."""
         image = self.model.prepare_image(image.convert("RGB"), self.options.batch_size)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.options, image)
+            if self.options.resume:
+                self._restore(self._checkpoint.load(self._fingerprint))
         self._frames_sampled += 1
         self._video_time = max(self._video_time, timestamp)
+        if self._frames_to_skip:  # already described before the interruption
+            self._frames_to_skip -= 1
+            return
         full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp))
         if full is not None:
             self._scheduler.submit(full)
         self._report("describing")
 
+    def _restore(self, batches: list[BatchCaption]) -> None:
+        if not batches:
+            return
+        log.info("resuming after %d batches described before", len(batches))
+        self._frames_to_skip = sum(batch.frames for batch in batches)
+        self._described = list(batches)
+        self._undelivered = list(batches)
+        self._next_id = len(batches) + 1
+        self._batcher = FrameBatcher(self.options.batch_size, first_batch_id=self._next_id)
+
     def take_described(self) -> list[BatchCaption]:
-        """Batches described since the last call, in video order (never blocks)."""
+        """Batches described since the last call, in video order (never blocks).
+
+        Each call that finds new batches also updates the checkpoint next to the result file.
+        """
         ready = self._scheduler.take_finished(self._next_id)
         self._next_id += len(ready)
         self._described.extend(ready)
         if ready:
+            self._save_checkpoint()
             self._report("describing")
-        return ready
+        restored, self._undelivered = self._undelivered, []
+        return restored + ready
+
+    def _save_checkpoint(self) -> None:
+        done = list(itertools.takewhile(lambda batch: batch.error is None, self._described))
+        if self._fingerprint is not None and done:
+            self._checkpoint.save(self._fingerprint, done)
 
     # -- finishing --------------------------------------------------------------------------
 
@@ -153,6 +179,7 @@ class Captioner:
         self._report("titling")
         title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
         self._report("done")
+        self._checkpoint.remove()
         return CaptionResult(
             video_title=title,
             summary=summary,
@@ -164,10 +191,25 @@ class Captioner:
             summary_rounds=rounds,
         )
 
-    def stop(self) -> list[BatchCaption]:
-        """Stop early: finish the model call in progress, drop what waits, keep what is done."""
+    def stop(self) -> CaptionResult:
+        """Stop early: finish the model call in progress, drop what waits, keep what is done.
+
+        Returns:
+            A partial result (no summary or title) with ``complete: false``.
+        """
         self._scheduler.stop()
-        return self.take_described()
+        self.take_described()
+        return CaptionResult(
+            video_title="",
+            summary="",
+            batch_size=self.options.batch_size,
+            batches=list(self._described),
+            model=self.model.name,
+            fps=self.options.fps,
+            turnaround_time=time.perf_counter() - self._started,
+            summary_rounds=0,
+            extra={"complete": False},
+        )
 
     @property
     def described(self) -> list[BatchCaption]:

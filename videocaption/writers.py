@@ -134,3 +134,9 @@ def get_writer(output_format: str) -> ResultWriter:
         return WRITERS[output_format]()
     except KeyError:
         raise ValueError(f"unknown output format {output_format!r}; choose from {', '.join(WRITERS)}")
+
+
+def write_outputs(result: CaptionResult, options) -> list[Path]:
+    """Write every file the options ask for: result_path, and srt_path / vtt_path if set."""
+    targets = [(WriteJSON(), options.result_path), (WriteSRT(), options.srt_path), (WriteVTT(), options.vtt_path)]
+    return [writer(result, path) for writer, path in targets if path]

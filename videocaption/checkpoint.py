@@ -1,0 +1,77 @@
+"""Checkpoints that let an interrupted run continue where it stopped (``resume``).
+
+After every described batch the captioner's progress is saved next to the result file
+(``result.json`` -> ``result.json.partial``), atomically, with a fingerprint of everything
+that decides the answers: the options that shape prompts and batches, and the first sampled
+frame's pixels. A resumed run reuses the saved batches only when the fingerprint matches, skips
+their frames without describing them, and so ends with the same result as a run that was never
+interrupted (with greedy decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .options import CaptionOptions
+from .result import BatchCaption
+from .writers import write_json_atomic
+
+log = logging.getLogger("llm_caption")
+
+# Options whose change makes saved descriptions different from what a new run would produce.
+FINGERPRINTED_OPTIONS = (
+    "model", "batch_size", "fps", "prompt", "max_new_tokens", "time_aware", "dtype",
+)
+FORMAT_VERSION = 1
+
+
+def checkpoint_path(result_path: str | os.PathLike) -> Path:
+    return Path(f"{result_path}.partial")
+
+
+def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
+    """A digest of the answer-shaping options and the first sampled frame."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({name: getattr(options, name) for name in FINGERPRINTED_OPTIONS}, sort_keys=True).encode())
+    digest.update(f"{first_frame.size}".encode())
+    digest.update(first_frame.convert("RGB").tobytes())
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """The sidecar file of one result path."""
+
+    def __init__(self, result_path: str | os.PathLike) -> None:
+        self.path = checkpoint_path(result_path)
+
+    def load(self, expected_fingerprint: str) -> list[BatchCaption]:
+        """Saved batches when the checkpoint belongs to this video and options, else []."""
+        try:
+            saved: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as error:
+            log.warning("ignoring unreadable checkpoint %s: %s", self.path, error)
+            return []
+        if saved.get("version") != FORMAT_VERSION or saved.get("fingerprint") != expected_fingerprint:
+            log.warning("checkpoint %s is for another video or other options; starting over", self.path)
+            return []
+        return [BatchCaption(**batch) for batch in saved.get("batches", [])]
+
+    def save(self, fingerprint_: str, batches: list[BatchCaption]) -> None:
+        document = {
+            "version": FORMAT_VERSION,
+            "fingerprint": fingerprint_,
+            "batches": [batch.__dict__ for batch in batches if batch.error is None],
+        }
+        write_json_atomic(self.path, document)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
