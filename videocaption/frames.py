@@ -49,7 +49,9 @@ def video_frame_to_image(frame) -> Image.Image:
 
     if frame.device.type() != mp.kCPU:
         frame = frame.cpu()
-    rgb = frame.reformat(mp.PixelInfo(mp.kPF_RGB24)).frame().plane(0).numpy()
+    if frame.frame().format() != mp.kPF_RGB24:
+        frame = frame.reformat(mp.PixelInfo(mp.kPF_RGB24))
+    rgb = frame.frame().plane(0).numpy()
     # fromarray keeps a view of BMF's buffer: copy so the frame can be released.
     return Image.fromarray(rgb.copy(), mode="RGB") if rgb.ndim == 3 else Image.fromarray(rgb).convert("RGB")
 

@@ -1,0 +1,85 @@
+"""The BMF module driven directly through BMF tasks, without a graph."""
+
+import json
+
+import numpy as np
+import pytest
+from bmf import Packet, Task, Timestamp, VideoFrame
+
+from helpers import FAST, video_frame_packet
+from videocaption import backends
+from videocaption.bmf_module import CAPTIONS_OUT, VIDEO_OUT
+from videocaption.errors import InvalidOptionError
+
+import llm_caption
+
+
+def drain(queue) -> list:
+    packets = []
+    while not queue.empty():
+        packets.append(queue.get())
+    return packets
+
+
+def frames(count: int, fps: float = 1.0):
+    rng = np.random.default_rng(0)
+    return [video_frame_packet(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8), i / fps) for i in range(count)]
+
+
+def run_module(options: dict, packets: list, outputs=(VIDEO_OUT, CAPTIONS_OUT)):
+    module = llm_caption.llm_caption(0, options)
+    task = Task(0, [0], list(outputs))
+    for packet in packets:
+        task.get_inputs()[0].put(packet)
+    task.get_inputs()[0].put(Packet.generate_eof_packet())
+    module.process(task)
+    return task, {i: drain(task.get_outputs()[i]) for i in outputs}
+
+
+def test_pass_through_forwards_every_packet_in_order(tmp_path):
+    packets = frames(10, fps=5.0)  # 2 s of video at 5 fps: 2 frames sampled at fps 1
+    task, out = run_module({**FAST, "pass_through": True, "result_path": str(tmp_path / "r.json")}, packets)
+    video = out[VIDEO_OUT]
+    assert [p.timestamp for p in video] == [p.timestamp for p in packets] + [Timestamp.EOF]
+    assert all(p.is_(VideoFrame) for p in video[:-1])
+    assert task.timestamp == Timestamp.DONE
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["frames_analysed"] == 2
+
+
+def test_without_pass_through_the_video_output_only_ends(tmp_path):
+    _, out = run_module({**FAST, "result_path": str(tmp_path / "r.json")}, frames(3))
+    assert [p.timestamp for p in out[VIDEO_OUT]] == [Timestamp.EOF]
+
+
+def test_caption_packets_per_batch_then_summary(tmp_path):
+    _, out = run_module({**FAST, "batch_size": 2, "result_path": str(tmp_path / "r.json")}, frames(5))
+    captions = out[CAPTIONS_OUT]
+    assert captions[-1].timestamp == Timestamp.EOF
+    payloads = [p.get(dict) for p in captions[:-1]]
+    assert [p["type"] for p in payloads] == ["batch", "batch", "batch", "summary"]
+    assert [p["batch_id"] for p in payloads[:3]] == [1, 2, 3]
+    assert [p["frames"] for p in payloads[:3]] == [2, 2, 1]
+    assert [c.timestamp for c in captions[:3]] == [0, 2_000_000, 4_000_000]
+    summary = payloads[-1]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert summary["video_title"] == result["video_title"] and summary["summary"] == result["summary"]
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"max_threads": -1}, {"nonsense": 1}])
+def test_bad_options_fail_at_construction(options, tmp_path):
+    with pytest.raises(InvalidOptionError):
+        llm_caption.llm_caption(0, {**FAST, **options, "result_path": str(tmp_path / "r.json")})
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_batch_too_large_for_the_context_names_the_largest_that_fits(tmp_path):
+    with pytest.raises(InvalidOptionError, match="the largest batch that fits is 8"):
+        llm_caption.llm_caption(0, {**FAST, "batch_size": 9, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
+
+
+def test_one_model_instance_per_process(tmp_path):
+    for batch_size in (1, 3):
+        run_module({**FAST, "batch_size": batch_size, "result_path": str(tmp_path / "r.json")}, frames(3))
+    models = [key for key in backends._cache if key[1] == FAST["model"]]
+    assert len(models) == 1
