@@ -21,10 +21,6 @@ from .result import BatchCaption
 DescribeGroup = Callable[[list[FrameBatch]], list[BatchCaption]]
 
 
-class SchedulerStopped(RuntimeError):
-    """Raised by ``submit`` after :meth:`BatchScheduler.stop`."""
-
-
 class BatchScheduler:
     """A single model worker with a bounded number of batches in flight.
 
@@ -62,10 +58,18 @@ class BatchScheduler:
     # -- producer side (BMF's thread) -------------------------------------------------------
 
     def submit(self, batch: FrameBatch) -> None:
-        """Queue a full batch; blocks while ``max_in_flight`` batches are out."""
+        """Queue a full batch; blocks while ``max_in_flight`` batches are out.
+
+        After :meth:`stop` the batch is dropped: the run is being abandoned.
+        """
         while not self._slots.acquire(timeout=0.05):
             self._raise_if_failed()
+            if self._stopped:
+                return
         self._raise_if_failed()
+        if self._stopped:
+            self._slots.release()
+            return
         with self._lock:
             self._in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
@@ -158,5 +162,3 @@ class BatchScheduler:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
-        if self._stopped:
-            raise SchedulerStopped("the captioning run was stopped")
