@@ -1,0 +1,107 @@
+"""Greedy decoding with a KV cache over a left-padded batch.
+
+Each row is positioned by its own real tokens (``attention_mask.cumsum(-1) - 1``, as transformers'
+generate does; padding gets position 1 and is never attended to), so padding never changes a
+row's numbers: a conversation decodes the same alone or in any batch. A row that emits ``eos``
+leaves the batch (its cache rows are dropped) while the others go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .language import DeepseekV2ForCausalLM, KVCache
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences`` [B, steps]: greedy ids, ``pad_token_id`` after a row's eos (eos included).
+
+    ``scores``: per step the float32 logits [B, vocab] the step chose from; NaN for rows that had
+    already finished. ``lengths``: new tokens per row, eos excluded.
+    """
+
+    sequences: torch.Tensor
+    scores: list[torch.Tensor] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool -> [B, T] int64 positions counted over real tokens only (1 on padding)."""
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    return position_ids.masked_fill(~attention_mask.bool(), 1)
+
+
+@torch.inference_mode()
+def generate(
+    language: DeepseekV2ForCausalLM,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int | Sequence[int],
+    eos_token_id: int,
+    pad_token_id: int | None = None,
+    output_scores: bool = False,
+) -> GenerationOutput:
+    """Greedy continuation of the prompts ``inputs_embeds`` [B, T, D] (left-padded, mask [B, T]).
+
+    ``max_new_tokens`` is one limit for all rows or one per row (a row near the end of the
+    context may get fewer tokens without shortening the others).
+    """
+    batch, prompt_len, _ = inputs_embeds.shape
+    device = inputs_embeds.device
+    pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+    limits = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
+    if len(limits) != batch:
+        raise ValueError(f"{len(limits)} max_new_tokens limits for {batch} rows")
+    limits = [max(n, 0) for n in limits]
+    steps = max(limits, default=0)
+    mask = attention_mask.to(device=device, dtype=torch.bool)
+    if not bool(mask[:, -1].all()):
+        raise ValueError("generate expects left padding: the last prompt column must be real for every row")
+    sequences = torch.full((batch, steps), pad_token_id, dtype=torch.long, device=device)
+    out = GenerationOutput(sequences=sequences, lengths=list(limits))
+    active_rows = [row for row in range(batch) if limits[row] > 0]
+    if not active_rows:
+        return out
+
+    padded = not bool(mask.all())
+    positions = position_ids_from_mask(mask)
+    cache = KVCache(capacity=prompt_len + steps - 1)
+    if len(active_rows) < batch:  # rows with no budget never enter
+        keep = torch.tensor(active_rows, device=device)
+        inputs_embeds, mask, positions = inputs_embeds[keep], mask[keep], positions[keep]
+    active = torch.tensor(active_rows, device=device)  # original row of each batch row still decoding
+    remaining = torch.tensor([limits[row] for row in active_rows], device=device)  # budget left per row
+    next_position = positions[:, -1] + 1  # [b]
+    hidden = language.model(inputs_embeds, positions, mask if padded else None, cache)
+    logits = language.logits(hidden[:, -1])  # [b, vocab] float32
+
+    for step in range(steps):
+        if output_scores:
+            scores = logits.new_full((batch, logits.shape[-1]), float("nan"))
+            scores[active] = logits
+            out.scores.append(scores)
+        tokens = logits.argmax(dim=-1)  # [b]
+        sequences[active, step] = tokens
+        eos = tokens == eos_token_id
+        for row in active[eos].tolist():
+            out.lengths[row] = step
+        remaining = remaining - 1
+        done = eos | (remaining == 0)
+        if bool(done.all()):
+            break
+        if bool(done.any()):  # finished rows leave the batch
+            keep = (~done).nonzero().squeeze(-1)
+            active, tokens, mask = active[keep], tokens[keep], mask[keep]
+            next_position, remaining = next_position[keep], remaining[keep]
+            cache.select(keep)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        embeds = language.model.embed_tokens(tokens[:, None])  # [b, 1, D]
+        hidden = language.model(embeds, next_position[:, None], mask if padded else None, cache)
+        logits = language.logits(hidden[:, -1])
+        next_position = next_position + 1
+    return out

@@ -1,0 +1,459 @@
+"""DeepSeek-MoE decoder (DeepSeek-V2 architecture) for DeepSeek-VL2.
+
+Two attention kinds exist in the official checkpoints:
+
+* ``use_mla: false`` (deepseek-vl2-tiny): plain multi-head attention exactly as transformers
+  4.38's ``LlamaAttention`` (head_dim = hidden / heads, rotate-half RoPE over the whole head);
+* ``use_mla: true`` (-small, base): multi-head latent attention. Keys and values are compressed
+  into one ``kv_lora_rank`` latent per token (plus a small shared RoPE key); ``kv_b_proj`` is
+  absorbed into the query and the output so attention runs directly on the cached latents.
+
+Every MLP after ``first_k_dense_replace`` is a mixture of experts: a router picks
+``num_experts_per_tok`` routed experts per token (softmax top-k, or the sigmoid ``noaux_tc``
+scheme with a score-correction bias and expert groups) and shared experts see every token.
+
+Attention goes through :func:`attention`, a thin wrapper around
+``torch.nn.functional.scaled_dot_product_attention`` (no xformers/flash-attn), so a single
+function can be swapped to change the kernel. Module and parameter names mirror the checkpoint
+keys (``model.layers.N.self_attn.q_proj`` ...).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LanguageConfig
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+# --------------------------------------------------------------------------- attention kernel
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, is_causal: bool, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v for [B, H, Tq, D] queries; ``mask`` is boolean, True = attend."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+# The one attention function every layer calls; replace it to try another kernel.
+attention: Callable[..., torch.Tensor] = sdpa_attention
+
+
+def _attend(q, k, v, *, mask, is_causal, scale):
+    # Looked up at call time so that reassigning ``language.attention`` takes effect.
+    return attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+
+
+# --------------------------------------------------------------------------- cache
+class KVCache:
+    """Per-layer key/value tensors of a decoding batch, grown in place along the sequence.
+
+    Entries are [B, heads, T, dim] (for MLA: the RoPE key [B, 1, T, rope] and the compressed latent
+    [B, 1, T, kv_lora_rank]). Storage is preallocated to ``capacity`` tokens so that a decode step
+    writes one column instead of copying the whole cache.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._lengths: list[int] = []
+
+    def __len__(self) -> int:
+        """Number of cached positions (those of the first layer; all layers agree between calls)."""
+        return self._lengths[0] if self._lengths else 0
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's [B, h, t, d] key/value for ``layer_idx``; return all cached so far."""
+        if layer_idx == len(self._keys):  # first call for this layer
+            capacity = max(self.capacity, key.shape[2])
+            self._keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
+            self._values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
+            self._lengths.append(0)
+        start, end = self._lengths[layer_idx], self._lengths[layer_idx] + key.shape[2]
+        if end > self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)
+            grow = max(end, 2 * self._keys[layer_idx].shape[2]) - self._keys[layer_idx].shape[2]
+            self._keys[layer_idx] = torch.cat([self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2)
+            self._values[layer_idx] = torch.cat([self._values[layer_idx], self._values[layer_idx].new_empty(*value.shape[:2], grow, value.shape[3])], 2)
+        self._keys[layer_idx][:, :, start:end] = key
+        self._values[layer_idx][:, :, start:end] = value
+        self._lengths[layer_idx] = end
+        return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished conversations leave the batch)."""
+        self._keys = [k.index_select(0, rows) for k in self._keys]
+        self._values = [v.index_select(0, rows) for v in self._values]
+
+
+# --------------------------------------------------------------------------- building blocks
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back to the input dtype *before* the weight (as upstream)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables of rotate-half RoPE for arbitrary per-row positions, built in float32."""
+
+    def __init__(self, dim: int, base: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.base = base
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # inv_freq and the angle products as upstream: arange(0, dim, 2) / dim, float32 throughout.
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, device=position_ids.device).float() / self.dim))
+        freqs = position_ids.float()[..., None] * inv_freq  # [B, T, dim / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, T, D] by [B, T, D] tables."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+def deinterleave(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...): MLA's RoPE weights pair adjacent dims."""
+    *lead, d = x.shape
+    return x.view(*lead, d // 2, 2).transpose(-1, -2).reshape(*lead, d)
+
+
+# --------------------------------------------------------------------------- attention modules
+class MultiHeadAttention(nn.Module):
+    """Plain multi-head attention (transformers 4.38 ``LlamaAttention``), used when ``use_mla`` is false."""
+
+    def __init__(self, config: LanguageConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope_theta)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = self.rotary_emb(position_ids, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, L, D]
+        if self.num_kv_heads != self.num_heads:  # grouped-query attention: share kv heads
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = _attend(q, k, v, mask=mask, is_causal=is_causal, scale=self.head_dim**-0.5)  # [B, H, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """DeepSeek-V2 multi-head latent attention with ``kv_b_proj`` absorbed (``use_mla`` true).
+
+    Per token only ``compressed_kv`` (kv_lora_rank, after its RMSNorm) and one RoPE key ``k_pe``
+    shared by all heads are cached. Since k_nope = W_uk c and v = W_uv c with W = kv_b_proj, the
+    score q_nope . k_nope equals (W_uk^T q_nope) . c and the value sum is W_uv (sum_j a_j c_j):
+    attention runs on the latents with query [W_uk^T q_nope, q_pe] against key [c, k_pe] and
+    value c, then W_uv maps the result to each head's v_head_dim.
+    """
+
+    def __init__(self, config: LanguageConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.q_lora_rank = config.q_lora_rank
+        self.kv_lora_rank = config.kv_lora_rank
+        self.qk_nope_head_dim = config.qk_nope_head_dim
+        self.qk_rope_head_dim = config.qk_rope_head_dim
+        self.v_head_dim = config.v_head_dim
+        self.q_head_dim = config.q_head_dim
+        hidden, bias = config.hidden_size, config.attention_bias
+        if self.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden, self.num_heads * self.q_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden, self.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, self.num_heads * self.q_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.qk_rope_head_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank)
+        self.kv_b_proj = nn.Linear(
+            self.kv_lora_rank, self.num_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False
+        )
+        self.o_proj = nn.Linear(self.num_heads * self.v_head_dim, hidden, bias=bias)
+        self.rotary_emb = RotaryEmbedding(self.qk_rope_head_dim, config.rope_theta)
+        self.softmax_scale = self.q_head_dim**-0.5  # of the un-absorbed head size (nope + rope)
+
+    def project_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, hidden] -> q_nope [B, H, T, nope], q_pe [B, H, T, rope] (RoPE not yet applied)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(b, t, self.num_heads, self.q_head_dim).transpose(1, 2)
+        return q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+
+    def project_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, hidden] -> compressed_kv [B, 1, T, kv_lora_rank] (normed), k_pe [B, 1, T, rope] (no RoPE yet)."""
+        compressed_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        return self.kv_a_layernorm(compressed_kv).unsqueeze(1), k_pe.unsqueeze(1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_nope, q_pe = self.project_query(x)
+        compressed_kv, k_pe = self.project_latent(x)
+        cos, sin = self.rotary_emb(position_ids, q_pe.dtype)
+        q_pe = apply_rotary(deinterleave(q_pe), cos, sin)
+        k_pe = apply_rotary(deinterleave(k_pe), cos, sin)
+        if cache is not None:
+            k_pe, compressed_kv = cache.update(self.layer_idx, k_pe, compressed_kv)  # [B, 1, L, .]
+        w = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        q_absorb, out_absorb = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim:]  # [H, nope, c], [H, v, c]
+        query = torch.cat([torch.matmul(q_nope, q_absorb), q_pe], dim=-1)  # [B, H, T, c + rope]
+        key = torch.cat([compressed_kv, k_pe], dim=-1).expand(-1, self.num_heads, -1, -1)  # [B, H, L, c + rope]
+        value = compressed_kv.expand(-1, self.num_heads, -1, -1)  # [B, H, L, c]
+        out = _attend(query, key, value, mask=mask, is_causal=is_causal, scale=self.softmax_scale)  # [B, H, T, c]
+        out = torch.matmul(out, out_absorb.mT)  # [B, H, T, v]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.v_head_dim))
+
+
+# --------------------------------------------------------------------------- feed-forward
+class MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: LanguageConfig, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEGate(nn.Module):
+    """Router: which experts each token goes to and with what weight (computed in float32)."""
+
+    def __init__(self, config: LanguageConfig) -> None:
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.n_routed_experts = config.n_routed_experts
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.scoring_func = config.scoring_func
+        self.topk_method = config.topk_method
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(self.n_routed_experts, config.hidden_size))
+        if self.topk_method == "noaux_tc":
+            self.e_score_correction_bias = nn.Parameter(torch.empty(self.n_routed_experts))
+
+    def _group_mask(self, group_scores: torch.Tensor) -> torch.Tensor:
+        """[N, n_group] group scores -> [N, experts] bool: experts of the topk_group best groups."""
+        n = group_scores.shape[0]
+        group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1).bool()
+        return group_mask.unsqueeze(-1).expand(n, self.n_group, self.n_routed_experts // self.n_group).reshape(n, -1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, hidden] -> expert ids [N, top_k] and float32 weights [N, top_k]."""
+        logits = F.linear(x.float(), self.weight.float())  # [N, experts]
+        scores = logits.softmax(dim=-1) if self.scoring_func == "softmax" else logits.sigmoid()
+        n = scores.shape[0]
+        if self.topk_method == "greedy":
+            weight, idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
+        elif self.topk_method == "group_limited_greedy":
+            group_scores = scores.view(n, self.n_group, -1).max(dim=-1).values
+            masked = scores.masked_fill(~self._group_mask(group_scores), 0.0)
+            weight, idx = torch.topk(masked, k=self.top_k, dim=-1, sorted=False)
+        else:  # noaux_tc: choose on bias-corrected scores, weigh with the raw ones
+            biased = scores + self.e_score_correction_bias.float().unsqueeze(0)
+            group_scores = biased.view(n, self.n_group, -1).topk(2, dim=-1)[0].sum(dim=-1)
+            masked = biased.masked_fill(~self._group_mask(group_scores), 0.0)  # 0.0, not -inf, as upstream
+            idx = torch.topk(masked, k=self.top_k, dim=-1, sorted=False)[1]
+            weight = scores.gather(1, idx)
+        if self.top_k > 1 and self.norm_topk_prob:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        return idx, weight * self.routed_scaling_factor
+
+
+class MoE(nn.Module):
+    """Routed experts plus always-on shared experts."""
+
+    def __init__(self, config: LanguageConfig) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(MLP(config, config.moe_intermediate_size) for _ in range(config.n_routed_experts))
+        self.gate = MoEGate(config)
+        self.shared_experts = (
+            MLP(config, config.moe_intermediate_size * config.n_shared_experts) if config.n_shared_experts else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # [N, hidden]
+        idx, weight = self.gate(flat)  # [N, k]
+        y = self.route(flat, idx, weight).view(shape)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y
+
+    def route(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the chosen experts' outputs, each expert run once on all its tokens.
+
+        Assignments are sorted by expert so every expert sees one contiguous slice of gathered
+        tokens; results are weighted and summed in float32 (as upstream) with ``index_add_``.
+        """
+        n, k = idx.shape
+        flat_idx = idx.reshape(-1)  # [N * k]
+        order = flat_idx.argsort(stable=True)
+        token_of = order // k  # token of each sorted assignment
+        counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
+        tokens = x.index_select(0, token_of)  # [N * k, hidden]
+        weights = weight.reshape(-1).index_select(0, order).unsqueeze(-1)  # [N * k, 1] float32
+        out = torch.zeros(n, x.shape[-1], dtype=torch.float32, device=x.device)
+        start = 0
+        for expert, count in zip(self.experts, counts):
+            if count:
+                rows = slice(start, start + count)
+                out.index_add_(0, token_of[rows], expert(tokens[rows]).float() * weights[rows])
+                start += count
+        return out.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- decoder
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LanguageConfig, layer_idx: int) -> None:
+        super().__init__()
+        attention_cls = MultiHeadLatentAttention if config.use_mla else MultiHeadAttention
+        self.self_attn = attention_cls(config, layer_idx)
+        self.mlp = MoE(config) if config.is_moe_layer(layer_idx) else MLP(config, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, position_ids, mask, is_causal, cache):
+        x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, is_causal, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask(
+    key_mask: torch.Tensor | None, q_len: int, past_len: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """Boolean [B, 1, q, past + q] mask (True = attend) and SDPA's ``is_causal`` flag.
+
+    ``key_mask`` [B, past + q] marks real tokens (False on left padding). Without padding the mask
+    is left to SDPA (``is_causal`` for a fresh prompt, nothing for a single new token). With
+    padding, each query sees real keys up to itself, and also always itself: a padding query would
+    otherwise see nothing, and the NaN of an empty softmax would reach real rows through 0 * NaN.
+    """
+    k_len = past_len + q_len
+    if key_mask is not None and key_mask.shape[-1] != k_len:
+        raise ValueError(f"attention mask covers {key_mask.shape[-1]} positions, expected {k_len}")
+    if key_mask is None or bool(key_mask.all()):
+        if q_len == 1:
+            return None, False
+        if past_len == 0:
+            return None, True
+    key_pos = torch.arange(k_len, device=device)
+    query_pos = torch.arange(past_len, k_len, device=device)[:, None]
+    mask = (key_pos <= query_pos)[None, None]  # [1, 1, q, k] causal
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :].bool()
+    return mask | (key_pos == query_pos)[None, None], False
+
+
+class DeepseekV2Model(nn.Module):
+    """Embeddings, decoder layers and the final norm (checkpoint prefix ``language.model``)."""
+
+    def __init__(self, config: LanguageConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask_2d: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """[B, T, hidden] embeddings at [B, T] positions -> last hidden state [B, T, hidden].
+
+        ``attention_mask_2d`` [B, past + T] is True on real tokens (None: no padding); ``cache``
+        holds the keys/values of the ``past`` earlier positions and receives the new ones.
+        """
+        past_len = len(cache) if cache is not None else 0
+        mask, is_causal = attention_mask(attention_mask_2d, inputs_embeds.shape[1], past_len, inputs_embeds.device)
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer(x, position_ids, mask, is_causal, cache)
+        return self.norm(x)
+
+
+class DeepseekV2ForCausalLM(nn.Module):
+    """Decoder plus ``lm_head`` (checkpoint prefix ``language``)."""
+
+    def __init__(self, config: LanguageConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DeepseekV2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head, cast to float32 as upstream (matters for bf16 runs)."""
+        return self.lm_head(hidden).float()
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask_2d: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Float32 logits [B, T, vocab] (use ``model`` + ``logits`` on chosen rows to save memory)."""
+        return self.logits(self.model(inputs_embeds, position_ids, attention_mask_2d, cache))
