@@ -1,0 +1,22 @@
+"""The demo graph: decode at 1 fps -> llm_caption -> result.json.
+
+    python examples/demo_graph.py VIDEO [MODEL]
+"""
+
+import sys
+from pathlib import Path
+
+import bmf
+
+REPO = Path(__file__).resolve().parent.parent  # the folder that holds llm_caption.py
+
+
+def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny") -> None:
+    graph = bmf.graph()
+    frames = graph.decode({"input_path": video, "video_params": {"extract_frames": {"fps": 1}}})["video"]
+    bmf.module([frames], "llm_caption", {"model": model, "batch_size": 4, "result_path": "result.json"},
+               module_path=str(REPO), entry="llm_caption.llm_caption").run()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,31 @@
+"""Read caption packets from the graph's output as they are produced.
+
+Output 1 of llm_caption carries one packet per described batch (in video order), then a
+summary packet; each payload is a dict.
+
+    python examples/read_caption_packets.py VIDEO [MODEL]
+"""
+
+import sys
+from pathlib import Path
+
+import bmf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny") -> None:
+    graph = bmf.graph()
+    frames = graph.decode({"input_path": video, "video_params": {"extract_frames": {"fps": 1}}})["video"]
+    captioned = bmf.module([frames], "llm_caption", {"model": model, "batch_size": 2},
+                           module_path=str(REPO), entry="llm_caption.llm_caption")
+    for packet in graph.start(captioned[1]):  # a generator over the caption stream
+        caption = packet.get(dict)
+        if caption["type"] == "batch":
+            print(f"[{caption['start_time']:6.1f}s - {caption['end_time']:6.1f}s] {caption['description']}")
+        else:
+            print(f"Title: {caption['video_title']}\nSummary: {caption['summary']}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

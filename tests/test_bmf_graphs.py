@@ -1,0 +1,82 @@
+"""The module inside users' graphs: the README examples, pass-through to an encoder, EOF, reset."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bmf
+
+from helpers import FAST, REPO_ROOT, SAMPLE_CLIP
+from videocaption.checkpoint import checkpoint_path
+from videocaption.graph import build_caption_graph, run_caption_graph
+from videocaption.options import CaptionOptions
+
+
+def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / name), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def frame_times(path: Path) -> list[str]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.split(",")[0] for line in out.split()]
+
+
+def stream_types(path: Path) -> list[str]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0",
+                          str(path)], capture_output=True, text=True, check=True).stdout
+    return sorted(out.split())
+
+
+def test_example_demo_graph(tmp_path):
+    run_example("demo_graph.py", str(SAMPLE_CLIP), FAST["model"], cwd=tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["frames_analysed"] == 6 and result["video_title"]
+
+
+def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_path):
+    output = tmp_path / "out.mp4"
+    run_example("caption_and_encode.py", str(SAMPLE_CLIP), str(output), FAST["model"], cwd=tmp_path)
+    assert frame_times(output) == frame_times(SAMPLE_CLIP)  # 132 frames, same timestamps
+    assert stream_types(output) == ["audio", "video"]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["frames_analysed"] == 6  # sampled by timestamp at 1 fps out of 25 fps
+    assert [b["start_time"] for b in result["batches"]] == [0.0, 4.0]
+
+
+def test_example_caption_packet_consumer(tmp_path):
+    done = run_example("read_caption_packets.py", str(SAMPLE_CLIP), FAST["model"], cwd=tmp_path)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("[", "Title:", "Summary:"))]
+    assert [line.split("]")[0] for line in lines[:3]] == ["[   0.0s -    1.0s", "[   2.0s -    3.0s", "[   4.0s -    5.0s"]
+    assert lines[3].startswith("Title: ") and lines[4].startswith("Summary: ")
+
+
+def test_the_module_runs_twice_in_one_process(tmp_path):
+    first = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "1.json")))
+    second = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "2.json")))
+    assert first["batches"] == second["batches"]  # greedy decoding: the same text twice
+    assert first["summary"] == second["summary"]
+
+
+def test_a_graph_stopped_early_does_not_hang_and_keeps_a_valid_partial_result(tmp_path):
+    result_path = tmp_path / "result.json"
+    options = CaptionOptions(**FAST, batch_size=1, result_path=str(result_path))
+    graph, node = build_caption_graph(SAMPLE_CLIP, options)
+    graph.run(node, is_blocked=False)
+    deadline = time.monotonic() + 120
+    while not checkpoint_path(result_path).exists():  # the first batch is described
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    graph.force_close()
+    assert time.monotonic() - started < 30
+    partial = json.loads(result_path.read_text())
+    assert partial["complete"] is False
+    assert 1 <= len(partial["batches"]) < 6
+    assert [b["batch_id"] for b in partial["batches"]] == list(range(1, len(partial["batches"]) + 1))
