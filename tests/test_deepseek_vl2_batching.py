@@ -1,0 +1,111 @@
+"""Batched generation gives every conversation the numbers of running it alone.
+
+Conversations of different lengths and image counts (none, one, two, four) are left-padded into
+one batch; per step, each row's logits must match its solo run within 1e-4 (float32) and the
+greedy ids must be identical, also when some rows stop at eos while the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from videocaption.deepseek_vl2 import DeepseekVL2, generate
+
+FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
+LOGIT_TOL = 1e-4
+STEPS = 10
+
+
+def frame(name: str) -> Image.Image:
+    return Image.open(FIXTURES / "cases" / name).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def runtime() -> DeepseekVL2:
+    return DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def requests() -> list[tuple[list[Image.Image], str]]:
+    return [
+        ([frame("bikes_t4.5_640x272.png")], "<image>\nDescribe the scene."),
+        ([], "Write a title for a video about a rabbit in a forest."),
+        (
+            [frame("bunny_t4.2_320x180.png"), frame("bikes_t7.5_320x136.png")],
+            "<image>\n<image>\nWhich frame shows the rabbit? Answer in a few words.",
+        ),
+        (
+            [frame(n) for n in ("bunny_t1.0_640x360.png", "bikes_t1.5_640x272.png", "bunny_t4.2_320x180.png", "bikes_t7.5_320x136.png")],
+            "This is image_1: <image>\nThis is image_2: <image>\nThis is image_3: <image>\nThis is image_4: <image>\n Summarize.",
+        ),
+    ]
+
+
+def run(runtime: DeepseekVL2, requests, *, eos_token_id: int, steps: int = STEPS):
+    """Generate for ``requests`` as one batch; return the output and the batch's prompt lengths."""
+    batch = runtime._batch([(list(images), prompt) for images, prompt in requests])
+    with torch.inference_mode():
+        embeds = runtime.model.prepare_inputs_embeds(
+            batch.input_ids, batch.images, batch.images_seq_mask, batch.images_spatial_crop
+        )
+        out = generate(
+            runtime.model.language, embeds, batch.attention_mask,
+            max_new_tokens=steps, eos_token_id=eos_token_id, output_scores=True,
+        )
+    return out, batch
+
+
+def solo_runs(runtime, requests, eos_token_id):
+    return [run(runtime, [request], eos_token_id=eos_token_id)[0] for request in requests]
+
+
+def assert_rows_match_solo(batched, solos):
+    for row, solo in enumerate(solos):
+        n = solo.lengths[0]
+        assert batched.lengths[row] == n, row
+        # ids up to and including eos (if any) are equal; after it both hold the pad id
+        assert torch.equal(batched.sequences[row], solo.sequences[0]), row
+        for step, scores in enumerate(solo.scores):
+            diff = (batched.scores[step][row] - scores[0]).abs().max().item()
+            assert diff < LOGIT_TOL, (row, step, diff)
+        for scores in batched.scores[len(solo.scores):]:  # the row had left the batch
+            assert torch.isnan(scores[row]).all()
+
+
+def test_batch_is_left_padded_with_different_lengths(runtime, requests):
+    _, batch = run(runtime, requests, eos_token_id=runtime.processor.eos_id, steps=1)
+    assert len(set(batch.seq_lens)) == len(requests)  # all lengths differ
+    assert batch.attention_mask[:, -1].all() and not batch.attention_mask[:, 0].all()
+    assert batch.images_spatial_crop[1].sum() == 0  # the text-only row has no image
+
+
+def test_batched_equals_one_by_one(runtime, requests):
+    eos = runtime.processor.eos_id
+    batched, _ = run(runtime, requests, eos_token_id=eos)
+    assert_rows_match_solo(batched, solo_runs(runtime, requests, eos))
+
+
+def test_rows_that_hit_eos_stop_while_others_continue(runtime, requests):
+    # The weights are random, so pick as "eos" a token that some rows produce early and not others.
+    eos = runtime.processor.eos_id
+    free, _ = run(runtime, requests, eos_token_id=eos)
+    second = free.sequences[:, 1].tolist()
+    stopper = max(second, key=second.count)  # the most common second token: those rows stop after one token
+    solos = solo_runs(runtime, requests, stopper)
+    lengths = [s.lengths[0] for s in solos]
+    assert 0 < min(lengths) < STEPS and max(lengths) == STEPS  # some rows stop mid-way, some run to the limit
+    batched, _ = run(runtime, requests, eos_token_id=stopper)
+    assert_rows_match_solo(batched, solos)
+
+
+def test_describe_batch_equals_describe(runtime, requests):
+    image_requests = [r for r in requests if r[0]]
+    batched = runtime.describe_batch(image_requests, max_new_tokens=8)
+    assert batched == [runtime.describe(images, prompt, max_new_tokens=8) for images, prompt in image_requests]
+    texts = [prompt for images, prompt in requests if not images] + ["Summarize: a rabbit wakes up."]
+    assert runtime.complete_batch(texts, max_new_tokens=8) == [runtime.complete(t, max_new_tokens=8) for t in texts]
