@@ -24,3 +24,18 @@ class ModelLoadError(CaptionError):
 
 class ContextOverflowError(CaptionError, ValueError):
     """A prompt would need more tokens than the model's context holds."""
+
+
+class BackendError(CaptionError):
+    """A model server failed a request, after retries where retrying could help.
+
+    Args:
+        message: what failed; names the endpoint URL and the status or cause.
+        endpoint: the URL that failed.
+        status: the HTTP status, or None when no answer came (refused, timed out).
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status = status

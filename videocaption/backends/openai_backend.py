@@ -1,0 +1,255 @@
+"""A model served behind an OpenAI-compatible chat completions endpoint (vLLM, TGI, SGLang, ...).
+
+Serving frameworks batch the requests in flight on the GPU themselves (continuous batching),
+so the way to use them well is to keep several requests open: :meth:`OpenAIVLM.describe_batch`
+sends the group of batch prompts the pipeline hands it (up to ``max_threads``) concurrently,
+one thread each. Images travel inline as base64 JPEG data URLs, interleaved with the text
+where the prompt's placeholders were, several per message.
+
+Failures of the network or the server are retried with exponential backoff; what still fails
+becomes a :class:`BackendError` naming the endpoint, which ends the run (the BMF module keeps
+the batches described so far).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence, TypeVar
+
+from PIL import Image
+
+from ..errors import BackendError
+from ..prompts import IMAGE_PLACEHOLDER
+from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
+
+log = logging.getLogger("llm_caption")
+
+T = TypeVar("T")
+
+API_KEY_ENV = "OPENAI_API_KEY"
+# vLLM and most self-hosted servers accept any key unless started with --api-key; the client wants one.
+PLACEHOLDER_API_KEY = "EMPTY"
+# Used when neither the caller nor the server (vLLM reports max_model_len) says otherwise: large, so
+# that the server, which knows, is the one to refuse an over-long prompt.
+DEFAULT_CONTEXT_LENGTH = 32768
+# Token estimates, as no tokenizer is at hand for a remote model. About 3.5 characters make a token
+# in English for common tokenizers: 3 errs towards more tokens, which only makes summaries split
+# earlier. 576 tokens an image is LLaVA's 24x24 grid and lies between DeepSeek-VL2 with three or
+# more images (~200 each) and Qwen2-VL on a 1024x576 frame (~750).
+CHARS_PER_TOKEN = 3
+MESSAGE_OVERHEAD_TOKENS = 16
+IMAGE_TOKENS_ESTIMATE = 576
+RETRY_STATUSES = (408, 409, 429)  # and every 5xx
+MAX_BACKOFF_SECONDS = 30.0
+JPEG_QUALITY = 90
+
+
+class OpenAIVLM:
+    """A served vision-language model behind the :class:`VisionLanguageModel` protocol.
+
+    Args:
+        model: the served model name (vLLM's ``--served-model-name``, by default the hub id).
+        api_base: the endpoint's base URL, ending in ``/v1``.
+        api_key: the key; ``OPENAI_API_KEY`` when None, and a placeholder when that is unset too.
+        request_timeout: seconds one request may take before it counts as failed (and is retried).
+        max_retries: further attempts after a failure that may pass (429, 5xx, timeouts,
+            refused connections); other errors (400, 401, 404) are not retried.
+        retry_backoff: seconds before the first retry; each further retry waits twice as long.
+        context_length: the model's context; None asks the server (vLLM tells) or assumes
+            :data:`DEFAULT_CONTEXT_LENGTH`.
+        max_image_side: frames are shrunk to this longest side before they are encoded.
+        image_tokens: the estimate of tokens per image (see :meth:`count_tokens`).
+
+    Raises:
+        BackendError: the endpoint cannot be reached or refuses the key (the server is asked
+            for its models on creation, so that a wrong URL fails before any video is decoded).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api_base: str,
+        *,
+        api_key: str | None = None,
+        request_timeout: float = 120.0,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        context_length: int | None = None,
+        max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+        image_tokens: int = IMAGE_TOKENS_ESTIMATE,
+    ) -> None:
+        from openai import OpenAI
+
+        self.name = model
+        self.api_base = api_base.rstrip("/")
+        self.request_timeout = request_timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.max_image_side = max_image_side
+        self.image_tokens = image_tokens
+        key = api_key or os.environ.get(API_KEY_ENV) or PLACEHOLDER_API_KEY
+        # Retries are ours (counted, logged, and ending in an error that names the endpoint).
+        self.client = OpenAI(base_url=self.api_base, api_key=key, timeout=request_timeout, max_retries=0)
+        self.context_length = context_length or self._served_context_length() or DEFAULT_CONTEXT_LENGTH
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def describe_batch(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+    ) -> list[str]:
+        """Send every request at once, one thread each, and return the answers in order.
+
+        Raises:
+            BackendError: a request still failed after its retries (the others are finished first).
+            ValueError: a prompt has more placeholders than images.
+        """
+        messages = [self._message(prompt, images) for images, prompt in requests]
+        return self._concurrently(messages, max_new_tokens)
+
+    def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        """Text-only prompts, sent concurrently like :meth:`describe_batch`.
+
+        Raises:
+            BackendError: a request still failed after its retries.
+        """
+        return self._concurrently([{"role": "user", "content": prompt} for prompt in prompts], max_new_tokens)
+
+    def _concurrently(self, messages: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
+        if len(messages) <= 1:
+            return [self.complete(message, max_new_tokens) for message in messages]
+        with ThreadPoolExecutor(max_workers=len(messages), thread_name_prefix="llm_caption_request") as pool:
+            futures = [pool.submit(self.complete, message, max_new_tokens) for message in messages]
+            return [future.result() for future in futures]
+
+    def complete(self, message: dict[str, Any], max_new_tokens: int) -> str:
+        """One chat completion for one user message, greedy, with retries.
+
+        Raises:
+            BackendError: it failed ``max_retries + 1`` times, or once in a way retrying cannot fix.
+        """
+        response = self._with_retries(
+            "/chat/completions",
+            lambda: self.client.chat.completions.create(
+                model=self.name, messages=[message], max_tokens=max_new_tokens, temperature=0.0,
+            ),
+        )
+        if not response.choices:
+            endpoint = f"{self.api_base}/chat/completions"
+            raise BackendError(f"{endpoint} answered with no choices for model {self.name!r}", endpoint=endpoint)
+        return (response.choices[0].message.content or "").strip()
+
+    def _message(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, Any]:
+        """A user message whose content interleaves text parts and ``image_url`` parts."""
+        urls = [data_url(self.prepare_image(image, len(images))) for image in images]
+        content = [
+            {"type": "image_url", "image_url": {"url": urls[part]}} if isinstance(part, int)
+            else {"type": "text", "text": part}
+            for part in interleave(prompt, len(images))
+        ]
+        return {"role": "user", "content": content}
+
+    def _with_retries(self, path: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with exponential backoff while its failures may be passing ones."""
+        import openai
+
+        endpoint = f"{self.api_base}{path}"
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            status: int | None = None
+            try:
+                return call()
+            except openai.APIStatusError as error:
+                failure: Exception = error
+                status = error.status_code
+                reason = f"HTTP {status}: {_status_detail(error)}"
+                retry = status in RETRY_STATUSES or status >= 500
+            except openai.APITimeoutError as error:
+                failure, reason, retry = error, f"no answer within {self.request_timeout:g} s", True
+            except openai.APIConnectionError as error:
+                failure, reason, retry = error, f"cannot connect ({_root_cause(error)})", True
+            if not retry:
+                raise BackendError(f"{endpoint} failed for model {self.name!r}: {reason}",
+                                   endpoint=endpoint, status=status) from failure
+            if attempt == attempts:
+                raise BackendError(
+                    f"{endpoint} failed for model {self.name!r} after {attempts} attempt"
+                    f"{'s' if attempts > 1 else ''}: {reason}",
+                    endpoint=endpoint, status=status,
+                ) from failure
+            delay = min(MAX_BACKOFF_SECONDS, self.retry_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", endpoint, reason, delay, attempt + 1, attempts)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _served_context_length(self) -> int | None:
+        """The ``max_model_len`` the server lists for this model (vLLM does), if any.
+
+        Raises:
+            BackendError: the server cannot be reached at all.
+        """
+        try:
+            page = self._with_retries("/models", self.client.models.list)
+        except BackendError as error:
+            if error.status is None or error.status in (401, 403):  # unreachable, or a wrong key
+                raise
+            log.info("%s; assuming a %d-token context", error, DEFAULT_CONTEXT_LENGTH)
+            return None
+        served = [model for model in page.data if model.id == self.name]
+        if not served:
+            names = ", ".join(model.id for model in page.data) or "none"
+            log.warning("%s/models does not list %r (it lists: %s)", self.api_base, self.name, names)
+            return None
+        length = getattr(served[0], "max_model_len", None)
+        return length if isinstance(length, int) and length > 0 else None
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    def count_tokens(self, prompt: str, image_sizes: Sequence[tuple[int, int]] = ()) -> int:
+        """An estimate: a token per 3 characters, a message's overhead, and ``image_tokens`` an image.
+
+        The remote tokenizer is out of reach; the estimate leans high for English text. A
+        prompt that is still too long is refused by the server, as a :class:`BackendError`.
+        """
+        text = prompt.replace(IMAGE_PLACEHOLDER, "")
+        return math.ceil(len(text) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS + self.image_tokens * len(image_sizes)
+
+    def max_image_tokens(self, num_images: int) -> int:
+        """The same per-image estimate as :meth:`count_tokens`."""
+        return self.image_tokens * num_images
+
+    def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
+        """Frames shrunk to ``max_image_side``: the server would resize them anyway, after the upload."""
+        return shrink(image, self.max_image_side)
+
+
+def data_url(image: Image.Image) -> str:
+    """The image as a ``data:image/jpeg;base64,...`` URL, the inline form chat APIs accept."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _status_detail(error: Any) -> str:
+    """The server's own words: OpenAI's ``error.message``, FastAPI's ``detail``, or the summary."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        for key in ("detail", "message", "error"):
+            if body.get(key):
+                return str(body[key])
+    return str(getattr(error, "message", "") or error)
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__

@@ -1,0 +1,197 @@
+"""Any image-text-to-text model that transformers supports, run in this process.
+
+The model and its processor come from transformers' auto classes, and each prompt is
+wrapped by the model's own chat template, so one class serves Qwen2-VL, Idefics3/SmolVLM,
+LLaVA, Gemma 3 and the rest: the template puts the family's image tokens where the
+pipeline's placeholders were, and the processor expands them to the right count.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import InvalidOptionError, ModelLoadError
+from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
+
+log = logging.getLogger("llm_caption")
+
+# Used when the config names no context size; and the largest one believed: some configs
+# advertise a million positions that no machine running this could fill.
+DEFAULT_CONTEXT_LENGTH = 4096
+MAX_CONTEXT_LENGTH = 131072
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is cuda, then mps, then cpu; any other name must be usable here.
+
+    Raises:
+        InvalidOptionError: the device does not exist on this machine.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    choice = torch.device(device)
+    if choice.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionError(f"device {device!r} was requested but CUDA is not available")
+    if choice.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidOptionError("device 'mps' was requested but MPS is not available")
+    return choice
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA (half the memory, native speed) and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class TransformersVLM:
+    """A transformers vision-language model behind the :class:`VisionLanguageModel` protocol.
+
+    Args:
+        model: the loaded ``AutoModelForImageTextToText`` model, in eval mode on its device.
+        processor: its ``AutoProcessor`` (tokenizer, image processor and chat template).
+        name: hub id or directory, recorded in result.json.
+        max_image_side: frames are shrunk to this longest side before the processor sees them,
+            which bounds the tokens an image can take (see :meth:`max_image_tokens`).
+    """
+
+    def __init__(self, model: Any, processor: Any, name: str, *, max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.max_image_side = max_image_side
+        self.context_length = _context_length(model.config)
+        self._lock = threading.Lock()  # one generate() at a time: graphs may share this instance
+        self._image_tokens: int | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str, *, device: str = "auto", dtype: str = "auto", max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+    ) -> TransformersVLM:
+        """Load a checkpoint with ``AutoProcessor`` and ``AutoModelForImageTextToText``.
+
+        Args:
+            name: hub id or local directory.
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+            dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+            max_image_side: see the class.
+
+        Raises:
+            ModelLoadError: transformers cannot find or load the checkpoint, or it is no
+                image-text-to-text model.
+            InvalidOptionError: the device is not available.
+        """
+        try:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+        except ImportError as error:
+            raise ModelLoadError(f"the transformers backend needs transformers>=5: {error}") from error
+        target = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, target)
+        try:
+            processor = AutoProcessor.from_pretrained(name)
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError, ImportError) as error:
+            raise ModelLoadError(f"cannot load {name!r} as a transformers image-text-to-text model: {error}") from error
+        if not hasattr(processor, "tokenizer") or getattr(processor, "chat_template", None) is None:
+            raise ModelLoadError(f"{name!r} has no processor with a tokenizer and a chat template")
+        model = model.to(target).eval()
+        log.info("loaded %s with transformers on %s (%s)", name, target, torch_dtype)
+        return cls(model, processor, name, max_image_side=max_image_side)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def describe_batch(
+        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+    ) -> list[str]:
+        """Answer image prompts in one padded, greedy ``generate`` call.
+
+        Raises:
+            ValueError: a prompt has more placeholders than images.
+        """
+        if not requests:
+            return []
+        texts = [self._chat_text(prompt, len(images)) for images, prompt in requests]
+        images = [[image.convert("RGB") for image in request_images] for request_images, _ in requests]
+        return self._generate(texts, images if any(images) else None, max_new_tokens)
+
+    def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        """Answer text-only prompts in one padded, greedy ``generate`` call."""
+        if not prompts:
+            return []
+        return self._generate([self._chat_text(prompt, 0) for prompt in prompts], None, max_new_tokens)
+
+    def _generate(self, texts: list[str], images: list[list[Image.Image]] | None, max_new_tokens: int) -> list[str]:
+        # Left padding keeps every prompt's last token at the end, where generation continues.
+        self.tokenizer.padding_side = "left"
+        inputs = self.processor(text=texts, images=images, padding=True, add_special_tokens=False, return_tensors="pt")
+        inputs = inputs.to(self.model.device)
+        for key, value in inputs.items():  # pixel values in the model's dtype; ids stay integers
+            if torch.is_floating_point(value):
+                inputs[key] = value.to(self.model.dtype)
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                temperature=None, top_p=None, top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _chat_text(self, prompt: str, num_images: int) -> str:
+        """The templated text: one image entry per placeholder, the generation prompt at the end."""
+        content = [{"type": "image"} if isinstance(part, int) else {"type": "text", "text": part}
+                   for part in interleave(prompt, num_images)]
+        conversation = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    def count_tokens(self, prompt: str, image_sizes: Sequence[tuple[int, int]] = ()) -> int:
+        """Exact: the templated prompt run through the processor with blank images of these sizes.
+
+        Raises:
+            ValueError: the prompt has more placeholders than there are image sizes.
+        """
+        text = self._chat_text(prompt, len(image_sizes))
+        if not image_sizes:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        images = [self.prepare_image(Image.new("RGB", size), len(image_sizes)) for size in image_sizes]
+        encoded = self.processor(text=[text], images=[images], add_special_tokens=False)
+        return len(encoded["input_ids"][0])
+
+    def max_image_tokens(self, num_images: int) -> int:
+        """Tokens of the costliest frame shape at ``max_image_side``, times ``num_images``.
+
+        Frames are shrunk to ``max_image_side`` first (:meth:`prepare_image`), so a square frame
+        of that side or a 16:9 one either way round is the worst a processor can be given.
+        """
+        if self._image_tokens is None:
+            side, short = self.max_image_side, self.max_image_side * 9 // 16
+            base = self.count_tokens("")
+            self._image_tokens = max(
+                self.count_tokens("", [size]) - base for size in ((side, side), (side, short), (short, side))
+            )
+        return num_images * self._image_tokens
+
+    def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
+        """Frames shrunk to ``max_image_side``; processors resize again to their own sizes."""
+        return shrink(image, self.max_image_side)
+
+
+def _context_length(config: Any) -> int:
+    """The text model's ``max_position_embeddings``, capped at :data:`MAX_CONTEXT_LENGTH`."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    length = getattr(text_config, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(length, int) or length <= 0:
+        return DEFAULT_CONTEXT_LENGTH
+    return min(length, MAX_CONTEXT_LENGTH)
