@@ -24,7 +24,8 @@ from .errors import CaptionError, ModelLoadError, VideoInputError
 from .result import BatchCaption, CaptionResult
 from .writers import write_outputs
 from .graph import REPO_ROOT, run_caption_graph
-from .options import DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
+from .backends.openai_backend import API_KEY_ENV
+from .options import BACKENDS, DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
 from .probe import VideoInfo, probe_video
 
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("video", nargs="?", default=str(SAMPLE_CLIP),
                         help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny clip)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="hub id or local directory of a DeepSeek-VL2 checkpoint (default: %(default)s)")
+                        help="hub id or local directory of the checkpoint; with --backend openai, the served "
+                             "model name (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="frames per prompt (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default: %(default)s)")
     parser.add_argument("--output", default="result.json", help="result file (default: %(default)s)")
@@ -70,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write WebVTT subtitles (alone: beside the result file)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its checkpoint (RESULT.partial)")
+    parser.add_argument("--backend", default="deepseek_vl2", choices=BACKENDS,
+                        help="deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
+                             "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)")
+    parser.add_argument("--api-base", help="openai backend: the server's URL, e.g. http://localhost:8000/v1")
+    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
+                                           "environment variable keeps it out of the process list")
+    parser.add_argument("--request-timeout", type=float, default=120.0,
+                        help="openai backend: seconds one request may take (default: %(default)s)")
+    parser.add_argument("--max-retries", type=int, default=3,
+                        help="openai backend: retries after 429, 5xx, timeouts, refused connections "
+                             "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     return parser
 
@@ -81,7 +94,8 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         "batch_size": args.batch_size, "result_path": args.output, "multithreading": args.multithreading,
         "max_threads": args.max_threads, "fps": args.fps, "model": args.model, "device": args.device,
         "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "time_aware": args.time_aware,
-        "resume": args.resume,
+        "resume": args.resume, "backend": args.backend, "api_base": args.api_base, "api_key": args.api_key,
+        "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "srt_path": _subtitle_path(args.srt, args.output, ".srt"),
         "vtt_path": _subtitle_path(args.vtt, args.output, ".vtt"),
     }
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LLM_CAPTION_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
-        if options.model == DEFAULT_MODEL:
+        if options.model == DEFAULT_MODEL and options.backend == "deepseek_vl2":
             print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
                   f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text is noise)",
                   file=sys.stderr)

@@ -18,6 +18,9 @@ from .prompts import DEFAULT_BATCH_PROMPT, DEFAULT_SUMMARY_PROMPT, DEFAULT_TITLE
 DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
+# loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
+BACKENDS = ("deepseek_vl2", "transformers", "openai")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
@@ -38,6 +41,12 @@ class CaptionOptions:
     summary_prompt: str = DEFAULT_SUMMARY_PROMPT  # turns the batch descriptions into a summary
     title_prompt: str = DEFAULT_TITLE_PROMPT  # turns the summary into a title
     time_aware: bool = True  # tell the model which seconds of the video the frames cover
+    backend: str = "deepseek_vl2"  # one of BACKENDS
+    api_base: str | None = None  # openai backend: the endpoint, e.g. http://localhost:8000/v1
+    # openai backend: the key; OPENAI_API_KEY when unset. Kept out of repr; result.json never has it.
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    request_timeout: float = 120.0  # openai backend: seconds one request may take
+    max_retries: int = 3  # openai backend: retries after 429, 5xx, timeouts and refused connections
     srt_path: str | None = None  # also write the batch descriptions as SRT subtitles
     vtt_path: str | None = None  # also write them as WebVTT subtitles
     resume: bool = False  # continue from the checkpoint an interrupted run left next to result_path
@@ -77,6 +86,23 @@ class CaptionOptions:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
         for name in ("prompt", "summary_prompt", "title_prompt"):
             _check_str(name, getattr(self, name))
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("api_base", "api_key"):
+            if getattr(self, name) is not None:
+                _check_str(name, getattr(self, name))
+        if self.backend == "openai" and self.api_base is None:
+            raise InvalidOptionError(
+                "the openai backend needs api_base, the server's URL (e.g. http://localhost:8000/v1)"
+            )
+        timeout = self.request_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+            raise InvalidOptionError(f"request_timeout must be a positive number of seconds, got {timeout!r}")
+        object.__setattr__(self, "request_timeout", float(timeout))
+        _check_int("max_retries", self.max_retries, minimum=0)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> CaptionOptions:

@@ -45,16 +45,41 @@ _cache_lock = threading.Lock()
 
 
 def load_model(options: CaptionOptions) -> VisionLanguageModel:
-    """The model the options name, loaded once per process and shared."""
-    key = ("deepseek_vl2", options.model, options.device, options.dtype)
+    """The model the options name, loaded once per process and shared.
+
+    Raises:
+        ModelLoadError: a local backend cannot load the checkpoint.
+        BackendError: the openai backend cannot reach its endpoint.
+    """
+    key = _cache_key(options)
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            from ..deepseek_vl2 import DeepseekVL2
-
-            model = DeepseekVL2.from_pretrained(options.model, device=options.device, dtype=options.dtype)
+            model = _load(options)
             _cache[key] = model
         return model
+
+
+def _cache_key(options: CaptionOptions) -> tuple[str, ...]:
+    if options.backend == "openai":
+        return ("openai", options.model, str(options.api_base), options.api_key or "",
+                str(options.request_timeout), str(options.max_retries))
+    return (options.backend, options.model, options.device, options.dtype)
+
+
+def _load(options: CaptionOptions) -> VisionLanguageModel:
+    if options.backend == "openai":
+        from .openai_backend import OpenAIVLM
+
+        return OpenAIVLM(options.model, str(options.api_base), api_key=options.api_key,
+                         request_timeout=options.request_timeout, max_retries=options.max_retries)
+    if options.backend == "transformers":
+        from .transformers_backend import TransformersVLM
+
+        return TransformersVLM.from_pretrained(options.model, device=options.device, dtype=options.dtype)
+    from ..deepseek_vl2 import DeepseekVL2
+
+    return DeepseekVL2.from_pretrained(options.model, device=options.device, dtype=options.dtype)
 
 
 def loaded_models() -> int:
