@@ -385,7 +385,8 @@ def attention_mask(
     ``key_mask`` [B, past + q] marks real tokens (False on left padding). Without padding the mask
     is left to SDPA (``is_causal`` for a fresh prompt, nothing for a single new token). With
     padding, each query sees real keys up to itself, and also always itself: a padding query would
-    otherwise see nothing, and the NaN of an empty softmax would reach real rows through 0 * NaN.
+    otherwise see no key at all, and some SDPA kernels/backends answer such a row with NaN, which
+    would then reach real rows through 0 * NaN in later layers.
     """
     k_len = past_len + q_len
     if key_mask is not None and key_mask.shape[-1] != k_len:
