@@ -13,7 +13,7 @@ import threading
 from typing import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import ContextOverflowError, InvalidOptionError, ModelLoadError
 from .config import DeepseekVL2Config
@@ -153,6 +153,20 @@ class DeepseekVL2:
     def max_image_tokens(self, num_images: int) -> int:
         """Worst-case image tokens of ``num_images`` images of unknown size in one prompt."""
         return self.processor.max_image_tokens(num_images)
+
+    def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
+        """The smallest copy of ``image`` that the processor turns into exactly the same tiles.
+
+        With more than two images in a prompt every image becomes a global and a local view
+        padded to one tile; shrinking it to fit one tile now, with the processor's own resize,
+        gives identical pixels later (the processor's resize to the same size is a copy), so a
+        4K frame is not kept at full size while its batch waits. With one or two images the
+        processor picks a tiling from the full size, so the image is kept as it is.
+        """
+        tile = self.processor.config.image_size
+        if num_images <= 2 or (image.width <= tile and image.height <= tile):
+            return image
+        return ImageOps.contain(image, (tile, tile), method=Image.Resampling.BICUBIC)
 
     # ---------------------------------------------------------------- helpers
     def _check_placeholders(self, prompt: str, num_images: int) -> None:
