@@ -77,24 +77,29 @@ def assert_rows_match_solo(batched, solos):
             assert torch.isnan(scores[row]).all()
 
 
-def test_batch_is_left_padded_with_different_lengths(runtime, requests):
-    _, batch = run(runtime, requests, eos_token_id=runtime.processor.eos_id, steps=1)
+@pytest.fixture(scope="module")
+def free_runs(runtime, requests):
+    """The batch and each conversation alone, stopping only at the real eos."""
+    eos = runtime.processor.eos_id
+    batched, batch = run(runtime, requests, eos_token_id=eos)
+    return batched, batch, solo_runs(runtime, requests, eos)
+
+
+def test_batch_is_left_padded_with_different_lengths(requests, free_runs):
+    _, batch, _ = free_runs
     assert len(set(batch.seq_lens)) == len(requests)  # all lengths differ
     assert batch.attention_mask[:, -1].all() and not batch.attention_mask[:, 0].all()
     assert batch.images_spatial_crop[1].sum() == 0  # the text-only row has no image
 
 
-def test_batched_equals_one_by_one(runtime, requests):
-    eos = runtime.processor.eos_id
-    batched, _ = run(runtime, requests, eos_token_id=eos)
-    assert_rows_match_solo(batched, solo_runs(runtime, requests, eos))
+def test_batched_equals_one_by_one(free_runs):
+    batched, _, solos = free_runs
+    assert_rows_match_solo(batched, solos)
 
 
-def test_rows_that_hit_eos_stop_while_others_continue(runtime, requests):
+def test_rows_that_hit_eos_stop_while_others_continue(runtime, requests, free_runs):
     # The weights are random, so pick as "eos" a token that some rows produce early and not others.
-    eos = runtime.processor.eos_id
-    free, _ = run(runtime, requests, eos_token_id=eos)
-    second = free.sequences[:, 1].tolist()
+    second = free_runs[0].sequences[:, 1].tolist()
     stopper = max(second, key=second.count)  # the most common second token: those rows stop after one token
     solos = solo_runs(runtime, requests, stopper)
     lengths = [s.lengths[0] for s in solos]
