@@ -1,6 +1,6 @@
 """The demo graph: decode at 1 fps -> llm_caption -> result.json.
 
-    python examples/demo_graph.py VIDEO [MODEL]
+    python examples/demo_graph.py VIDEO [MODEL [MAX_NEW_TOKENS]]
 """
 
 import sys
@@ -11,10 +11,10 @@ import bmf
 REPO = Path(__file__).resolve().parent.parent  # the folder that holds llm_caption.py
 
 
-def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny") -> None:
+def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny", max_new_tokens: str = "256") -> None:
     graph = bmf.graph()
     frames = graph.decode({"input_path": video, "video_params": {"extract_frames": {"fps": 1}}})["video"]
-    bmf.module([frames], "llm_caption", {"model": model, "batch_size": 4, "result_path": "result.json"},
+    bmf.module([frames], "llm_caption", {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 4, "result_path": "result.json"},
                module_path=str(REPO), entry="llm_caption.llm_caption").run()
 
 

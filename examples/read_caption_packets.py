@@ -3,7 +3,7 @@
 Output 1 of llm_caption carries one packet per described batch (in video order), then a
 summary packet; each payload is a dict.
 
-    python examples/read_caption_packets.py VIDEO [MODEL]
+    python examples/read_caption_packets.py VIDEO [MODEL [MAX_NEW_TOKENS]]
 """
 
 import sys
@@ -14,10 +14,10 @@ import bmf
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny") -> None:
+def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny", max_new_tokens: str = "256") -> None:
     graph = bmf.graph()
     frames = graph.decode({"input_path": video, "video_params": {"extract_frames": {"fps": 1}}})["video"]
-    captioned = bmf.module([frames], "llm_caption", {"model": model, "batch_size": 2},
+    captioned = bmf.module([frames], "llm_caption", {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 3},
                            module_path=str(REPO), entry="llm_caption.llm_caption")
     for packet in graph.start(captioned[1]):  # a generator over the caption stream
         caption = packet.get(dict)

@@ -35,14 +35,14 @@ def stream_types(path: Path) -> list[str]:
 
 
 def test_example_demo_graph(tmp_path):
-    run_example("demo_graph.py", str(SAMPLE_CLIP), FAST["model"], cwd=tmp_path)
+    run_example("demo_graph.py", str(SAMPLE_CLIP), FAST["model"], "8", cwd=tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["frames_analysed"] == 6 and result["video_title"]
 
 
 def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_path):
     output = tmp_path / "out.mp4"
-    run_example("caption_and_encode.py", str(SAMPLE_CLIP), str(output), FAST["model"], cwd=tmp_path)
+    run_example("caption_and_encode.py", str(SAMPLE_CLIP), str(output), FAST["model"], "8", cwd=tmp_path)
     assert frame_times(output) == frame_times(SAMPLE_CLIP)  # 132 frames, same timestamps
     assert stream_types(output) == ["audio", "video"]
     result = json.loads((tmp_path / "result.json").read_text())
@@ -51,10 +51,10 @@ def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_pat
 
 
 def test_example_caption_packet_consumer(tmp_path):
-    done = run_example("read_caption_packets.py", str(SAMPLE_CLIP), FAST["model"], cwd=tmp_path)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(("[", "Title:", "Summary:"))]
-    assert [line.split("]")[0] for line in lines[:3]] == ["[   0.0s -    1.0s", "[   2.0s -    3.0s", "[   4.0s -    5.0s"]
-    assert lines[3].startswith("Title: ") and lines[4].startswith("Summary: ")
+    done = run_example("read_caption_packets.py", str(SAMPLE_CLIP), FAST["model"], "8", cwd=tmp_path)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("[ ", "Title:", "Summary:"))]
+    assert [line.split("]")[0] for line in lines[:2]] == ["[   0.0s -    2.0s", "[   3.0s -    5.0s"]
+    assert lines[2].startswith("Title: ") and lines[3].startswith("Summary: ")
 
 
 def test_the_module_runs_twice_in_one_process(tmp_path):

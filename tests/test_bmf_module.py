@@ -53,14 +53,14 @@ def test_without_pass_through_the_video_output_only_ends(tmp_path):
 
 
 def test_caption_packets_per_batch_then_summary(tmp_path):
-    _, out = run_module({**FAST, "batch_size": 2, "result_path": str(tmp_path / "r.json")}, frames(5))
+    _, out = run_module({**FAST, "batch_size": 3, "result_path": str(tmp_path / "r.json")}, frames(7))
     captions = out[CAPTIONS_OUT]
     assert captions[-1].timestamp == Timestamp.EOF
     payloads = [p.get(dict) for p in captions[:-1]]
     assert [p["type"] for p in payloads] == ["batch", "batch", "batch", "summary"]
     assert [p["batch_id"] for p in payloads[:3]] == [1, 2, 3]
-    assert [p["frames"] for p in payloads[:3]] == [2, 2, 1]
-    assert [c.timestamp for c in captions[:3]] == [0, 2_000_000, 4_000_000]
+    assert [p["frames"] for p in payloads[:3]] == [3, 3, 1]
+    assert [c.timestamp for c in captions[:3]] == [0, 3_000_000, 6_000_000]
     summary = payloads[-1]
     result = json.loads((tmp_path / "r.json").read_text())
     assert summary["video_title"] == result["video_title"] and summary["summary"] == result["summary"]
@@ -76,6 +76,11 @@ def test_bad_options_fail_at_construction(options, tmp_path):
 def test_batch_too_large_for_the_context_names_the_largest_that_fits(tmp_path):
     with pytest.raises(InvalidOptionError, match="the largest batch that fits is 8"):
         llm_caption.llm_caption(0, {**FAST, "batch_size": 9, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
+
+
+def test_two_frame_batches_are_refused_because_tiling_may_not_fit(tmp_path):
+    with pytest.raises(InvalidOptionError, match="the largest batch that fits is 8; 2 do not"):
+        llm_caption.llm_caption(0, {**FAST, "batch_size": 2, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
 
 
 def test_one_model_instance_per_process(tmp_path):

@@ -58,7 +58,7 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
     if needed <= model.context_length:
         return
     fitting = [
-        n for n in range(1, min(options.batch_size, MAX_BATCH_SIZE_SEARCHED) + 1)
+        n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1)
         if batch_tokens(model, options, n) <= model.context_length
     ]
     if not fitting:
@@ -68,8 +68,9 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
         gaps = sorted(set(range(1, max(fitting) + 1)) - set(fitting))
         if gaps:
             advice += (
-                f" (batch sizes {', '.join(map(str, gaps))} do not: with one or two frames a "
-                "prompt the model tiles each frame at high resolution)"
+                f"; {' and '.join(map(str, gaps))} do not: with one or two frames a prompt the "
+                "model tiles each frame at high resolution, up to "
+                f"{model.max_image_tokens(1)} tokens a frame"
             )
     raise InvalidOptionError(
         f"batch_size {options.batch_size} does not fit the {model.context_length}-token context "
