@@ -8,6 +8,7 @@ leaves the batch (its cache rows are dropped) while the others go on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,12 +22,23 @@ class GenerationOutput:
     """``sequences`` [B, steps]: greedy ids, ``pad_token_id`` after a row's eos (eos included).
 
     ``scores``: per step the float32 logits [B, vocab] the step chose from; NaN for rows that had
-    already finished. ``lengths``: new tokens per row, eos excluded.
+    already finished. ``lengths``: new tokens per row, eos excluded. ``prefill_s`` / ``decode_s``:
+    wall time of the prompt forward (up to the first token's logits) and of all later steps.
     """
 
     sequences: torch.Tensor
     scores: list[torch.Tensor] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so that wall-clock timings mean something on GPUs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -77,8 +89,12 @@ def generate(
     active = torch.tensor(active_rows, device=device)  # original row of each batch row still decoding
     remaining = torch.tensor([limits[row] for row in active_rows], device=device)  # budget left per row
     next_position = positions[:, -1] + 1  # [b]
+    start = time.perf_counter()
     hidden = language.model(inputs_embeds, positions, mask if padded else None, cache)
     logits = language.logits(hidden[:, -1])  # [b, vocab] float32
+    _synchronize(device)
+    prefilled = time.perf_counter()
+    out.prefill_s = prefilled - start
 
     for step in range(steps):
         if output_scores:
@@ -104,4 +120,6 @@ def generate(
         hidden = language.model(embeds, next_position[:, None], mask if padded else None, cache)
         logits = language.logits(hidden[:, -1])
         next_position = next_position + 1
+    _synchronize(device)
+    out.decode_s = time.perf_counter() - prefilled
     return out
