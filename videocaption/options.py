@@ -49,6 +49,7 @@ class CaptionOptions:
     max_retries: int = 3  # openai backend: retries after 429, 5xx, timeouts and refused connections
     srt_path: str | None = None  # also write the batch descriptions as SRT subtitles
     vtt_path: str | None = None  # also write them as WebVTT subtitles
+    summary_max_prompt_tokens: int | None = None  # cap on summary prompts (default: what fits)
     resume: bool = False  # continue from the checkpoint an interrupted run left next to result_path
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class CaptionOptions:
         _check_bool("pass_through", self.pass_through)
         _check_bool("time_aware", self.time_aware)
         _check_bool("resume", self.resume)
+        if self.summary_max_prompt_tokens is not None:
+            _check_int("summary_max_prompt_tokens", self.summary_max_prompt_tokens, minimum=1)
         for name in ("srt_path", "vtt_path"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))

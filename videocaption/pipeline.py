@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Iterable
-
 from PIL import Image
 
 from . import progress
@@ -22,16 +20,10 @@ from .checkpoint import Checkpoint, fingerprint
 from .errors import CaptionError, InvalidOptionError, VideoInputError
 from .frames import FrameSampler, SampledFrame
 from .options import CaptionOptions
-from .prompts import (
-    IMAGE_PLACEHOLDER,
-    PART_SUMMARY_PROMPT,
-    batch_prompt,
-    clean_title,
-    summary_prompt,
-    title_prompt,
-)
+from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, title_prompt
 from .result import BatchCaption, CaptionResult
 from .scheduler import BatchScheduler
+from .summary import Summarizer
 
 log = logging.getLogger("llm_caption")
 
@@ -91,6 +83,7 @@ class Captioner:
         self.options = options
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
+        self._summarize = Summarizer(self.model, options, self._complete)
         self._started = time.perf_counter()
         self._sampler = FrameSampler(options.fps)
         self._batcher = FrameBatcher(options.batch_size)
@@ -176,7 +169,9 @@ class Captioner:
         if not self._described:
             raise VideoInputError("no video frames were decoded: the input has no video stream")
         self._report("summarizing")
-        summary, rounds = self.summarize(self._described)
+        summary, rounds = self._summarize(
+            [(b.start_time, b.end_time, b.description) for b in self._described if b.error is None]
+        )
         self._report("titling")
         title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
         self._report("done")
@@ -268,50 +263,6 @@ class Captioner:
             error=error,
         )
 
-    def summarize(self, batches: Iterable[BatchCaption]) -> tuple[str, int]:
-        """Summarise descriptions, in rounds when they do not fit one prompt.
-
-        Returns:
-            The summary and the number of rounds (1 when everything fit one prompt).
-        """
-        items = [(b.start_time, b.end_time, b.description) for b in batches if b.error is None]
-        if not items:
-            return "", 0
-        budget = self.model.context_length - self.options.max_new_tokens
-        rounds = 0
-        while True:
-            rounds += 1
-            final = summary_prompt(self.options.summary_prompt, items, time_aware=self.options.time_aware)
-            if self.model.count_tokens(final) <= budget:
-                return self._complete([final])[0], rounds
-            groups = self._group_to_fit(items, budget)
-            prompts = [summary_prompt(PART_SUMMARY_PROMPT, group, time_aware=self.options.time_aware) for group in groups]
-            texts = self._complete(prompts)
-            items = [(group[0][0], group[-1][1], text) for group, text in zip(groups, texts)]
-
-    def _group_to_fit(self, items: list[tuple[float, float, str]], budget: int) -> list[list[tuple[float, float, str]]]:
-        """Consecutive groups whose part-summary prompts fit ``budget`` tokens, two items or more each."""
-        def fits(group: list[tuple[float, float, str]]) -> bool:
-            prompt = summary_prompt(PART_SUMMARY_PROMPT, group, time_aware=self.options.time_aware)
-            return self.model.count_tokens(prompt) <= budget
-
-        groups: list[list[tuple[float, float, str]]] = []
-        current: list[tuple[float, float, str]] = []
-        for item in items:
-            if not fits([item]):
-                item = _shorten(item, self.model, budget)
-            if current and not fits(current + [item]):
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-        # A group of one cannot shrink the list; merge it into its neighbour by halving texts.
-        if len(groups) == len(items):
-            return [[_shorten(a, self.model, budget // 2), _shorten(b, self.model, budget // 2)]
-                    for a, b in zip(items[::2], items[1::2])] + ([[items[-1]]] if len(items) % 2 else [])
-        return groups
-
     def _complete(self, prompts: list[str]) -> list[str]:
         """Text-only passes, batched up to ``max_threads`` prompts a call."""
         size = self.options.max_threads
@@ -327,12 +278,3 @@ class Captioner:
             video_time=self._video_time,
             stage=stage,
         ))
-
-
-def _shorten(item: tuple[float, float, str], model: VisionLanguageModel, budget: int) -> tuple[float, float, str]:
-    """Cut a text (by words) until it takes at most about ``budget`` tokens."""
-    start, end, text = item
-    words = text.split()
-    while words and model.count_tokens(" ".join(words)) > budget * 0.8:
-        words = words[: max(1, int(len(words) * 0.8))] if len(words) > 1 else []
-    return start, end, " ".join(words)

@@ -1,0 +1,87 @@
+"""The summary pass stays within its prompt limit, in rounds, on long videos."""
+
+import json
+
+import pytest
+
+from helpers import FAST, TINY_MODEL, make_clip
+from videocaption.backends import load_model
+from videocaption.deepseek_vl2 import DeepseekVL2
+from videocaption.errors import InvalidOptionError
+from videocaption.graph import run_caption_graph
+from videocaption.options import CaptionOptions
+from videocaption.summary import Summarizer
+
+WORDS = "a rabbit walks slowly across the green meadow while birds fly over the old oak tree".split()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(CaptionOptions(**FAST))
+
+
+def items(count: int, words: int = 24):
+    return [(4.0 * i, 4.0 * i + 3, " ".join(WORDS[(i + j) % len(WORDS)] for j in range(words))) for i in range(count)]
+
+
+def test_everything_that_fits_is_one_round(model):
+    prompts = []
+    summarize = Summarizer(model, CaptionOptions(**FAST), lambda p: prompts.extend(p) or model.complete_batch(p, max_new_tokens=8))
+    summary, rounds = summarize(items(5))
+    assert rounds == 1 and len(prompts) == 1 and summary
+
+
+def test_descriptions_that_do_not_fit_are_summarised_in_rounds_within_the_limit(model):
+    options = CaptionOptions(**FAST, summary_max_prompt_tokens=150)
+    prompts = []
+
+    def complete(batch):
+        prompts.extend(batch)
+        return model.complete_batch(batch, max_new_tokens=8)
+
+    summary, rounds = Summarizer(model, options, complete)(items(40))
+    assert rounds >= 3
+    assert summary
+    assert max(model.count_tokens(p) for p in prompts) <= 150
+    assert len(prompts) < 40  # grouped, not one call per description
+
+
+def test_one_description_longer_than_the_limit_is_cut(model):
+    options = CaptionOptions(**FAST, summary_max_prompt_tokens=120)
+    prompts = []
+    Summarizer(model, options, lambda p: prompts.extend(p) or ["short"] * len(p))(items(3, words=400))
+    assert max(model.count_tokens(p) for p in prompts) <= 120
+
+
+def test_a_limit_too_small_for_the_instruction_is_refused(model):
+    with pytest.raises(InvalidOptionError, match="summary prompts are limited to 10 tokens"):
+        Summarizer(model, CaptionOptions(**FAST, summary_max_prompt_tokens=10), lambda p: p)
+
+
+def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypatch):
+    clip = make_clip(tmp_path / "ten_minutes.mp4", duration=600, size="160x120", rate=1)
+    limit = 160
+    counts: list[tuple[str, int]] = []
+    model = load_model(CaptionOptions(**FAST))
+    original_complete, original_describe = DeepseekVL2.complete_batch, DeepseekVL2.describe_batch
+
+    def complete_batch(self, prompts, **kwargs):
+        counts.extend(("text", self.count_tokens(p)) for p in prompts)
+        return original_complete(self, prompts, **kwargs)
+
+    def describe_batch(self, requests, **kwargs):
+        counts.extend(("image", self.count_tokens(p, [im.size for im in ims])) for ims, p in requests)
+        return original_describe(self, requests, **kwargs)
+
+    monkeypatch.setattr(DeepseekVL2, "complete_batch", complete_batch)
+    monkeypatch.setattr(DeepseekVL2, "describe_batch", describe_batch)
+    options = CaptionOptions(**FAST, fps=0.1, batch_size=8, summary_max_prompt_tokens=limit,
+                             result_path=str(tmp_path / "result.json"))
+    result = run_caption_graph(clip, options)
+    assert result["frames_analysed"] == 60
+    assert result["batches"][-1]["end_time"] == pytest.approx(590.0)
+    assert result["summary_rounds"] > 1
+    text_counts = [n for kind, n in counts if kind == "text"]
+    assert max(text_counts) <= limit
+    assert max(n for kind, n in counts if kind == "image") + FAST["max_new_tokens"] <= model.context_length
+    assert json.loads((tmp_path / "result.json").read_text())["summary_rounds"] == result["summary_rounds"]
