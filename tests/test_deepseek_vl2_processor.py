@@ -132,3 +132,31 @@ def test_answers_are_stripped_and_budgeted(runtime):
     text = runtime.complete("Describe a rabbit.", max_new_tokens=6)
     assert text == text.strip()
     assert runtime.complete("Describe a rabbit.", max_new_tokens=0) == ""
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_prepare_image_keeps_the_tiles(runtime, mode):
+    rng = random.Random(7)
+    noise = Image.frombytes("RGB", (640, 400), rng.randbytes(640 * 400 * 3))
+    alpha = Image.frombytes("L", (640, 400), rng.randbytes(640 * 400))
+
+    def convert(image: Image.Image) -> Image.Image:
+        if mode != "RGBA":
+            return image.convert(mode)
+        image = image.convert("RGBA")
+        image.putalpha(alpha.resize(image.size))  # varying alpha: PIL resizes RGBA premultiplied
+        return image
+
+    frames = [convert(noise), convert(noise.rotate(90, expand=True)), convert(noise.crop((0, 0, 500, 300)))]
+    processor = runtime.processor
+    for count in (2, 3):
+        images = (frames * 2)[:count]
+        prepared = [runtime.prepare_image(im, count) for im in images]
+        if count <= 2:  # the tiling depends on the full size: nothing may change
+            assert all(p is im for p, im in zip(prepared, images))
+        else:
+            assert all(max(p.size) <= processor.config.image_size for p in prepared)
+        prompt = "<image>" * count
+        ours = processor.process_one(processor.user_conversation(prompt), prepared)
+        full = processor.process_one(processor.user_conversation(prompt), images)
+        assert torch.equal(ours.images, full.images) and torch.equal(ours.input_ids, full.input_ids)

@@ -166,7 +166,9 @@ class DeepseekVL2:
         tile = self.processor.config.image_size
         if num_images <= 2 or (image.width <= tile and image.height <= tile):
             return image
-        return ImageOps.contain(image, (tile, tile), method=Image.Resampling.BICUBIC)
+        # The processor converts to RGB before resizing; resizing first (e.g. RGBA, which PIL
+        # resizes with premultiplied alpha) would give other pixels.
+        return ImageOps.contain(image.convert("RGB"), (tile, tile), method=Image.Resampling.BICUBIC)
 
     # ---------------------------------------------------------------- helpers
     def _check_placeholders(self, prompt: str, num_images: int) -> None:
