@@ -22,6 +22,7 @@ from .frames import frame_timestamp, video_frame_to_image
 from .options import CaptionOptions
 from .pipeline import Captioner
 from .result import BatchCaption, CaptionResult
+from .watchdog import activity_for
 from .writers import write_outputs
 
 log = logging.getLogger("llm_caption")
@@ -57,11 +58,22 @@ class CaptionModule(Module):
     def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
         self.node = node
         self.options = CaptionOptions.from_mapping(option)
-        self._captioner = Captioner(self.options)
+        # The graph runner watches this for stalls; loading the model is work, not a stall.
+        self._activity = activity_for(self.options.result_path)
+        with self._activity.busy():
+            self._captioner = Captioner(self.options)
         self._eof_inputs: set[int] = set()
         self._done = False
 
     def process(self, task) -> int:
+        if self._activity.abandoned:  # the runner gave up on a stalled input: wind down quietly
+            self._done = True
+            task.timestamp = Timestamp.DONE
+            return ProcessResult.OK
+        with self._activity.busy():
+            return self._process(task)
+
+    def _process(self, task) -> int:
         inputs = task.get_inputs()
         outputs = task.get_outputs()
         for stream_id, packets in inputs.items():
@@ -118,7 +130,7 @@ class CaptionModule(Module):
         self._stop_early()
 
     def _stop_early(self) -> None:
-        if self._done:
+        if self._done or self._activity.abandoned:  # abandoned: the checkpoint keeps the work
             return
         self._done = True
         partial = self._captioner.stop()

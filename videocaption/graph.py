@@ -1,4 +1,4 @@
-"""The demo BMF graph: decode (sampling at ``fps``) -> ``llm_caption`` module.
+"""The demo BMF graph: decode -> FFmpeg `select` (sampling at ``fps``) -> ``llm_caption`` module.
 
 The module is loaded by path and entry like any BMF Python module, so this works from any
 working directory.
@@ -10,17 +10,22 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 from .errors import VideoInputError
+from .frames import select_expression
 from .options import CaptionOptions
 from .probe import explain_decoder_error
+from .watchdog import Activity, watching
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_NAME = "llm_caption"
 MODULE_ENTRY = "llm_caption.llm_caption"
+# Seconds without a decoded frame (module idle) before a run counts as stalled.
+DEFAULT_STALL_TIMEOUT_S = 60.0
 
 
 def module_options(options: CaptionOptions) -> dict[str, Any]:
@@ -28,9 +33,10 @@ def module_options(options: CaptionOptions) -> dict[str, Any]:
     return dataclasses.asdict(options)
 
 
-def decoder_options(video_path: str | os.PathLike, options: CaptionOptions) -> dict[str, Any]:
-    """BMF decoder options that extract frames at ``fps`` inside the decoder."""
-    return {"input_path": str(video_path), "video_params": {"extract_frames": {"fps": options.fps}}}
+def decoder_options(video_path: str | os.PathLike) -> dict[str, Any]:
+    """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
+    stays on: phone videos carry a display matrix), stamped with its own time."""
+    return {"input_path": str(video_path), "autorotate": 1}
 
 
 def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions):
@@ -38,46 +44,97 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions):
     import bmf
 
     graph = bmf.graph()
-    video = graph.decode(decoder_options(video_path, options))["video"]
+    video = graph.decode(decoder_options(video_path))["video"]
+    # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
+    video = video.ff_filter("select", select_expression(options.fps))
     node = bmf.module([video], MODULE_NAME, module_options(options),
                       module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
     return graph, node
 
 
-def wait_for_graph(graph) -> None:
-    """Wait for a started graph to finish, staying interruptible.
+def wait_for_graph(graph, node=None, *, activity: Activity | None = None,
+                   stall_timeout: float | None = None, video_path: str | os.PathLike = "") -> None:
+    """Run a built graph (when ``node`` is given) and wait for it to finish, interruptibly.
 
-    BMF's ``close`` blocks in C++ until every node is done, where Python cannot deliver
-    Ctrl-C; waiting for it on a helper thread keeps the main thread in Python, so a
-    KeyboardInterrupt reaches the caller at once. A module's exception is re-raised here.
+    BMF's ``run`` and ``close`` block in C++ (``run`` already while the decoder opens its input,
+    which never returns for a pipe nobody writes), where Python cannot deliver Ctrl-C; doing
+    both on a helper thread keeps the main thread in Python, so a KeyboardInterrupt reaches the
+    caller at once. A module's exception is re-raised here.
+
+    Raises:
+        VideoInputError: ``activity`` showed no progress for ``stall_timeout`` seconds while
+            the module was idle: the graph is abandoned (its threads may stay blocked).
     """
     failure: list[BaseException] = []
 
-    def close() -> None:
+    def run_and_close() -> None:
         try:
+            if node is not None:
+                graph.run(node, is_blocked=False)
             graph.close()
         except BaseException as error:  # handed to the main thread
             failure.append(error)
 
-    closer = threading.Thread(target=close, name="bmf-graph-close", daemon=True)
-    closer.start()
-    while closer.is_alive():
-        closer.join(timeout=0.2)
+    runner = threading.Thread(target=run_and_close, name="bmf-graph", daemon=True)
+    runner.start()
+    try:
+        while runner.is_alive():
+            _keep_python_sigint_handler()
+            runner.join(timeout=0.2)
+            if activity is not None and stall_timeout and activity.idle_seconds() > stall_timeout:
+                activity.abandoned = True
+                # force_close waits for the decoder too; do not wait for it here.
+                threading.Thread(target=_force_close, args=(graph,), name="bmf-force-close", daemon=True).start()
+                raise VideoInputError(
+                    f"{video_path}: decoding stalled: no frame in {stall_timeout:g} s "
+                    "(an input that stopped delivering data, or a damaged file)"
+                )
+    except BaseException:
+        # Freeing a graph whose engine threads still run crashes the process: keep it alive.
+        _ABANDONED_GRAPHS.append(graph)
+        raise
     if failure:
         raise failure[0]
 
 
-def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions) -> dict[str, Any]:
+def _keep_python_sigint_handler() -> None:
+    """Take Ctrl-C back from BMF's engine, which installs its own C handler when a graph starts.
+
+    Its handler quits every graph in the process from inside the signal, racing the module
+    and the caller (a crash, or a run reported as stalled); Python's handler raises
+    KeyboardInterrupt in the main thread instead, which the caller handles.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.getsignal(signal.SIGINT))
+
+
+# Graphs left running by an interrupt or a stall; never freed (see wait_for_graph).
+_ABANDONED_GRAPHS: list[Any] = []
+
+
+def _force_close(graph) -> None:
+    try:
+        graph.force_close()
+    except BaseException:  # noqa: BLE001 - the run is already abandoned and reported
+        pass
+
+
+def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
+                      stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S) -> dict[str, Any]:
     """Caption one video through BMF; returns the result document the module wrote.
 
+    Args:
+        stall_timeout: give up when the decoder delivers nothing for this many seconds while
+            the module is idle (model work never counts); None waits forever.
+
     Raises:
-        VideoInputError: the decoder could not open the input.
+        VideoInputError: the decoder could not open the input, or stalled.
         CaptionError: a bad option, a missing model, or a video without frames.
     """
     graph, node = build_caption_graph(video_path, options)
     try:
-        graph.run(node, is_blocked=False)
-        wait_for_graph(graph)
+        with watching(options.result_path) as activity:
+            wait_for_graph(graph, node, activity=activity, stall_timeout=stall_timeout, video_path=video_path)
     except RuntimeError as error:
         explained = explain_decoder_error(video_path, error)
         if explained is None:

@@ -35,6 +35,10 @@ def check_readable(path: Path) -> None:
         raise VideoInputError(f"{path}: no such file")
     if path.is_dir():
         raise VideoInputError(f"{path}: is a directory, not a video file")
+    if not path.is_file():
+        # A pipe or device cannot be probed and then decoded (probing eats what it reads), and
+        # opening a pipe nobody writes to blocks forever.
+        raise VideoInputError(f"{path}: is not a regular file ({_file_kind(path)}); save the video to a file first")
     if not os.access(path, os.R_OK):
         raise VideoInputError(f"{path}: permission denied")
     if path.stat().st_size == 0:
@@ -89,6 +93,16 @@ def explain_decoder_error(path: str | os.PathLike, error: Exception) -> VideoInp
     if "ffmpeg_decoder" in text or "Transcode Error" in text:
         return VideoInputError(f"{path}: cannot be decoded ({text.splitlines()[0][-200:]})")
     return None
+
+
+def _file_kind(path: Path) -> str:
+    if path.is_fifo():
+        return "a named pipe"
+    if path.is_socket():
+        return "a socket"
+    if path.is_char_device() or path.is_block_device():
+        return "a device"
+    return "not a plain file"
 
 
 def _strip_path(reason: str, path: Path) -> str:

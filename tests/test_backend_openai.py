@@ -1,0 +1,294 @@
+"""The openai backend against a real OpenAI-compatible server: ``transformers serve`` on loopback.
+
+The server loads tiny random checkpoints built offline (see ``tiny_vlms``) on demand, by path,
+and runs with the hub offline, so a request for a model it does not have is a real HTTP 500
+(the retried kind); a port with nothing listening is a real refused connection, and a 1 ms
+timeout a real timeout.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image
+
+import tiny_vlms
+from videocaption.backends import VisionLanguageModel, load_model
+from videocaption.backends.openai_backend import DEFAULT_CONTEXT_LENGTH, OpenAIVLM, data_url
+from videocaption.backends.transformers_backend import TransformersVLM
+from videocaption.errors import BackendError, CaptionError, InvalidOptionError
+from videocaption.options import CaptionOptions
+from videocaption.pipeline import Captioner
+from videocaption.result import CaptionResult
+
+pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving]")
+
+MAX_NEW_TOKENS = 8
+SERVER_START_SECONDS = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served_vlms")
+    return {name: tiny_vlms.BUILDERS[name](root / name) for name in ("llava", "idefics3")}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``transformers serve`` on a free loopback port; yields its base URL, stops it at the end."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve",
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(server: str, checkpoints: dict[str, Path]) -> OpenAIVLM:
+    return OpenAIVLM(str(checkpoints["llava"]), server, request_timeout=60, max_retries=1, retry_backoff=0.05)
+
+
+def frames(count: int) -> list[Image.Image]:
+    return [Image.new("RGB", (48 + 8 * i, 40), (41 * i % 256, 120, 255 - 33 * i % 256)) for i in range(count)]
+
+
+def jpeg_roundtrip(image: Image.Image) -> Image.Image:
+    """The image as the server decodes it from the data URL."""
+    import base64
+
+    raw = base64.b64decode(data_url(image).split(",", 1)[1])
+    return Image.open(io.BytesIO(raw)).convert("RGB")
+
+
+def requests_of(images: list[Image.Image]) -> list[tuple[list[Image.Image], str]]:
+    return [
+        (images[0:2], "Frame 1 at 0:00.0: <image>\nFrame 2 at 0:01.0: <image>\nDescribe what happens."),
+        (images[2:5], "A <image> then <image> and <image>. What changed?"),
+        (images[5:6], "<image> Describe."),
+        (images[6:8], "<image><image> Two frames."),
+    ]
+
+
+# -- talking to the real server ---------------------------------------------------------------
+
+def test_describe_batch_sends_requests_concurrently(served: OpenAIVLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = requests_of(frames(8))
+    alone = [served.describe_batch([request], max_new_tokens=MAX_NEW_TOKENS)[0] for request in requests]
+    # Every request must be open at the same time for the barrier to let them through.
+    barrier = threading.Barrier(len(requests), timeout=20)
+    create = served.client.chat.completions.create
+
+    def create_together(**kwargs):
+        barrier.wait()
+        return create(**kwargs)
+
+    monkeypatch.setattr(served.client.chat.completions, "create", create_together)
+    together = served.describe_batch(requests, max_new_tokens=MAX_NEW_TOKENS)
+    assert together == alone
+    assert all(isinstance(text, str) and text for text in together)
+
+
+def test_server_sees_the_images_where_the_placeholders_are(
+    served: OpenAIVLM, checkpoints: dict[str, Path]
+) -> None:
+    """The served answers are the ones the same checkpoint gives in-process to the same images."""
+    local = TransformersVLM.from_pretrained(str(checkpoints["llava"]), device="cpu")
+    requests = requests_of(frames(8))
+    decoded = [([jpeg_roundtrip(image) for image in images], prompt) for images, prompt in requests]
+    assert served.describe_batch(requests, max_new_tokens=MAX_NEW_TOKENS) == \
+        local.describe_batch(decoded, max_new_tokens=MAX_NEW_TOKENS)
+    prompts = ["Summarize the video.", "Give the video a short title."]
+    assert served.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS) == \
+        local.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_a_second_family_through_load_model(server: str, checkpoints: dict[str, Path]) -> None:
+    options = CaptionOptions(backend="openai", api_base=server, model=str(checkpoints["idefics3"]),
+                             request_timeout=60, max_retries=0, multithreading=True, max_threads=2)
+    model = load_model(options)
+    assert isinstance(model, OpenAIVLM) and isinstance(model, VisionLanguageModel)
+    assert load_model(options) is model  # one client per endpoint and model
+    texts = model.describe_batch(requests_of(frames(8))[:2], max_new_tokens=MAX_NEW_TOKENS)
+    assert len(texts) == 2 and all(isinstance(text, str) for text in texts)
+    # transformers serve does not report max_model_len (vLLM does): the generous default applies
+    assert model.context_length == DEFAULT_CONTEXT_LENGTH
+
+
+def test_captioner_end_to_end(served: OpenAIVLM) -> None:
+    options = CaptionOptions(backend="openai", api_base=served.api_base, model=served.name, batch_size=2,
+                             multithreading=True, max_threads=3, max_new_tokens=MAX_NEW_TOKENS)
+    captioner = Captioner(options, served)
+    for index, image in enumerate(frames(7)):
+        captioner.add(image, float(index))
+    result = captioner.finish()
+    assert isinstance(result, CaptionResult) and result.complete
+    assert [batch.frames for batch in result.batches] == [2, 2, 2, 1]
+    assert result.model == served.name
+
+
+# -- failures: retries, backoff, and the error naming the endpoint ----------------------------
+
+def test_server_error_is_retried_then_names_the_endpoint(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown model makes transformers serve (hub offline) answer HTTP 500: retried, then fatal."""
+    model = OpenAIVLM("nobody/no-such-model", server, request_timeout=30, max_retries=2, retry_backoff=0.05)
+    caplog.set_level(logging.WARNING, logger="llm_caption")
+    caplog.clear()
+    started = time.monotonic()
+    with pytest.raises(BackendError) as raised:
+        model.describe_batch([(frames(1), "<image> Describe.")], max_new_tokens=MAX_NEW_TOKENS)
+    error = raised.value
+    assert isinstance(error, CaptionError)
+    assert f"{server}/chat/completions" in str(error) and "HTTP 500" in str(error)
+    assert "after 3 attempts" in str(error) and "nobody/no-such-model" in str(error)
+    assert error.status == 500 and error.endpoint == f"{server}/chat/completions"
+    retries = [record for record in caplog.records if "retrying in" in record.getMessage()]
+    assert len(retries) == 2  # max_retries
+    assert time.monotonic() - started >= 0.8 * (0.05 + 0.1)  # backoff doubles: 0.05 s, then 0.1 s
+
+
+def test_client_error_is_not_retried(served: OpenAIVLM, caplog: pytest.LogCaptureFixture) -> None:
+    """A request the server rejects (HTTP 422 for an unknown field) fails at once: retrying cannot help."""
+    caplog.set_level(logging.WARNING, logger="llm_caption")
+    caplog.clear()
+    with pytest.raises(BackendError, match=r"HTTP 422") as raised:
+        served._with_retries("/chat/completions", lambda: served.client.chat.completions.create(
+            model=served.name, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            extra_body={"no_such_field": 1}))
+    assert raised.value.status == 422
+    assert not [record for record in caplog.records if "retrying in" in record.getMessage()]
+
+
+def test_refused_connection_fails_at_load_naming_the_endpoint(caplog: pytest.LogCaptureFixture) -> None:
+    api_base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    caplog.set_level(logging.WARNING, logger="llm_caption")
+    caplog.clear()
+    with pytest.raises(BackendError) as raised:
+        OpenAIVLM("any", api_base, request_timeout=5, max_retries=1, retry_backoff=0.01)
+    assert f"{api_base}/models" in str(raised.value) and "cannot connect" in str(raised.value)
+    assert "after 2 attempts" in str(raised.value) and raised.value.status is None
+    assert len([record for record in caplog.records if "retrying in" in record.getMessage()]) == 1
+
+
+def test_timeout_is_retried_then_fatal(server: str, checkpoints: dict[str, Path]) -> None:
+    # No answer is generated within 1 ms (context_length given: no /models request on creation).
+    model = OpenAIVLM(str(checkpoints["llava"]), server, request_timeout=0.001, max_retries=1,
+                      retry_backoff=0.01, context_length=2048)
+    with pytest.raises(BackendError, match=r"no answer within 0.001 s") as raised:
+        model.describe_batch([(frames(1), "<image> Describe.")], max_new_tokens=MAX_NEW_TOKENS)
+    assert "after 2 attempts" in str(raised.value)
+
+
+# -- what is sent, and the estimates ----------------------------------------------------------
+
+def test_message_interleaves_text_and_images(served: OpenAIVLM) -> None:
+    images = frames(2)
+    message = served._message("Frame 1: <image>\nFrame 2: <image>\nDescribe.", images)
+    kinds = [part["type"] for part in message["content"]]
+    assert kinds == ["text", "image_url", "text", "image_url", "text"]
+    assert message["content"][1]["image_url"]["url"] == data_url(images[0])
+    assert message["content"][3]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    with pytest.raises(ValueError, match="placeholders"):
+        served._message("<image><image>", images[:1])
+
+
+def test_estimates_and_image_size(served: OpenAIVLM) -> None:
+    assert served.count_tokens("x" * 300) == 100 + 16
+    assert served.count_tokens("<image> x", [(640, 360)]) == served.count_tokens(" x") + 576
+    assert served.max_image_tokens(4) == 4 * 576
+    assert served.prepare_image(Image.new("RGB", (3840, 2160)), 4).size == (1024, 576)
+    small = Image.new("RGB", (320, 240))
+    assert served.prepare_image(small, 4) is small
+
+
+def test_api_key_from_option_then_environment(
+    server: str, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    assert OpenAIVLM(str(checkpoints["llava"]), server).client.api_key == "from-env"
+    assert OpenAIVLM(str(checkpoints["llava"]), server, api_key="given").client.api_key == "given"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert OpenAIVLM(str(checkpoints["llava"]), server).client.api_key == "EMPTY"
+
+
+# -- options ------------------------------------------------------------------------------------
+
+def test_backend_options_are_checked() -> None:
+    with pytest.raises(InvalidOptionError, match="backend must be one of"):
+        CaptionOptions(backend="llama.cpp")
+    with pytest.raises(InvalidOptionError, match="needs api_base"):
+        CaptionOptions(backend="openai")
+    with pytest.raises(InvalidOptionError, match="request_timeout"):
+        CaptionOptions(backend="openai", api_base="http://localhost:8000/v1", request_timeout=0)
+    with pytest.raises(InvalidOptionError, match="max_retries"):
+        CaptionOptions(max_retries=-1)
+    with pytest.raises(InvalidOptionError, match="api_base"):
+        CaptionOptions.from_mapping({"backend": "openai", "api_base": ""})
+    options = CaptionOptions.from_mapping({"backend": "openai", "api_base": "http://h:8000/v1", "api_key": "sk-secret",
+                                           "request_timeout": 5, "max_retries": 0})
+    assert options.request_timeout == 5.0 and options.max_retries == 0
+    assert "sk-secret" not in repr(options)
+
+
+def test_api_key_never_reaches_result_json() -> None:
+    from videocaption.result import BatchCaption
+
+    options = CaptionOptions(backend="openai", api_base="http://h:8000/v1", api_key="sk-secret")
+    result = CaptionResult(video_title="t", summary="s", batch_size=options.batch_size,
+                           batches=[BatchCaption(1, 1, 0.0, 0.0, "d")], model=options.model, fps=options.fps,
+                           turnaround_time=1.0)
+    assert "sk-secret" not in repr(result.to_dict())
+
+
+def test_cli_flags() -> None:
+    from videocaption.cli import build_parser, options_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--backend", "openai", "--api-base", "http://h:8000/v1", "--model", "m",
+                              "--request-timeout", "30", "--max-retries", "5", "--multithreading", "--max-threads", "8"])
+    options = options_from_args(args, parser)
+    assert (options.backend, options.api_base, options.api_key, options.request_timeout, options.max_retries,
+            options.max_threads) == ("openai", "http://h:8000/v1", None, 30.0, 5, 8)
+    with pytest.raises(SystemExit):
+        options_from_args(parser.parse_args(["--backend", "openai"]), parser)
