@@ -98,7 +98,8 @@ class SubtitlesWriter(ResultWriter):
 
     def cue_text(self, batch: BatchCaption) -> str:
         text = batch.description if batch.error is None else f"[not described: {batch.error}]"
-        # A blank line would end the cue early in both formats.
+        # A blank line would end the cue early in both formats, and an arrow starts a new cue.
+        text = text.replace("-->", "->")
         return "\n".join(line for line in text.splitlines() if line.strip()) or "..."
 
 
@@ -121,8 +122,7 @@ class WriteVTT(SubtitlesWriter):
     def write_result(self, result: CaptionResult, file: TextIO) -> None:
         file.write("WEBVTT\n\n")
         for start, end, batch in cue_spans(result):
-            text = self.cue_text(batch).replace("-->", "->")
-            file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{text}\n\n")
+            file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{self.cue_text(batch)}\n\n")
 
 
 WRITERS: dict[str, type[ResultWriter]] = {"json": WriteJSON, "srt": WriteSRT, "vtt": WriteVTT}
