@@ -12,11 +12,13 @@ from pathlib import Path
 import bmf
 
 REPO = Path(__file__).resolve().parent.parent
+ONE_PER_SECOND = "isnan(prev_selected_t)+gt(floor(t),floor(prev_selected_t))"
 
 
 def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny", max_new_tokens: str = "256") -> None:
     graph = bmf.graph()
-    frames = graph.decode({"input_path": video, "video_params": {"extract_frames": {"fps": 1}}})["video"]
+    # One frame a second, sampled by FFmpeg inside BMF; frames keep their own timestamps.
+    frames = graph.decode({"input_path": video})["video"].ff_filter("select", ONE_PER_SECOND)
     captioned = bmf.module([frames], "llm_caption", {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 3},
                            module_path=str(REPO), entry="llm_caption.llm_caption")
     for packet in graph.start(captioned[1]):  # a generator over the caption stream
