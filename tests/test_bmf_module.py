@@ -78,9 +78,15 @@ def test_batch_too_large_for_the_context_names_the_largest_that_fits(tmp_path):
         llm_caption.llm_caption(0, {**FAST, "batch_size": 9, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
 
 
-def test_two_frame_batches_are_refused_because_tiling_may_not_fit(tmp_path):
-    with pytest.raises(InvalidOptionError, match="the largest batch that fits is 8; 2 do not"):
-        llm_caption.llm_caption(0, {**FAST, "batch_size": 2, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
+def test_two_frame_batches_fit_with_the_default_answer_length(tmp_path):
+    # Two 1920x1080 frames would take 2 x 2101 tokens at the processor's largest tiling; the
+    # runtime shrinks them to a tiling that leaves room for the prompt and the answer.
+    rng = np.random.default_rng(0)
+    packets = [video_frame_packet(rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8), float(i)) for i in range(3)]
+    _, out = run_module({**FAST, "batch_size": 2, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")}, packets)
+    payloads = [p.get(dict) for p in out[CAPTIONS_OUT][:-1]]
+    assert [(p["type"], p.get("frames")) for p in payloads] == [("batch", 2), ("batch", 1), ("summary", None)]
+    assert all("error" not in p for p in payloads)
 
 
 def test_one_model_instance_per_process(tmp_path):

@@ -49,7 +49,8 @@ def test_max_image_tokens(runtime):
     # <= 2 images: the worst candidate (384x3456: 1 x 9 tiles) for each; > 2 images: global + one tile each
     assert runtime.max_image_tokens(0) == 0
     assert runtime.max_image_tokens(1) == 14 * 15 + 1 + (9 * 14) * (14 + 1) == 2101
-    assert runtime.max_image_tokens(2) == 2 * 2101
+    # 2 images: shrunk to at most 7 tiles each (1 x 7 the worst), so that two fit with room to spare
+    assert runtime.max_image_tokens(2) == 2 * (14 * 15 + 1 + (7 * 14) * (14 + 1)) == 3362
     assert runtime.max_image_tokens(3) == 3 * 421
     assert runtime.max_image_tokens(8) == 8 * 421
     processor = runtime.processor
@@ -63,13 +64,24 @@ def test_count_tokens_equals_processor_length(runtime):
                3: "A: <image>\nB: <image>\nC: <image>\nWhat changes?", 4: "<image><image><image><image> Tell a story."}
     for _ in range(12):
         n = rng.choice(sorted(prompts))
-        sizes = [(rng.randint(16, 1600), rng.randint(16, 1600)) for _ in range(n)]
-        images = [solid(size) for size in sizes]
+        images = [runtime.prepare_image(solid((rng.randint(16, 1600), rng.randint(16, 1600))), n) for _ in range(n)]
+        sizes = [image.size for image in images]
         sample = runtime.processor.process_one(runtime.processor.user_conversation(prompts[n]), images)
         assert runtime.count_tokens(prompts[n], sizes) == len(sample), sizes
         assert int(sample.images_seq_mask.sum()) == sum(sample.num_image_tokens)
         assert sample.images.shape[0] == sum(1 + w * h for w, h in sample.images_spatial_crop.tolist())
         assert sum(sample.num_image_tokens) <= runtime.max_image_tokens(n)
+
+
+def test_two_image_prompts_shrink_frames_only_when_their_tiling_is_too_large(runtime):
+    wide, strip = solid((1920, 1080)), solid((200, 3000))  # 4 x 2 and 1 x 9 tiles at full size
+    assert runtime.prepare_image(wide, 1) is wide and runtime.prepare_image(strip, 1) is strip
+    shrunk_wide, shrunk_strip = runtime.prepare_image(wide, 2), runtime.prepare_image(strip, 2)
+    assert runtime.processor.image_grid(shrunk_wide.size, cropping=True) == (3, 2)
+    assert runtime.processor.image_grid(shrunk_strip.size, cropping=True) == (1, 7)
+    assert shrunk_wide.width / shrunk_wide.height == pytest.approx(1920 / 1080, rel=0.01)
+    small = solid((640, 360))
+    assert runtime.prepare_image(small, 2) is small
 
 
 def test_prompt_template(processor):

@@ -28,7 +28,7 @@ def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
 def subtitled(tmp_path_factory):
     """One CLI run on the sample clip writing result.json, an SRT file beside it and a VTT file elsewhere."""
     folder = tmp_path_factory.mktemp("subtitles")
-    done = run_cli(str(SAMPLE_CLIP), "--batch-size", "3", "--output", "out/result.json", "--srt",
+    done = run_cli(str(SAMPLE_CLIP), "--batch-size", "2", "--output", "out/result.json", "--srt",
                    "--vtt", "captions.vtt", cwd=folder)
     assert done.returncode == 0, done.stderr
     return folder, json.loads((folder / "out" / "result.json").read_text())
@@ -38,7 +38,7 @@ def test_srt_has_one_cue_per_batch_at_the_batch_times(subtitled):
     folder, result = subtitled
     cues = list(srt.parse((folder / "out" / "result.srt").read_text(encoding="utf-8")))
     batches = result["batches"]
-    assert len(cues) == len(batches) == 2
+    assert len(cues) == len(batches) == 3
     assert [c.start.total_seconds() for c in cues] == [b["start_time"] for b in batches]
     # A cue lasts until the next batch starts; the last one for one sampling interval.
     assert [c.end.total_seconds() for c in cues] == [b["start_time"] for b in batches[1:]] + [batches[-1]["end_time"] + 1]

@@ -19,10 +19,12 @@ from ..errors import ContextOverflowError, InvalidOptionError, ModelLoadError
 from .config import DeepseekVL2Config
 from .generation import generate
 from .model import DeepseekVL2Model
-from .processor import DeepseekVL2Batch, DeepseekVL2Processor
+from .processor import DeepseekVL2Batch, DeepseekVL2Processor, select_best_resolution
 from .weights import check_model_dir, load_weights, resolve_model_dir
 
 DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
+# Tokens kept free for the prompt text and the answer when two frames share a prompt.
+PAIR_TEXT_RESERVE = 512
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -151,24 +153,58 @@ class DeepseekVL2:
         return self.processor.count_tokens(self.processor.user_conversation(prompt), image_sizes)
 
     def max_image_tokens(self, num_images: int) -> int:
-        """Worst-case image tokens of ``num_images`` images of unknown size in one prompt."""
+        """Worst-case image tokens of ``num_images`` images of unknown size in one prompt,
+        once each went through :meth:`prepare_image`."""
+        if num_images == 2:
+            return 2 * max(self._tiling_tokens(size) for size in self._pair_tilings())
         return self.processor.max_image_tokens(num_images)
 
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
-        """The smallest copy of ``image`` that the processor turns into exactly the same tiles.
+        """``image`` made ready for a prompt of ``num_images`` images, as small as it can be.
 
-        With more than two images in a prompt every image becomes a global and a local view
-        padded to one tile; shrinking it to fit one tile now, with the processor's own resize,
-        gives identical pixels later (the processor's resize to the same size is a copy), so a
-        4K frame is not kept at full size while its batch waits. With one or two images the
-        processor picks a tiling from the full size, so the image is kept as it is.
+        More than two images: every image becomes a global and a local view padded to one
+        tile; shrinking it to fit one tile now, with the processor's own resize, gives
+        identical pixels later (the processor's resize to the same size is a copy), so a 4K
+        frame is not kept at full size while its batch waits.
+
+        Two images: the processor tiles each at up to 3x3 tiles, and two such frames overflow
+        the context of the tiny model (so batch_size 2 could never run). A frame whose tiling
+        would be larger than :meth:`_pair_tilings` allows is shrunk to fit the best allowed
+        tiling; the processor then picks that tiling or a smaller one. Other frames, and
+        single images, are kept as they are.
         """
         tile = self.processor.config.image_size
-        if num_images <= 2 or (image.width <= tile and image.height <= tile):
+        if num_images == 2:
+            allowed = self._pair_tilings()
+            if select_best_resolution(image.size, self.processor.config.candidate_resolutions) in allowed:
+                return image
+            target = select_best_resolution(image.size, allowed)
+            return ImageOps.contain(image.convert("RGB"), target, method=Image.Resampling.BICUBIC)
+        if num_images < 2 or (image.width <= tile and image.height <= tile):
             return image
         # The processor converts to RGB before resizing; resizing first (e.g. RGBA, which PIL
         # resizes with premultiplied alpha) would give other pixels.
         return ImageOps.contain(image.convert("RGB"), (tile, tile), method=Image.Resampling.BICUBIC)
+
+    def _tiling_tokens(self, size: tuple[int, int]) -> int:
+        tile = self.processor.config.image_size
+        return self.processor.num_image_tokens(size[0] // tile, size[1] // tile)
+
+    def _pair_tilings(self) -> list[tuple[int, int]]:
+        """Candidate tilings for two-image prompts: those of up to as many tiles as lets two
+        frames of any of them fit the context with ``PAIR_TEXT_RESERVE`` tokens to spare.
+
+        Bounded by tile count, not tokens: the processor may pick a different shape of the
+        same or smaller area for a shrunk frame, and every such shape is then allowed too.
+        """
+        tile = self.processor.config.image_size
+        candidates = [tuple(c) for c in self.processor.config.candidate_resolutions]
+        budget = (self.context_length - PAIR_TEXT_RESERVE) // 2
+        for max_tiles in sorted({w * h // (tile * tile) for w, h in candidates}, reverse=True):
+            allowed = [c for c in candidates if c[0] * c[1] // (tile * tile) <= max_tiles]
+            if max(self._tiling_tokens(c) for c in allowed) <= budget:
+                return allowed
+        return [(tile, tile)]
 
     # ---------------------------------------------------------------- helpers
     def _check_placeholders(self, prompt: str, num_images: int) -> None:
