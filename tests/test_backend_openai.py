@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -242,6 +243,40 @@ def test_estimates_and_image_size(served: OpenAIVLM) -> None:
     assert served.prepare_image(small, 4) is small
 
 
+def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
+    """Served DeepSeek-VL2 (by name) is sized by DeepSeek-VL2's processor rules: exact image tokens
+    and worst cases, frames shrunk to one tile with more than two a prompt."""
+    from videocaption.backends.openai_backend import is_deepseek_vl2
+    from videocaption.deepseek_vl2 import DeepseekVL2
+
+    # The tiny reference checkpoint has the official processor settings; what counts is the
+    # processor's own rules (the server's processor applies them to the frames it is sent).
+    processor = DeepseekVL2.from_pretrained(
+        str(tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"), device="cpu").processor
+    served = OpenAIVLM("deepseek-ai/deepseek-vl2-tiny", server, context_length=4096)
+    assert served.deepseek_vl2 and is_deepseek_vl2("/models/DeepSeek_VL2-small") and not is_deepseek_vl2("llava")
+    sizes = [(1024, 576), (576, 1024), (640, 360), (100, 1000), (1024, 1024), (300, 200)]
+    for count in (1, 2, 3, 4, 8):
+        assert served.max_image_tokens(count) == processor.max_image_tokens(count)
+        for start in range(0, len(sizes) - count + 1) if count <= len(sizes) else []:
+            group = sizes[start:start + count]
+            prompt = "<image>" * count
+            processed = processor.process_one(
+                processor.user_conversation(prompt), [Image.new("RGB", size) for size in group])
+            images_tokens = served.count_tokens(prompt, group) - served.count_tokens(prompt)
+            assert images_tokens == sum(processed.num_image_tokens), (count, group)
+    frame = Image.new("RGB", (1920, 1080))
+    assert served.prepare_image(frame, 4).size == (384, 216)  # one tile is all the model sees of it
+    assert served.prepare_image(frame, 2).size == (1024, 576)  # tiled: the processor wants detail
+    # batch_size 8 fits the tiny model's 4096 tokens, as with the in-process runtime
+    from videocaption.pipeline import check_batch_fits
+    check_batch_fits(served, CaptionOptions(backend="openai", api_base=server, batch_size=8))
+
+
+def tiny_vlms_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
 def test_api_key_from_option_then_environment(
     server: str, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,3 +327,127 @@ def test_cli_flags() -> None:
             options.max_threads) == ("openai", "http://h:8000/v1", None, 30.0, 5, 8)
     with pytest.raises(SystemExit):
         options_from_args(parser.parse_args(["--backend", "openai"]), parser)
+
+
+# -- through the command line: one-line errors, exit code 2, the checkpoint kept ---------------
+
+CLI = [sys.executable, str(Path(__file__).resolve().parent.parent / "test_llm_caption.py")]
+SAMPLE_CLIP = Path(__file__).resolve().parent.parent / "big_bunny_5s_25fps.mp4"  # 6 frames at 1 fps
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, str(SAMPLE_CLIP), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    api_base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    done = run_cli(tmp_path, "--backend", "openai", "--api-base", api_base, "--model", "served-model",
+                   "--max-retries", "1", "--request-timeout", "5")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr
+    assert f"{api_base}/models" in errors[0] and "cannot connect" in errors[0] and "after 2 attempts" in errors[0]
+    assert not (tmp_path / "result.json").exists() and not (tmp_path / "result.json.partial").exists()
+
+
+class FailingProxy:
+    """A loopback HTTP proxy to the real server that answers 503 after ``allowed`` chat requests.
+
+    Stands for a server that goes down in the middle of a run; counts the chat requests that
+    carry images (batch descriptions), so a resumed run can be checked to skip finished batches.
+    """
+
+    def __init__(self, upstream: str, allowed: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.upstream = upstream.rsplit("/v1", 1)[0]
+        self.allowed = allowed
+        self.chat_requests = 0
+        self.image_requests = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    proxy.chat_requests += 1
+                    passes = proxy.chat_requests <= proxy.allowed
+                    if passes and b"image_url" in body:
+                        proxy.image_requests += 1
+                if passes:
+                    self._forward(body)
+                else:
+                    self._answer(503, b'{"error": {"message": "overloaded (test proxy)"}}')
+
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
+                                                 headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as answer:
+                        self._answer(answer.status, answer.read())
+                except urllib.error.HTTPError as error:
+                    self._answer(error.code, error.read())
+
+            def _answer(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.api_base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_cli_server_failing_mid_run_keeps_the_described_batches(
+    tmp_path: Path, server: str, checkpoints: dict[str, Path]
+) -> None:
+    """Two batches pass, then the server answers 503: exit code 2, one error line naming the
+    endpoint, the two batches in the checkpoint; --resume then describes only the other four."""
+    import json
+
+    proxy = FailingProxy(server, allowed=2)
+    common = ["--backend", "openai", "--api-base", proxy.api_base, "--model", str(checkpoints["llava"]),
+              "--batch-size", "1", "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-retries", "1"]
+    try:
+        done = run_cli(tmp_path, *common)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        errors = error_lines(done.stderr)
+        assert len(errors) == 1, done.stderr
+        assert f"{proxy.api_base}/chat/completions" in errors[0] and "HTTP 503" in errors[0]
+        assert "overloaded (test proxy)" in errors[0] and "after 2 attempts" in errors[0]
+        assert not (tmp_path / "result.json").exists()
+        saved = json.loads((tmp_path / "result.json.partial").read_text())
+        assert [batch["batch_id"] for batch in saved["batches"]] == [1, 2]
+
+        proxy.allowed, proxy.chat_requests, proxy.image_requests = 10**6, 0, 0  # the server is back
+        done = run_cli(tmp_path, *common, "--resume")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert [batch["batch_id"] for batch in result["batches"]] == [1, 2, 3, 4, 5, 6]
+        assert [batch["description"] for batch in result["batches"][:2]] == \
+            [batch["description"] for batch in saved["batches"]]
+        assert proxy.image_requests == 4  # batches 3 to 6 only
+        assert not (tmp_path / "result.json.partial").exists()
+    finally:
+        proxy.close()

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import BackendError
 from ..prompts import IMAGE_PLACEHOLDER
@@ -46,6 +46,16 @@ DEFAULT_CONTEXT_LENGTH = 32768
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 16
 IMAGE_TOKENS_ESTIMATE = 576
+# DeepSeek-VL2's image tokens follow from its processor settings, the same for -tiny, -small and the
+# base model (processor_config.json): 384-pixel tiles of 14-pixel patches, downsampled by 2, and
+# these tilings (width x height, in tiles) for prompts of one or two images; with more images each
+# is one global view plus one local tile.
+DEEPSEEK_VL2_TILE = 384
+DEEPSEEK_VL2_TOKENS_PER_SIDE = 14  # ceil((384 // 14) / 2)
+DEEPSEEK_VL2_TILINGS = (
+    (1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (1, 4), (4, 1), (2, 2), (1, 5), (5, 1), (1, 6), (6, 1),
+    (2, 3), (3, 2), (1, 7), (7, 1), (1, 8), (8, 1), (2, 4), (4, 2), (1, 9), (9, 1), (3, 3),
+)
 RETRY_STATUSES = (408, 409, 429)  # and every 5xx
 MAX_BACKOFF_SECONDS = 30.0
 JPEG_QUALITY = 90
@@ -65,7 +75,9 @@ class OpenAIVLM:
         context_length: the model's context; None asks the server (vLLM tells) or assumes
             :data:`DEFAULT_CONTEXT_LENGTH`.
         max_image_side: frames are shrunk to this longest side before they are encoded.
-        image_tokens: the estimate of tokens per image (see :meth:`count_tokens`).
+        image_tokens: the estimate of tokens per image (see :meth:`count_tokens`); None: exact
+            counts for DeepSeek-VL2 (recognised by the served name or the ``root`` that vLLM
+            lists for it), :data:`IMAGE_TOKENS_ESTIMATE` for other models.
 
     Raises:
         BackendError: the endpoint cannot be reached or refuses the key (the server is asked
@@ -83,7 +95,7 @@ class OpenAIVLM:
         retry_backoff: float = 1.0,
         context_length: int | None = None,
         max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
-        image_tokens: int = IMAGE_TOKENS_ESTIMATE,
+        image_tokens: int | None = None,
     ) -> None:
         from openai import OpenAI
 
@@ -93,11 +105,14 @@ class OpenAIVLM:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_image_side = max_image_side
-        self.image_tokens = image_tokens
+        self.image_tokens = image_tokens or IMAGE_TOKENS_ESTIMATE
         key = api_key or os.environ.get(API_KEY_ENV) or PLACEHOLDER_API_KEY
         # Retries are ours (counted, logged, and ending in an error that names the endpoint).
         self.client = OpenAI(base_url=self.api_base, api_key=key, timeout=request_timeout, max_retries=0)
+        self._root: str | None = None  # the checkpoint behind the served name, where the server says
         self.context_length = context_length or self._served_context_length() or DEFAULT_CONTEXT_LENGTH
+        self.deepseek_vl2 = image_tokens is None and any(
+            is_deepseek_vl2(name) for name in (self.name, self._root) if name)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -203,30 +218,76 @@ class OpenAIVLM:
             return None
         served = [model for model in page.data if model.id == self.name]
         if not served:
-            names = ", ".join(model.id for model in page.data) or "none"
-            log.warning("%s/models does not list %r (it lists: %s)", self.api_base, self.name, names)
+            if not page.data:  # servers that load models on demand (transformers serve) list none
+                log.info("%s/models lists no models; assuming a %d-token context", self.api_base, DEFAULT_CONTEXT_LENGTH)
+            else:
+                names = ", ".join(model.id for model in page.data)
+                log.warning("%s/models does not list %r (it lists: %s)", self.api_base, self.name, names)
             return None
+        root = getattr(served[0], "root", None)
+        self._root = root if isinstance(root, str) else None
         length = getattr(served[0], "max_model_len", None)
         return length if isinstance(length, int) and length > 0 else None
 
     # -- sizes --------------------------------------------------------------------------------
 
     def count_tokens(self, prompt: str, image_sizes: Sequence[tuple[int, int]] = ()) -> int:
-        """An estimate: a token per 3 characters, a message's overhead, and ``image_tokens`` an image.
+        """An estimate: a token per 3 characters, a message's overhead, and the images' tokens.
 
-        The remote tokenizer is out of reach; the estimate leans high for English text. A
-        prompt that is still too long is refused by the server, as a :class:`BackendError`.
+        The remote tokenizer is out of reach; the text estimate leans high for English. Images
+        take ``image_tokens`` each, or for DeepSeek-VL2 exactly what its processor makes of
+        frames of these sizes (after :meth:`prepare_image`). A prompt that is still too long
+        is refused by the server, as a :class:`BackendError`.
         """
         text = prompt.replace(IMAGE_PLACEHOLDER, "")
-        return math.ceil(len(text) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS + self.image_tokens * len(image_sizes)
+        if self.deepseek_vl2:
+            images = sum(deepseek_vl2_image_tokens(size, len(image_sizes)) for size in image_sizes)
+        else:
+            images = self.image_tokens * len(image_sizes)
+        return math.ceil(len(text) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS + images
 
     def max_image_tokens(self, num_images: int) -> int:
-        """The same per-image estimate as :meth:`count_tokens`."""
+        """The per-image estimate times ``num_images``; DeepSeek-VL2's worst tiling for it."""
+        if self.deepseek_vl2:
+            return num_images * deepseek_vl2_image_tokens(None, num_images)
         return self.image_tokens * num_images
 
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
-        """Frames shrunk to ``max_image_side``: the server would resize them anyway, after the upload."""
+        """Frames shrunk to ``max_image_side``: the server would resize them anyway, after the upload.
+
+        DeepSeek-VL2 with more than two images a prompt sees each as one 384-pixel tile, so
+        frames go at that size (a tenth of the upload of a 1024-pixel frame).
+        """
+        if self.deepseek_vl2 and num_images > 2:
+            return ImageOps.contain(image.convert("RGB"), (DEEPSEEK_VL2_TILE, DEEPSEEK_VL2_TILE),
+                                    method=Image.Resampling.BICUBIC) if max(image.size) > DEEPSEEK_VL2_TILE else image
         return shrink(image, self.max_image_side)
+
+
+def is_deepseek_vl2(name: str) -> bool:
+    """Whether a served name or checkpoint path names a DeepSeek-VL2 model."""
+    flat = name.lower().replace("_", "-")
+    return "deepseek-vl2" in flat or "deepseek-vl-v2" in flat
+
+
+def deepseek_vl2_image_tokens(size: tuple[int, int] | None, num_images: int) -> int:
+    """Tokens DeepSeek-VL2's processor gives one image of ``size`` (None: the worst size) in a
+    prompt of ``num_images`` images: a global view (rows of 14 plus a newline each), a separator,
+    and the local tiles' rows; tiled only in prompts of one or two images."""
+    n = DEEPSEEK_VL2_TOKENS_PER_SIDE
+
+    def tokens(width_tiles: int, height_tiles: int) -> int:
+        return n * (n + 1) + 1 + (height_tiles * n) * (width_tiles * n + 1)
+
+    if num_images > 2:
+        return tokens(1, 1)
+    if size is None:
+        return max(tokens(w, h) for w, h in DEEPSEEK_VL2_TILINGS)
+    from ..deepseek_vl2.processor import select_best_resolution
+
+    candidates = [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in DEEPSEEK_VL2_TILINGS]
+    width, height = select_best_resolution(size, candidates)
+    return tokens(width // DEEPSEEK_VL2_TILE, height // DEEPSEEK_VL2_TILE)
 
 
 def data_url(image: Image.Image) -> str:
