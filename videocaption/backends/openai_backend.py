@@ -56,6 +56,9 @@ DEEPSEEK_VL2_TILINGS = (
     (1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (1, 4), (4, 1), (2, 2), (1, 5), (5, 1), (1, 6), (6, 1),
     (2, 3), (3, 2), (1, 7), (7, 1), (1, 8), (8, 1), (2, 4), (4, 2), (1, 9), (9, 1), (3, 3),
 )
+# As the in-process runtime: two-frame prompts keep this many tokens for the text and the answer,
+# and their frames are shrunk to tilings of as many tiles as then fit the context.
+DEEPSEEK_VL2_PAIR_TEXT_RESERVE = 512
 RETRY_STATUSES = (408, 409, 429)  # and every 5xx
 MAX_BACKOFF_SECONDS = 30.0
 JPEG_QUALITY = 90
@@ -249,19 +252,31 @@ class OpenAIVLM:
     def max_image_tokens(self, num_images: int) -> int:
         """The per-image estimate times ``num_images``; DeepSeek-VL2's worst tiling for it."""
         if self.deepseek_vl2:
+            if num_images == 2:  # frames shrunk to the pair tilings by prepare_image
+                return 2 * max(deepseek_vl2_tiling_tokens(w, h) for w, h in deepseek_vl2_pair_tilings(self.context_length))
             return num_images * deepseek_vl2_image_tokens(None, num_images)
         return self.image_tokens * num_images
 
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
         """Frames shrunk to ``max_image_side``: the server would resize them anyway, after the upload.
 
-        DeepSeek-VL2 with more than two images a prompt sees each as one 384-pixel tile, so
-        frames go at that size (a tenth of the upload of a 1024-pixel frame).
+        DeepSeek-VL2, as the in-process runtime: with more than two images a prompt it sees each
+        as one 384-pixel tile, so frames go at that size (a tenth of the upload of a 1024-pixel
+        frame); with two, a frame whose tiling would leave no room for both in the context is
+        shrunk to the best tiling that does (the server's processor then picks that or smaller).
         """
         if self.deepseek_vl2 and num_images > 2:
             return ImageOps.contain(image.convert("RGB"), (DEEPSEEK_VL2_TILE, DEEPSEEK_VL2_TILE),
                                     method=Image.Resampling.BICUBIC) if max(image.size) > DEEPSEEK_VL2_TILE else image
-        return shrink(image, self.max_image_side)
+        image = shrink(image, self.max_image_side)
+        if self.deepseek_vl2 and num_images == 2:
+            from ..deepseek_vl2.processor import select_best_resolution
+
+            allowed = [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in deepseek_vl2_pair_tilings(self.context_length)]
+            if select_best_resolution(image.size, _deepseek_vl2_candidates()) not in allowed:
+                target = select_best_resolution(image.size, allowed)
+                image = ImageOps.contain(image.convert("RGB"), target, method=Image.Resampling.BICUBIC)
+        return image
 
 
 def is_deepseek_vl2(name: str) -> bool:
@@ -270,24 +285,40 @@ def is_deepseek_vl2(name: str) -> bool:
     return "deepseek-vl2" in flat or "deepseek-vl-v2" in flat
 
 
+def deepseek_vl2_tiling_tokens(width_tiles: int, height_tiles: int) -> int:
+    """DeepSeek-VL2's tokens for one image tiled so: the global view's rows of 14 plus a newline
+    each, a separator, and the local tiles' rows with a newline each."""
+    n = DEEPSEEK_VL2_TOKENS_PER_SIDE
+    return n * (n + 1) + 1 + (height_tiles * n) * (width_tiles * n + 1)
+
+
 def deepseek_vl2_image_tokens(size: tuple[int, int] | None, num_images: int) -> int:
     """Tokens DeepSeek-VL2's processor gives one image of ``size`` (None: the worst size) in a
-    prompt of ``num_images`` images: a global view (rows of 14 plus a newline each), a separator,
-    and the local tiles' rows; tiled only in prompts of one or two images."""
-    n = DEEPSEEK_VL2_TOKENS_PER_SIDE
-
-    def tokens(width_tiles: int, height_tiles: int) -> int:
-        return n * (n + 1) + 1 + (height_tiles * n) * (width_tiles * n + 1)
-
+    prompt of ``num_images`` images; images are tiled only in prompts of one or two."""
     if num_images > 2:
-        return tokens(1, 1)
+        return deepseek_vl2_tiling_tokens(1, 1)
     if size is None:
-        return max(tokens(w, h) for w, h in DEEPSEEK_VL2_TILINGS)
+        return max(deepseek_vl2_tiling_tokens(w, h) for w, h in DEEPSEEK_VL2_TILINGS)
     from ..deepseek_vl2.processor import select_best_resolution
 
-    candidates = [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in DEEPSEEK_VL2_TILINGS]
-    width, height = select_best_resolution(size, candidates)
-    return tokens(width // DEEPSEEK_VL2_TILE, height // DEEPSEEK_VL2_TILE)
+    width, height = select_best_resolution(size, _deepseek_vl2_candidates())
+    return deepseek_vl2_tiling_tokens(width // DEEPSEEK_VL2_TILE, height // DEEPSEEK_VL2_TILE)
+
+
+def deepseek_vl2_pair_tilings(context_length: int) -> list[tuple[int, int]]:
+    """Tilings (in tiles) allowed in two-image prompts: those of up to as many tiles as lets two
+    frames of any of them fit ``context_length`` with :data:`DEEPSEEK_VL2_PAIR_TEXT_RESERVE` to
+    spare (the rule of the in-process runtime)."""
+    budget = (context_length - DEEPSEEK_VL2_PAIR_TEXT_RESERVE) // 2
+    for max_tiles in sorted({w * h for w, h in DEEPSEEK_VL2_TILINGS}, reverse=True):
+        allowed = [(w, h) for w, h in DEEPSEEK_VL2_TILINGS if w * h <= max_tiles]
+        if max(deepseek_vl2_tiling_tokens(w, h) for w, h in allowed) <= budget:
+            return allowed
+    return [(1, 1)]
+
+
+def _deepseek_vl2_candidates() -> list[tuple[int, int]]:
+    return [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in DEEPSEEK_VL2_TILINGS]
 
 
 def data_url(image: Image.Image) -> str:
