@@ -228,4 +228,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from videocaption.errors import CaptionError
+
+    try:
+        main()
+    except CaptionError as error:  # an unreachable endpoint, a refused key, a failed request
+        raise SystemExit(f"error: {error}") from None
