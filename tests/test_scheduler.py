@@ -94,6 +94,22 @@ def test_worker_failure_reaches_the_producer_and_does_not_deadlock():
         scheduler.join()
 
 
+def test_batches_finished_before_a_failure_are_still_handed_out():
+    describer = SlowDescriber(seconds=0)
+
+    def fails_on_batch_3(group):
+        if any(b.batch_id == 3 for b in group):
+            raise ConnectionError("endpoint gone")
+        return describer(group)
+
+    scheduler = BatchScheduler(fails_on_batch_3, max_in_flight=1)
+    with pytest.raises(ConnectionError):
+        for batch_id in range(1, 6):
+            scheduler.submit(batch(batch_id))
+        scheduler.join()
+    assert [c.batch_id for c in scheduler.take_finished(1)] == [1, 2]
+
+
 def test_described_batches_release_their_images():
     scheduler = BatchScheduler(SlowDescriber(0), max_in_flight=1)
     submitted = batch(1)

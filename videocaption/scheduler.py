@@ -76,8 +76,12 @@ class BatchScheduler:
         self._queue.put(batch)
 
     def take_finished(self, next_id: int) -> list[BatchCaption]:
-        """Captions finished so far that continue the video-order sequence at ``next_id``."""
-        self._raise_if_failed()
+        """Captions finished so far that continue the video-order sequence at ``next_id``.
+
+        Never raises, even after the worker failed: what finished before the failure is
+        still handed out (and checkpointed by the caller); :meth:`submit` and :meth:`join`
+        raise the failure.
+        """
         with self._lock:
             ready = []
             while next_id in self._finished:
