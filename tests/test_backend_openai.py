@@ -367,6 +367,15 @@ def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) ->
     assert not (tmp_path / "result.json").exists() and not (tmp_path / "result.json.partial").exists()
 
 
+def test_cli_api_key_stays_out_of_the_logs(tmp_path: Path) -> None:
+    # --verbose shows BMF's graph dump, which prints the module's options.
+    done = run_cli(tmp_path, "--backend", "openai", "--api-base", f"http://127.0.0.1:{free_port()}/v1",
+                   "--model", "served-model", "--max-retries", "0", "--api-key", "sk-do-not-print-1234", "--verbose")
+    assert done.returncode == 2
+    assert "llm_caption" in done.stdout + done.stderr  # the graph dump is there...
+    assert "sk-do-not-print-1234" not in done.stdout + done.stderr  # ...without the key
+
+
 class FailingProxy:
     """A loopback HTTP proxy to the real server that answers 503 after ``allowed`` chat requests.
 

@@ -90,11 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CaptionOptions:
     if args.max_threads is not None and not args.multithreading:
         parser.error("--max-threads needs --multithreading")
+    if args.api_key:
+        # Through this process's environment, not the module's options: BMF prints those (the
+        # graph dump) and a secret must not land in a log.
+        os.environ[API_KEY_ENV] = args.api_key
     values = {
         "batch_size": args.batch_size, "result_path": args.output, "multithreading": args.multithreading,
         "max_threads": args.max_threads, "fps": args.fps, "model": args.model, "device": args.device,
         "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "time_aware": args.time_aware,
-        "resume": args.resume, "backend": args.backend, "api_base": args.api_base, "api_key": args.api_key,
+        "resume": args.resume, "backend": args.backend, "api_base": args.api_base, "api_key": None,
         "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "srt_path": _subtitle_path(args.srt, args.output, ".srt"),
         "vtt_path": _subtitle_path(args.vtt, args.output, ".vtt"),
