@@ -456,6 +456,7 @@ def test_cli_server_failing_mid_run_keeps_the_described_batches(
         assert len(errors) == 1, done.stderr
         assert f"{proxy.api_base}/chat/completions" in errors[0] and "HTTP 503" in errors[0]
         assert "overloaded (test proxy)" in errors[0] and "after 2 attempts" in errors[0]
+        assert errors[0].endswith("2 described batches are kept: run the same command with --resume to continue")
         assert not (tmp_path / "result.json").exists()
         saved = json.loads((tmp_path / "result.json.partial").read_text())
         assert [batch["batch_id"] for batch in saved["batches"]] == [1, 2]

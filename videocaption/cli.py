@@ -20,7 +20,7 @@ from typing import Iterator, TextIO
 
 from . import progress
 from .checkpoint import checkpoint_path
-from .errors import CaptionError, ModelLoadError, VideoInputError
+from .errors import BackendError, CaptionError, ModelLoadError, VideoInputError
 from .result import BatchCaption, CaptionResult
 from .writers import write_outputs
 from .graph import REPO_ROOT, run_caption_graph
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except CaptionError as error:
         if os.environ.get("LLM_CAPTION_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        hint = resume_hint(options) if isinstance(error, BackendError) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -222,6 +223,15 @@ def is_done(result_path: Path) -> bool:
         return json.loads(result_path.read_text(encoding="utf-8")).get("complete", True) is not False
     except (OSError, ValueError):
         return False
+
+
+def resume_hint(options: CaptionOptions) -> str:
+    """How to continue a run that failed midway (a server that went away), if anything was kept."""
+    try:
+        saved = len(json.loads(checkpoint_path(options.result_path).read_text(encoding="utf-8"))["batches"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"; {saved} described batches are kept: run the same command with --resume to continue"
 
 
 def save_interrupted(options: CaptionOptions) -> int:
