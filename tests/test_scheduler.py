@@ -94,6 +94,31 @@ def test_worker_failure_reaches_the_producer_and_does_not_deadlock():
         scheduler.join()
 
 
+def test_with_workers_a_slow_call_does_not_hold_the_others_back():
+    # A model server: one batch a call, max_in_flight calls at once.
+    describer = SlowDescriber(seconds=0.01)
+    release_batch_1 = threading.Event()
+
+    def describe(group):
+        if group[0].batch_id == 1:
+            assert release_batch_1.wait(timeout=30)
+        return describer(group)
+
+    scheduler = BatchScheduler(describe, max_in_flight=3, workers=3)
+    for batch_id in range(1, 9):
+        scheduler.submit(batch(batch_id))
+    deadline = time.monotonic() + 30
+    while len(describer.calls) < 7:  # batch 1 is still out: the other workers do every other batch
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert describer.calls and all(len(call) == 1 for call in describer.calls)
+    assert scheduler.take_finished(1) == []  # video order: nothing before batch 1
+    release_batch_1.set()
+    scheduler.join()
+    assert [c.batch_id for c in scheduler.take_finished(1)] == list(range(1, 9))
+    assert scheduler.peak_in_flight == 3
+
+
 def test_batches_finished_before_a_failure_are_still_handed_out():
     describer = SlowDescriber(seconds=0)
 

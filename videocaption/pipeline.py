@@ -87,7 +87,10 @@ class Captioner:
         self._started = time.perf_counter()
         self._sampler = FrameSampler(options.fps)
         self._batcher = FrameBatcher(options.batch_size)
-        self._scheduler = BatchScheduler(self._describe_group, options.max_threads)
+        # A server (the openai backend) batches requests itself: keep max_threads of them in
+        # flight. A local model is fastest given the waiting batches as one batched call.
+        workers = options.max_threads if getattr(self.model, "concurrent_calls", False) else 1
+        self._scheduler = BatchScheduler(self._describe_group, options.max_threads, workers=workers)
         self._checkpoint = Checkpoint(options.result_path)
         self._fingerprint: str | None = None
         self._next_id = 1
@@ -117,8 +120,15 @@ class Captioner:
             return
         full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp))
         if full is not None:
-            self._scheduler.submit(full)
+            self._submit(full)
         self._report("describing")
+
+    def _submit(self, batch: FrameBatch) -> None:
+        try:
+            self._scheduler.submit(batch)
+        except BaseException:
+            self.take_described()  # checkpoint what finished before the failure
+            raise
 
     def _restore(self, batches: list[BatchCaption]) -> None:
         if not batches:
@@ -155,8 +165,12 @@ class Captioner:
         """Describe the last, possibly short, batch and wait for all; return the rest in order."""
         last = self._batcher.flush()
         if last is not None:
-            self._scheduler.submit(last)
-        self._scheduler.join()
+            self._submit(last)
+        try:
+            self._scheduler.join()
+        except BaseException:
+            self.take_described()  # checkpoint what finished before the failure
+            raise
         return self.take_described()
 
     def finish(self) -> CaptionResult:
@@ -167,7 +181,8 @@ class Captioner:
         """
         self.finish_batches()
         if not self._described:
-            raise VideoInputError("no video frames were decoded: the input has no video stream")
+            raise VideoInputError("no video frame could be decoded (the input has no video stream, or its "
+                                  "frames are damaged)")
         self._report("summarizing")
         summary, rounds = self._summarize(
             [(b.start_time, b.end_time, b.description) for b in self._described if b.error is None]
@@ -206,6 +221,10 @@ class Captioner:
             summary_rounds=0,
             extra={"complete": False},
         )
+
+    def abort(self) -> None:
+        """Give the run up: drop waiting batches, wait for the model call in progress, keep nothing."""
+        self._scheduler.stop()
 
     @property
     def described(self) -> list[BatchCaption]:

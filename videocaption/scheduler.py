@@ -5,7 +5,9 @@ overlap, and at most ``max_in_flight`` batches are queued or being described at 
 ``submit`` blocks when that many are out, which is what holds the decoder back (backpressure)
 and keeps memory flat however long the video is. When several batches wait, the worker
 describes them together in one batched model call (dynamic batching) instead of one thread
-per batch, so one model instance serves them all.
+per batch, so one model instance serves them all. A model server is different: it batches
+requests itself, so there each of ``max_in_flight`` workers sends one batch a call and a slow
+request never holds back the others.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ class BatchScheduler:
             set; anything it raises stops the scheduler and is re-raised to the caller.
         max_in_flight: the most batches queued or being described at once; also the most
             batches described together.
+        workers: model calls made at once. 1 (a local model): waiting batches are grouped
+            into one batched call. More (a model server): each worker describes one batch a
+            call, so that many requests stay in flight.
         gather_window: when fewer than ``max_in_flight`` batches wait, the worker waits up to
             this fraction of its last call's duration for more, so that steady streams form
             full groups instead of alternating small and large ones.
     """
 
     def __init__(
-        self, describe_group: DescribeGroup, max_in_flight: int, *, gather_window: float = 0.1
+        self, describe_group: DescribeGroup, max_in_flight: int, *, workers: int = 1, gather_window: float = 0.1
     ) -> None:
         self._describe_group = describe_group
         self.max_in_flight = max_in_flight
@@ -52,8 +57,12 @@ class BatchScheduler:
         self._last_call_seconds = 0.0
         self.peak_in_flight = 0  # the most batches that were ever out at once (tests read it)
         self.group_sizes: list[int] = []  # how many batches each model call described
-        self._worker = threading.Thread(target=self._run, name="videocaption-model", daemon=True)
-        self._worker.start()
+        self._group_limit = max_in_flight if workers == 1 else 1
+        self._workers = [
+            threading.Thread(target=self._run, name=f"videocaption-model-{n}", daemon=True) for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- producer side (BMF's thread) -------------------------------------------------------
 
@@ -98,8 +107,9 @@ class BatchScheduler:
     def join(self) -> None:
         """Wait until every submitted batch is described (after :meth:`close_input`)."""
         self.close_input()
-        while self._worker.is_alive():
-            self._worker.join(timeout=0.1)
+        for worker in self._workers:
+            while worker.is_alive():
+                worker.join(timeout=0.1)
         self._raise_if_failed()
 
     def stop(self) -> None:
@@ -112,8 +122,10 @@ class BatchScheduler:
                 break
             if dropped is not None:
                 self._release(1)
-        self.close_input()
-        self._worker.join()
+        self._input_closed = True
+        self._queue.put(None)  # the end marker, even if draining took an earlier one
+        for worker in self._workers:
+            worker.join()
 
     # -- worker side ------------------------------------------------------------------------
 
@@ -141,11 +153,12 @@ class BatchScheduler:
     def _gather(self) -> list[FrameBatch]:
         """Block for one batch, then take what else waits (briefly waiting for more)."""
         first = self._queue.get()
-        if first is None:
+        if first is None:  # end of input: leave the marker for the other workers
+            self._queue.put(None)
             return []
         group = [first]
         deadline = time.perf_counter() + self._gather_window * self._last_call_seconds
-        while len(group) < self.max_in_flight:
+        while len(group) < self._group_limit:
             timeout = deadline - time.perf_counter()
             try:
                 batch = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()

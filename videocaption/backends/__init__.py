@@ -21,6 +21,9 @@ class VisionLanguageModel(Protocol):
 
     name: str  # hub id, path or served model name, recorded in result.json
     context_length: int  # prompt plus answer tokens the model can attend to
+    # True for a model server: separate calls run at once there, so the pipeline keeps
+    # max_threads single-batch calls in flight instead of grouping batches into one call.
+    concurrent_calls: bool = False
 
     def describe_batch(
         self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int

@@ -87,6 +87,8 @@ class OpenAIVLM:
             for its models on creation, so that a wrong URL fails before any video is decoded).
     """
 
+    concurrent_calls = True  # the server batches requests: keep max_threads of them in flight
+
     def __init__(
         self,
         model: str,
