@@ -62,6 +62,9 @@ class CaptionModule(Module):
         self._activity = activity_for(self.options.result_path)
         with self._activity.busy():
             self._captioner = Captioner(self.options)
+        # A graph that fails elsewhere (a decoder error) never closes this module: the runner
+        # then stops the model thread through the activity.
+        self._activity.on_abandon(lambda: self._captioner.abort())
         self._eof_inputs: set[int] = set()
         self._done = False
 

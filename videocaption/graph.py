@@ -12,10 +12,11 @@ import json
 import os
 import signal
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
-from .errors import VideoInputError
+from .errors import CaptionError, VideoInputError
 from .frames import select_expression
 from .options import CaptionOptions
 from .probe import explain_decoder_error
@@ -66,23 +67,16 @@ def wait_for_graph(graph, node=None, *, activity: Activity | None = None,
             the module was idle: the graph is abandoned (its threads may stay blocked).
     """
     failure: list[BaseException] = []
-
-    def run_and_close() -> None:
-        try:
-            if node is not None:
-                graph.run(node, is_blocked=False)
-            graph.close()
-        except BaseException as error:  # handed to the main thread
-            failure.append(error)
-
-    runner = threading.Thread(target=run_and_close, name="bmf-graph", daemon=True)
+    # A module-level target, not a closure: a failure's traceback then holds the graph only
+    # through frame locals, which run_caption_graph clears so the graph can be freed.
+    runner = threading.Thread(target=_run_and_close, args=(graph, node, failure), name="bmf-graph", daemon=True)
     runner.start()
     try:
         while runner.is_alive():
             _keep_python_sigint_handler()
             runner.join(timeout=0.2)
             if activity is not None and stall_timeout and activity.idle_seconds() > stall_timeout:
-                activity.abandoned = True
+                activity.abandon()
                 # force_close waits for the decoder too; do not wait for it here.
                 threading.Thread(target=_force_close, args=(graph,), name="bmf-force-close", daemon=True).start()
                 raise VideoInputError(
@@ -94,7 +88,20 @@ def wait_for_graph(graph, node=None, *, activity: Activity | None = None,
         _ABANDONED_GRAPHS.append(graph)
         raise
     if failure:
+        if activity is not None:
+            # A node failed (a decoder error): BMF does not close the module, so stop its model
+            # thread here; left running, it would abort the process when the interpreter exits.
+            activity.abandon()
         raise failure[0]
+
+
+def _run_and_close(graph, node, failure: list[BaseException]) -> None:
+    try:
+        if node is not None:
+            graph.run(node, is_blocked=False)
+        graph.close()
+    except BaseException as error:  # handed to the main thread
+        failure.append(error)
 
 
 def _keep_python_sigint_handler() -> None:
@@ -119,6 +126,16 @@ def _force_close(graph) -> None:
         pass
 
 
+def _explained(error: BaseException, video_path: str | os.PathLike) -> BaseException:
+    """A failed run's error in the user's terms: the file named, BMF's decoder errors in one line."""
+    if isinstance(error, RuntimeError) and not isinstance(error, CaptionError):
+        return explain_decoder_error(video_path, error) or error
+    if isinstance(error, VideoInputError) and os.fspath(video_path) not in str(error):
+        # The module's own errors ("no video frame could be decoded") do not know the file.
+        return VideoInputError(f"{video_path}: {error}")
+    return error
+
+
 def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
                       stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S) -> dict[str, Any]:
     """Caption one video through BMF; returns the result document the module wrote.
@@ -135,9 +152,12 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
     try:
         with watching(options.result_path) as activity:
             wait_for_graph(graph, node, activity=activity, stall_timeout=stall_timeout, video_path=video_path)
-    except RuntimeError as error:
-        explained = explain_decoder_error(video_path, error)
-        if explained is None:
+    except BaseException as error:
+        # The traceback holds wait_for_graph's frame and with it the graph: drop those locals so
+        # the graph is freed below (its shutdown logging still captured), not at interpreter exit.
+        traceback.clear_frames(error.__traceback__)
+        explained = _explained(error, video_path)
+        if explained is error:
             raise
         raise explained from error
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -63,8 +64,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
     except subprocess.TimeoutExpired:
         raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)")
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["unknown format"])[-1]
-        raise VideoInputError(f"{path}: not a video file ({_strip_path(reason, path)})")
+        raise VideoInputError(f"{path}: not a video file ({_probe_failure(done.stderr, path)})")
     info = json.loads(done.stdout or "{}")
     streams = info.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video"]
@@ -86,13 +86,43 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
 def explain_decoder_error(path: str | os.PathLike, error: Exception) -> VideoInputError | None:
     """Turn BMF's decoder failure (a RuntimeError with FFmpeg's reason) into a one-line error."""
     text = str(error)
-    marker = "avformat_open_input failed:"
-    if marker in text:
-        reason = text.split(marker, 1)[1].split(" in function")[0].strip()
-        return VideoInputError(f"{path}: not a video file ({reason})")
-    if "ffmpeg_decoder" in text or "Transcode Error" in text:
-        return VideoInputError(f"{path}: cannot be decoded ({text.splitlines()[0][-200:]})")
-    return None
+    if "ffmpeg_decoder" not in text and "Transcode Error" not in text:
+        return None
+    reason = _bmf_reason(text)
+    for marker in ("avformat_open_input failed:", "avformat_find_stream_info failed:"):
+        if marker in reason:
+            return VideoInputError(f"{path}: not a video file ({reason.split(marker, 1)[1].strip()})")
+    if "Could not find audio or video stream" in reason:
+        return VideoInputError(f"{path}: not a video file (no audio or video stream could be opened)")
+    counts = re.search(r"decoded: (\d+)\s*, failed to decode: (\d+)", reason)
+    if counts:
+        decoded, failed = map(int, counts.groups())
+        # BMF's decoder gives up on the whole input when over two thirds of its packets fail.
+        return VideoInputError(f"{path}: cannot be decoded: {failed} of {decoded + failed} packets failed to "
+                               "decode (a damaged or truncated file)")
+    return VideoInputError(f"{path}: cannot be decoded ({reason[:200]})")
+
+
+def _bmf_reason(text: str) -> str:
+    """FFmpeg's or the decoder's own words in a BMF error, without BMF's source location.
+
+    BMF formats them as ``BMF(0.2.0) /path/ffmpeg_decoder.cpp:1983: error: (-224:BMF Transcode
+    Error) REASON in function 'close'``.
+    """
+    line = text.strip().splitlines()[0] if text.strip() else text
+    line = re.sub(r"^.*?\(-?\d+:[^)]*\)\s*", "", line)
+    return re.sub(r"\s*in function '[^']*'\s*$", "", line).strip()
+
+
+def _probe_failure(stderr: str, path: Path) -> str:
+    """Why ffprobe could not open a file: its last line, with the demuxer's reason when it gave one."""
+    lines = [_strip_path(re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line), path)
+             for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown format"
+    if any("moov atom not found" in line for line in lines):
+        return "moov atom not found: the MP4 index is missing, as in a truncated, unfinished or damaged file"
+    return lines[-1]
 
 
 def _file_kind(path: Path) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Activity:
@@ -25,6 +25,25 @@ class Activity:
         self._last = time.monotonic()
         self._busy = 0
         self.abandoned = False  # set when the runner gave up: the module must then write nothing
+        self._on_abandon: list[Callable[[], None]] = []
+
+    def on_abandon(self, callback: Callable[[], None]) -> None:
+        """Have :meth:`abandon` call ``callback`` (the module stops its model thread)."""
+        with self._lock:
+            self._on_abandon.append(callback)
+
+    def abandon(self) -> None:
+        """Give the run up: the module writes nothing more, and its model thread is stopped.
+
+        A model thread left running when the interpreter exits is killed inside native code,
+        which aborts the process ("terminate called without an active exception"); stopping
+        it waits for the model call in progress.
+        """
+        with self._lock:
+            self.abandoned = True
+            callbacks, self._on_abandon = self._on_abandon, []
+        for callback in callbacks:
+            callback()
 
     def beat(self) -> None:
         """Record progress (a packet reached the module, a call finished)."""
