@@ -89,7 +89,7 @@ class Captioner:
         self._batcher = FrameBatcher(options.batch_size)
         # A server (the openai backend) batches requests itself: keep max_threads of them in
         # flight. A local model is fastest given the waiting batches as one batched call.
-        workers = options.max_threads if getattr(self.model, "concurrent_calls", False) else 1
+        workers = options.max_threads if self.model.concurrent_calls else 1
         self._scheduler = BatchScheduler(self._describe_group, options.max_threads, workers=workers)
         self._checkpoint = Checkpoint(options.result_path)
         self._fingerprint: str | None = None

@@ -64,6 +64,8 @@ class TransformersVLM:
             which bounds the tokens an image can take (see :meth:`max_image_tokens`).
     """
 
+    concurrent_calls = False  # one process, one device: batches are grouped into one call instead
+
     def __init__(self, model: Any, processor: Any, name: str, *, max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> None:
         self.model = model
         self.processor = processor

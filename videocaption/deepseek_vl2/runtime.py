@@ -68,6 +68,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 class DeepseekVL2:
     """A loaded DeepSeek-VL2 checkpoint with greedy ``describe`` / ``complete`` calls."""
 
+    concurrent_calls = False  # one process, one device: batches are grouped into one call instead
+
     def __init__(
         self,
         name: str,
