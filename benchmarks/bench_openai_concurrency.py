@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,7 +44,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # tiny_vlms, for --serve-tiny
 from videocaption.backends.openai_backend import API_KEY_ENV, OpenAIVLM  # noqa: E402
 from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt  # noqa: E402
 
-SERVER_START_SECONDS = 120
 
 
 def frames(count: int, size: tuple[int, int], seed: int) -> list[Image.Image]:
@@ -129,50 +125,22 @@ def run_level(model: OpenAIVLM, messages: list[dict[str, Any]], in_flight: int, 
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def tiny_server(family: str, continuous_batching: bool, threads: int) -> Iterator[tuple[str, str]]:
     """``transformers serve`` on loopback with a tiny random ``family`` checkpoint preloaded,
     its torch limited to ``threads`` threads (spinning OpenMP threads on a shared machine
     otherwise slow everything down many times over)."""
     import tiny_vlms
+    from tiny_server import transformers_serve
 
     with tempfile.TemporaryDirectory(prefix="bench_openai_") as folder:
         checkpoint = str(tiny_vlms.BUILDERS[family](Path(folder) / family))
-        port = free_port()
-        command = [sys.executable, "-m", "transformers.cli.transformers", "serve", checkpoint,
-                   "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-        if continuous_batching:
-            command.append("--continuous-batching")
-        log_path = Path(folder) / "serve.log"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(threads))
-        with open(log_path, "w") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        arguments = [checkpoint, *(["--continuous-batching"] if continuous_batching else [])]
         try:
-            deadline = time.monotonic() + SERVER_START_SECONDS
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"transformers serve did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield f"http://127.0.0.1:{port}/v1", checkpoint
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            with transformers_serve(Path(folder) / "serve.log", arguments, env={"OMP_NUM_THREADS": str(threads)}) as url:
+                yield url, checkpoint
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

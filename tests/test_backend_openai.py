@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 from PIL import Image
 
 import tiny_vlms
+from tiny_server import free_port, transformers_serve
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.backends.openai_backend import DEFAULT_CONTEXT_LENGTH, OpenAIVLM, data_url
 from videocaption.backends.transformers_backend import TransformersVLM
@@ -37,13 +37,6 @@ pytest.importorskip("fastapi", reason="transformers serve needs transformers[ser
 pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving]")
 
 MAX_NEW_TOKENS = 8
-SERVER_START_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -55,33 +48,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``transformers serve`` on a free loopback port; yields its base URL, stops it at the end."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve",
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with transformers_serve(tmp_path_factory.mktemp("serve") / "serve.log") as base_url:
+            yield base_url
+    except RuntimeError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, make_clip
+from helpers import FAST, REPO_ROOT, SAMPLE_CLIP
 
 
 def run_cli(*args: str, cwd):

@@ -9,7 +9,6 @@ vs a per-token loop. A whole tiny MLA + noaux_tc checkpoint then goes through th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import FAST, TINY_MODEL, make_clip
+from helpers import FAST, make_clip
 from videocaption.backends import load_model
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError

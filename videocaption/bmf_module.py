@@ -17,7 +17,6 @@ from typing import Any
 
 from bmf import Module, Packet, ProcessResult, Timestamp, VideoFrame
 
-from .errors import CaptionError
 from .frames import frame_timestamp, video_frame_to_image
 from .options import CaptionOptions
 from .pipeline import Captioner

@@ -3,7 +3,8 @@
 Each row is positioned by its own real tokens (``attention_mask.cumsum(-1) - 1``, as transformers'
 generate does; padding gets position 1 and is never attended to), so padding never changes a
 row's numbers: a conversation decodes the same alone or in any batch. A row that emits ``eos``
-leaves the batch (its cache rows are dropped) while the others go on.
+leaves the batch (its cache rows are dropped) while the others go on. A padded batch's prompts
+are run one row at a time (:func:`prefill_rows_alone`) and only the decoding steps are batched.
 """
 
 from __future__ import annotations
@@ -80,18 +81,21 @@ def generate(
     if not active_rows:
         return out
 
-    padded = not bool(mask.all())
     positions = position_ids_from_mask(mask)
     cache = KVCache(capacity=prompt_len + steps - 1)
     if len(active_rows) < batch:  # rows with no budget never enter
         keep = torch.tensor(active_rows, device=device)
         inputs_embeds, mask, positions = inputs_embeds[keep], mask[keep], positions[keep]
+    padded = not bool(mask.all())
     active = torch.tensor(active_rows, device=device)  # original row of each batch row still decoding
     remaining = torch.tensor([limits[row] for row in active_rows], device=device)  # budget left per row
     next_position = positions[:, -1] + 1  # [b]
     start = time.perf_counter()
-    hidden = language.model(inputs_embeds, positions, mask if padded else None, cache)
-    logits = language.logits(hidden[:, -1])  # [b, vocab] float32
+    if padded:
+        last_hidden = prefill_rows_alone(language, inputs_embeds, mask, positions, cache)
+    else:
+        last_hidden = language.model(inputs_embeds, positions, None, cache)[:, -1]
+    logits = language.logits(last_hidden)  # [b, vocab] float32
     _synchronize(device)
     prefilled = time.perf_counter()
     out.prefill_s = prefilled - start
@@ -123,3 +127,33 @@ def generate(
     _synchronize(device)
     out.decode_s = time.perf_counter() - prefilled
     return out
+
+
+def prefill_rows_alone(
+    language: DeepseekV2ForCausalLM,
+    inputs_embeds: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+) -> torch.Tensor:
+    """Prompt forward of a left-padded batch one row at a time; fills ``cache`` for the batch.
+
+    Why not one padded forward: padding needs a [B, 1, T, T] attention mask, which sends
+    attention down SDPA's masked path (the mask is materialised as floats and attention runs
+    about three times slower than the causal kernel on CPU) and computes the padding positions
+    for nothing. A row alone is causal and unpadded, so each row costs what it would cost alone,
+    and its numbers are those of a one-by-one call. Decoding then runs batched: there every
+    step is one token per row and padding only masks a few keys.
+
+    Returns the last position's hidden state per row, [B, hidden].
+    """
+    last_hidden = []
+    row_caches = []
+    for row in range(inputs_embeds.shape[0]):
+        start = int((~mask[row]).sum())  # left padding: the real tokens are the suffix
+        row_cache = KVCache()
+        hidden = language.model(inputs_embeds[row:row + 1, start:], positions[row:row + 1, start:], None, row_cache)
+        last_hidden.append(hidden[:, -1])
+        row_caches.append((start, row_cache))
+    cache.fill_left_padded(row_caches, inputs_embeds.shape[1])
+    return torch.cat(last_hidden)

@@ -20,7 +20,7 @@ keys (``model.layers.N.self_attn.q_proj`` ...).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,29 @@ class KVCache:
         self._values[layer_idx][:, :, start:end] = value
         self._lengths[layer_idx] = end
         return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
+
+    def fill_left_padded(self, rows: Sequence[tuple[int, "KVCache"]], length: int) -> None:
+        """Become the cache of a left-padded batch of ``length`` positions from one cache per row.
+
+        ``rows`` holds, per batch row, where its real tokens start and the cache of those tokens
+        alone. Padding positions are zeros (never attended to, but 0 * NaN from uninitialised
+        memory would still poison the attention sum).
+        """
+        if self._keys:
+            raise ValueError("fill_left_padded needs an empty cache")
+        capacity = max(self.capacity, length)
+        for layer_idx in range(len(rows[0][1]._keys)):
+            first_key, first_value = rows[0][1]._keys[layer_idx], rows[0][1]._values[layer_idx]
+            keys = first_key.new_zeros(len(rows), first_key.shape[1], capacity, first_key.shape[3])
+            values = first_value.new_zeros(len(rows), first_value.shape[1], capacity, first_value.shape[3])
+            for row, (start, row_cache) in enumerate(rows):
+                if length - start != len(row_cache):
+                    raise ValueError(f"row {row}: {len(row_cache)} cached positions, expected {length - start}")
+                keys[row, :, start:length] = row_cache._keys[layer_idx][0, :, : length - start]
+                values[row, :, start:length] = row_cache._values[layer_idx][0, :, : length - start]
+            self._keys.append(keys)
+            self._values.append(values)
+            self._lengths.append(length)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished conversations leave the batch)."""

@@ -1,0 +1,111 @@
+"""Decoding and 1 fps sampling through BMF, up to PIL images, vs the ``ffmpeg`` command line.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_decode [--duration 60] [--size 1280x720] [--rate 30] [--repeats 3]
+
+Why: the pipeline samples inside BMF (decoder -> FFmpeg ``select`` filter -> Python module ->
+``video_frame_to_image``) instead of piping ``ffmpeg``; this checks that doing so costs about
+what ``ffmpeg -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` costs (goal: within 10%). The BMF side is
+exactly the caption graph's decode and select (``videocaption.graph.decoder_options``,
+``videocaption.frames.select_expression``) ending in a tiny module that converts each frame as
+the caption module does and drops it. The ffmpeg side reads the raw RGB pipe into PIL images too,
+so both sides end with the same objects. The clip (default 60 s, 1280x720, 30 fps H.264,
+FFmpeg's moving ``testsrc2``) is generated once into ``--workdir``. Runs alternate; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from benchmarks.common import ROOT, SINK_STATS, cpu_seconds, machine, make_clip, quiet_bmf, stopwatch
+from videocaption.frames import select_expression
+from videocaption.graph import decoder_options, wait_for_graph
+
+
+Run = tuple[float, float, int]  # wall seconds, CPU seconds, frames
+
+
+def bmf_decode(clip: Path, fps: float, key: str) -> Run:
+    """The caption graph's decode + select, frames converted to PIL (CPU: every BMF thread)."""
+    import bmf
+
+    SINK_STATS.pop(key, None)
+    cpu = cpu_seconds()
+    with stopwatch() as elapsed, quiet_bmf():
+        graph = bmf.graph()
+        video = graph.decode(decoder_options(clip))["video"]
+        video = video.ff_filter("select", select_expression(fps))
+        node = bmf.module([video], "FrameSink", {"key": key}, module_path=str(ROOT), entry="benchmarks.common.FrameSink")
+        wait_for_graph(graph, node)
+    return elapsed(), cpu_seconds() - cpu, SINK_STATS[key]["frames"]
+
+
+def ffmpeg_decode(clip: Path, fps: float) -> Run:
+    """``ffmpeg -vf fps=N`` piping rgb24, each frame read into a PIL image (CPU: ffmpeg + reader)."""
+    width, height = probe_size(clip)
+    frame_bytes = width * height * 3
+    frames = 0
+    cpu = cpu_seconds()
+    with stopwatch() as elapsed:
+        command = ["ffmpeg", "-v", "error", "-i", str(clip), "-vf", f"fps={fps:g}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE) as ffmpeg:
+            assert ffmpeg.stdout is not None
+            while chunk := ffmpeg.stdout.read(frame_bytes):
+                Image.frombytes("RGB", (width, height), chunk)
+                frames += 1
+        if ffmpeg.returncode:
+            raise RuntimeError(f"ffmpeg failed ({ffmpeg.returncode})")
+    return elapsed(), cpu_seconds() - cpu, frames
+
+
+def probe_size(clip: Path) -> tuple[int, int]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "csv=p=0", str(clip)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    width, height = out.strip().split(",")[:2]
+    return int(width), int(height)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--rate", type=int, default=30)
+    parser.add_argument("--fps", type=float, default=1.0, help="sampling rate")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "llm-caption-bench")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(args.workdir / f"decode_{args.duration:g}s_{args.size}_{args.rate}fps.mp4",
+                     duration=args.duration, size=args.size, rate=args.rate)
+    print(f"machine: {machine()}")
+    print(f"clip: {args.duration:g} s, {args.size}, {args.rate} fps H.264; sampling {args.fps:g} fps; median of {args.repeats}")
+
+    bmf_decode(clip, args.fps, "burn-in")  # page cache, codec and filter set-up
+    ffmpeg_decode(clip, args.fps)
+    runs: dict[str, list[Run]] = {"bmf": [], "ffmpeg": []}
+    for i in range(args.repeats):
+        runs["bmf"].append(bmf_decode(clip, args.fps, f"run{i}"))
+        runs["ffmpeg"].append(ffmpeg_decode(clip, args.fps))
+    wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
+    names = {"bmf": "BMF decode + select + PIL (pipeline)", "ffmpeg": "ffmpeg -vf fps + rgb24 pipe + PIL"}
+    print(f"{'path':<38} {'frames':>6} {'wall s':>7} {'CPU s':>6} {'frames/s':>8}")
+    for key, name in names.items():
+        print(f"{name:<38} {runs[key][0][2]:>6} {wall[key]:>7.2f} {cpu[key]:>6.2f} {runs[key][0][2] / wall[key]:>8.1f}")
+    for what, values in (("wall", wall), ("CPU", cpu)):
+        ratio = values["bmf"] / values["ffmpeg"]
+        verdict = "met" if ratio <= 1.10 else "missed"
+        print(f"BMF / ffmpeg {what} time: x{ratio:.2f} ({(ratio - 1) * 100:+.1f}%; goal within 10%: {verdict})")
+
+if __name__ == "__main__":
+    main()
