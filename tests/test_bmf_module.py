@@ -94,3 +94,18 @@ def test_one_model_instance_per_process(tmp_path):
         run_module({**FAST, "batch_size": batch_size, "result_path": str(tmp_path / "r.json")}, frames(3))
     models = [key for key in backends._cache if key[1] == FAST["model"]]
     assert len(models) == 1
+
+
+def test_a_4k_frame_waits_in_its_batch_at_the_model_input_size(tmp_path, monkeypatch):
+    # With batch_size >= 3 every frame becomes one 384 px tile; it is shrunk when it arrives,
+    # not kept as a 3840x2160 image until its batch is described.
+    from videocaption.pipeline import Captioner
+
+    stored = []
+    original = Captioner.add
+    monkeypatch.setattr(Captioner, "add", lambda self, image, t: (original(self, image, t),
+                                                                  stored.append(self._batcher._current.frames[-1].image.size)))
+    rng = np.random.default_rng(0)
+    packets = [video_frame_packet(rng.integers(0, 255, (2160, 3840, 3), dtype=np.uint8), float(i)) for i in range(2)]
+    run_module({**FAST, "batch_size": 4, "result_path": str(tmp_path / "r.json")}, packets)
+    assert stored == [(384, 216), (384, 216)]
