@@ -250,3 +250,23 @@ def test_mla_noaux_checkpoint_through_the_public_api(tmp_path):
     batched = runtime.describe_batch(requests, max_new_tokens=6)
     assert batched == [runtime.describe(images, prompt, max_new_tokens=6) for images, prompt in requests]
     assert all(isinstance(t, str) for t in batched)
+
+
+@torch.inference_mode()
+def test_rows_without_budget_are_left_out_and_the_rest_match_alone(lm):
+    # Per-row limits (a row near the end of the context gets fewer tokens); a row with none
+    # never enters the prompt pass, and the padded rows left are prefilled one by one.
+    lengths, limits = [11, 7, 5], [4, 0, 6]
+    t = max(lengths)
+    x = torch.zeros(len(lengths), t, lm.config.hidden_size)
+    mask = torch.zeros(len(lengths), t, dtype=torch.bool)
+    rows = [embeds(lm, 1, n, seed=20 + i) for i, n in enumerate(lengths)]
+    for i, row in enumerate(rows):
+        x[i, t - row.shape[1]:] = row[0]
+        mask[i, t - row.shape[1]:] = True
+    batched = generate(lm, x, mask, max_new_tokens=limits, eos_token_id=-1)
+    assert batched.lengths == limits
+    for i, (row, limit) in enumerate(zip(rows, limits)):
+        if limit:
+            single = generate(lm, row, torch.ones(1, row.shape[1], dtype=torch.bool), max_new_tokens=limit, eos_token_id=-1)
+            assert torch.equal(batched.sequences[i, :limit], single.sequences[0])
