@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from videocaption.backends import VisionLanguageModel
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.deepseek_vl2.runtime import resolve_device, resolve_dtype
@@ -58,6 +59,7 @@ def test_fixture_loads_with_official_names(reference):
     assert reference.name == os.fspath(MODEL)
     assert reference.device == torch.device("cpu") and reference.dtype == torch.float32
     assert reference.context_length == 4096
+    assert isinstance(reference, VisionLanguageModel) and not reference.concurrent_calls
     names = set(reference.model.state_dict())
     file_keys = set(fixture_weights())
     # every file key is used except the documented unused SigLIP attention-pooling head
