@@ -88,11 +88,11 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
 def largest_batch(new_tokens: int) -> int:
     """The largest batch_size the pipeline accepts for this model (``check_batch_fits``'s rule)."""
     from videocaption.options import CaptionOptions
-    from videocaption.pipeline import MAX_BATCH_SIZE_SEARCHED, batch_tokens
+    from videocaption.pipeline import fitting_batch_sizes
 
     runtime = build_runtime("cpu", "float32", weights=False)
     options = CaptionOptions(model=str(TINY_MODEL), max_new_tokens=new_tokens, device="cpu")
-    return max(n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1) if batch_tokens(runtime, options, n) <= runtime.context_length)
+    return max(fitting_batch_sizes(runtime, options))
 
 
 def sample_frames(count: int) -> list[tuple[Image.Image, float]]:

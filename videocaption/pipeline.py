@@ -40,6 +40,18 @@ def batch_tokens(model: VisionLanguageModel, options: CaptionOptions, num_frames
     return text_tokens + spare + model.max_image_tokens(num_frames) + options.max_new_tokens
 
 
+def fitting_batch_sizes(model: VisionLanguageModel, options: CaptionOptions) -> list[int]:
+    """Every ``batch_size`` (up to MAX_BATCH_SIZE_SEARCHED) whose prompt and answer fit the context.
+
+    Not simply 1..N: with one or two frames a prompt, DeepSeek-VL2 tiles each frame at high
+    resolution, so small batches can need more tokens than larger ones.
+    """
+    return [
+        n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1)
+        if batch_tokens(model, options, n) <= model.context_length
+    ]
+
+
 def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> None:
     """Refuse a ``batch_size`` whose prompt cannot fit the model's context, before any decoding.
 
@@ -49,10 +61,7 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
     needed = batch_tokens(model, options, options.batch_size)
     if needed <= model.context_length:
         return
-    fitting = [
-        n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1)
-        if batch_tokens(model, options, n) <= model.context_length
-    ]
+    fitting = fitting_batch_sizes(model, options)
     if not fitting:
         advice = "no batch size fits; lower max_new_tokens or shorten the prompt"
     else:
