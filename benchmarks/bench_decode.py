@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
-from benchmarks.common import ROOT, SINK_STATS, cpu_seconds, machine, make_clip, quiet_bmf, stopwatch
+from benchmarks.common import (ROOT, SINK_STATS, cpu_seconds, ffmpeg_frames, machine, make_clip, quiet_bmf, stopwatch,
+                               video_size)
 from videocaption.frames import select_expression
 from videocaption.graph import decoder_options, wait_for_graph
 
@@ -49,29 +47,11 @@ def bmf_decode(clip: Path, fps: float, key: str) -> Run:
 
 def ffmpeg_decode(clip: Path, fps: float) -> Run:
     """``ffmpeg -vf fps=N`` piping rgb24, each frame read into a PIL image (CPU: ffmpeg + reader)."""
-    width, height = probe_size(clip)
-    frame_bytes = width * height * 3
-    frames = 0
+    size = video_size(clip)  # outside the timing, as the BMF side has no probe either
     cpu = cpu_seconds()
     with stopwatch() as elapsed:
-        command = ["ffmpeg", "-v", "error", "-i", str(clip), "-vf", f"fps={fps:g}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        with subprocess.Popen(command, stdout=subprocess.PIPE) as ffmpeg:
-            assert ffmpeg.stdout is not None
-            while chunk := ffmpeg.stdout.read(frame_bytes):
-                Image.frombytes("RGB", (width, height), chunk)
-                frames += 1
-        if ffmpeg.returncode:
-            raise RuntimeError(f"ffmpeg failed ({ffmpeg.returncode})")
+        frames = sum(1 for _ in ffmpeg_frames(clip, fps, size))
     return elapsed(), cpu_seconds() - cpu, frames
-
-
-def probe_size(clip: Path) -> tuple[int, int]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "csv=p=0", str(clip)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    width, height = out.strip().split(",")[:2]
-    return int(width), int(height)
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 
 import torch
 from PIL import Image
 
-from benchmarks.common import SAMPLE_CLIP, TINY_MODEL, machine, peak_rss_mib, report_to_parent, run_child
+from benchmarks.common import (SAMPLE_CLIP, TINY_MODEL, ffmpeg_frames, machine, peak_rss_mib, report_to_parent, run_child,
+                               video_size)
 
 # The official deepseek-ai/deepseek-vl2-tiny config.json values that differ from the reference
 # fixture's config (whose layout mirrors the official file key by key; candidate_resolutions,
@@ -97,13 +97,7 @@ def largest_batch(new_tokens: int) -> int:
 
 def sample_frames(count: int) -> list[tuple[Image.Image, float]]:
     """``count`` frames of the sample clip at 1 fps (cycling through its 6 when more are asked)."""
-    width, height = 1280, 720
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(SAMPLE_CLIP), "-vf", "fps=1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        check=True, capture_output=True,
-    ).stdout
-    size = width * height * 3
-    images = [Image.frombytes("RGB", (width, height), raw[i:i + size]) for i in range(0, len(raw) - size + 1, size)]
+    images = list(ffmpeg_frames(SAMPLE_CLIP, 1.0, video_size(SAMPLE_CLIP)))
     return [(images[i % len(images)], float(i)) for i in range(count)]
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from PIL import Image
+
 # BMF logs every graph start and stop at INFO; a benchmark's table should not drown in it.
 os.environ.setdefault("BMF_LOG_LEVEL", "ERROR")
 
@@ -64,6 +66,27 @@ def make_clip(path: Path, *, duration: float, size: str = "320x240", rate: int =
     )
     partial.rename(path)
     return path
+
+
+def video_size(clip: Path) -> tuple[int, int]:
+    """(width, height) of the clip's video stream, from the pipeline's own probe."""
+    from videocaption.probe import probe_video
+
+    info = probe_video(clip)
+    return info.width, info.height
+
+
+def ffmpeg_frames(clip: Path, fps: float, size: tuple[int, int]) -> Iterator[Image.Image]:
+    """``ffmpeg -vf fps=N`` piping raw RGB, read back as PIL images of ``size`` (see
+    :func:`video_size`): the command-line way to sample frames, for comparison with the pipeline
+    and for feeding the model directly."""
+    command = ["ffmpeg", "-v", "error", "-i", str(clip), "-vf", f"fps={fps:g}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as ffmpeg:
+        assert ffmpeg.stdout is not None
+        while chunk := ffmpeg.stdout.read(size[0] * size[1] * 3):
+            yield Image.frombytes("RGB", size, chunk)
+    if ffmpeg.returncode:
+        raise RuntimeError(f"ffmpeg failed ({ffmpeg.returncode}) on {clip}")
 
 
 @contextlib.contextmanager
