@@ -1,6 +1,10 @@
-"""The BMF module driven directly through BMF tasks, without a graph."""
+"""The BMF module driven directly through BMF tasks, without a graph.
+
+One model instance per process, whatever ``max_threads``: batches share it, one call at a time.
+"""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ from bmf import Packet, Task, Timestamp, VideoFrame
 from helpers import FAST, video_frame_packet
 from videocaption import backends
 from videocaption.bmf_module import CAPTIONS_OUT, VIDEO_OUT
+from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError
 
 import llm_caption
@@ -27,7 +32,11 @@ def frames(count: int, fps: float = 1.0):
 
 
 def run_module(options: dict, packets: list, outputs=(VIDEO_OUT, CAPTIONS_OUT)):
-    module = llm_caption.llm_caption(0, options)
+    return feed(llm_caption.llm_caption(0, options), packets, outputs)
+
+
+def feed(module, packets: list, outputs=(VIDEO_OUT, CAPTIONS_OUT)):
+    """Give ``module`` the packets and EOF in one task; the task and what each output got."""
     task = Task(0, [0], list(outputs))
     for packet in packets:
         task.get_inputs()[0].put(packet)
@@ -103,9 +112,56 @@ def test_a_4k_frame_waits_in_its_batch_at_the_model_input_size(tmp_path, monkeyp
 
     stored = []
     original = Captioner.add
-    monkeypatch.setattr(Captioner, "add", lambda self, image, t: (original(self, image, t),
-                                                                  stored.append(self._batcher._current.frames[-1].image.size)))
+
+    def add(self, image, timestamp):
+        original(self, image, timestamp)
+        stored.append(self._batcher._current.frames[-1].image.size)
+
+    monkeypatch.setattr(Captioner, "add", add)
     rng = np.random.default_rng(0)
     packets = [video_frame_packet(rng.integers(0, 255, (2160, 3840, 3), dtype=np.uint8), float(i)) for i in range(2)]
     run_module({**FAST, "batch_size": 4, "result_path": str(tmp_path / "r.json")}, packets)
     assert stored == [(384, 216), (384, 216)]
+
+
+def test_every_max_threads_shares_one_model_and_never_calls_it_concurrently(tmp_path, monkeypatch):
+    original = DeepseekVL2.describe_batch
+    lock = threading.Lock()
+    state = {"running": 0, "most": 0, "requests": []}
+
+    def counting(self, requests, **kwargs):
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            state["requests"].append(len(requests))
+        try:
+            return original(self, requests, **kwargs)
+        finally:
+            with lock:
+                state["running"] -= 1
+
+    monkeypatch.setattr(DeepseekVL2, "describe_batch", counting)
+    models = []
+    for max_threads in (1, 2, 4):
+        options = {**FAST, "batch_size": 1, "multithreading": max_threads > 1, "max_threads": max_threads,
+                   "result_path": str(tmp_path / f"r{max_threads}.json")}
+        module = llm_caption.llm_caption(0, options)
+        feed(module, frames(6))
+        models.append(module._captioner.model)
+    assert all(model is models[0] for model in models)
+    assert len([key for key in backends._cache if key[1] == FAST["model"]]) == 1
+    assert state["most"] == 1  # batches waiting together go into one call, never parallel calls
+    assert sum(state["requests"]) == 3 * 6
+    assert max(state["requests"]) <= 4
+
+
+@pytest.mark.parametrize("max_threads", [2, 4])
+def test_no_model_thread_outlives_its_run(tmp_path, max_threads):
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "videocaption-model" and t.is_alive()}
+
+    before = workers()
+    options = {**FAST, "batch_size": 1, "multithreading": True, "max_threads": max_threads,
+               "result_path": str(tmp_path / "r.json")}
+    run_module(options, frames(4))
+    assert workers() == before  # one worker per run (not one per batch), gone once the run ends

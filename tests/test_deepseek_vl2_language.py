@@ -74,6 +74,17 @@ def embeds(lm: DeepseekV2ForCausalLM, batch: int, length: int, seed: int) -> tor
     return torch.randn(batch, length, lm.config.hidden_size, generator=gen)
 
 
+def left_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1, n_i, D] rows -> a left-padded [B, T, D] batch (zeros as padding) and its [B, T] mask."""
+    t = max(row.shape[1] for row in rows)
+    x = torch.zeros(len(rows), t, rows[0].shape[2])
+    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        x[i, t - row.shape[1]:] = row[0]
+        mask[i, t - row.shape[1]:] = True
+    return x, mask
+
+
 @torch.inference_mode()
 def test_cache_matches_full_forward(lm):
     x = embeds(lm, 2, 20, seed=1)
@@ -91,12 +102,7 @@ def test_cache_matches_full_forward(lm):
 def test_left_padded_batch_matches_single_rows(lm):
     lengths = [17, 9, 13]
     rows = [embeds(lm, 1, n, seed=10 + i) for i, n in enumerate(lengths)]
-    t = max(lengths)
-    x = torch.zeros(len(rows), t, lm.config.hidden_size)
-    mask = torch.zeros(len(rows), t, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        x[i, t - row.shape[1]:] = row[0]
-        mask[i, t - row.shape[1]:] = True
+    x, mask = left_padded(rows)
     batched = generate(lm, x, mask, max_new_tokens=6, eos_token_id=-1, output_scores=True)
     full = lm(x, position_ids_from_mask(mask), mask)
     for i, row in enumerate(rows):
@@ -257,13 +263,8 @@ def test_rows_without_budget_are_left_out_and_the_rest_match_alone(lm):
     # Per-row limits (a row near the end of the context gets fewer tokens); a row with none
     # never enters the prompt pass, and the padded rows left are prefilled one by one.
     lengths, limits = [11, 7, 5], [4, 0, 6]
-    t = max(lengths)
-    x = torch.zeros(len(lengths), t, lm.config.hidden_size)
-    mask = torch.zeros(len(lengths), t, dtype=torch.bool)
     rows = [embeds(lm, 1, n, seed=20 + i) for i, n in enumerate(lengths)]
-    for i, row in enumerate(rows):
-        x[i, t - row.shape[1]:] = row[0]
-        mask[i, t - row.shape[1]:] = True
+    x, mask = left_padded(rows)
     batched = generate(lm, x, mask, max_new_tokens=limits, eos_token_id=-1)
     assert batched.lengths == limits
     for i, (row, limit) in enumerate(zip(rows, limits)):
