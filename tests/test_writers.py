@@ -68,3 +68,10 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_unknown_writer():
     with pytest.raises(ValueError, match="unknown output format"):
         get_writer("docx")
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    # mkstemp's 0600 must not leak into result files: same mode as a file open() creates.
+    write_atomic(tmp_path / "result.json", "{}")
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "result.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode

@@ -17,12 +17,27 @@ from typing import Any, TextIO
 from .result import BatchCaption, CaptionResult
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (0666 less the umask).
+
+    mkstemp creates its file 0600; renamed into place as is, result.json would be readable by
+    its owner only, unlike any other file the user writes.
+    """
+    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+NEW_FILE_MODE = _file_mode()
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so that the file is either the old one or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
