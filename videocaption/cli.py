@@ -27,6 +27,7 @@ from .graph import REPO_ROOT, run_caption_graph
 from .backends.openai_backend import API_KEY_ENV
 from .options import BACKENDS, DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
 from .probe import VideoInfo, probe_video
+from .library import command as library
 
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
 TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="test_llm_caption.py",
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
-    parser.add_argument("video", nargs="?", default=str(SAMPLE_CLIP),
-                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny clip)")
+    parser.add_argument("video", nargs="*", metavar="INPUT",
+                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny clip); "
+                             "with --workers, any number of files, folders and @LIST files")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id or local directory of the checkpoint; with --backend openai, the served "
                              "model name (default: %(default)s)")
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="openai backend: retries after 429, 5xx, timeouts, refused connections "
                              "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
+    library.add_library_arguments(parser)
     return parser
 
 
@@ -123,9 +126,14 @@ def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | No
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    library.check_library_arguments(args, parser)
+    if not library.library_requested(args):
+        args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     options = options_from_args(args, parser)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", force=True)
+    if library.library_requested(args):
+        return library.run_library_command(args, parser, options)
     try:
         if Path(args.video).is_dir():
             return caption_directory(Path(args.video), Path(args.output_dir), options, args)

@@ -1,0 +1,274 @@
+"""Library mode on a real local Ray instance (2 CPUs): rows, mirrored outputs, dead workers and drivers.
+
+One Ray instance serves the whole module, and one undisturbed run of the library is the
+reference the disturbed runs are compared with (Ray start-up and model loading are the slow
+parts on a 2-core machine). Drivers that are killed run as subprocesses of the command line,
+connected to the same instance with ``--ray-address``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers import FAST, REPO_ROOT, make_clip
+from videocaption.cli import main
+from videocaption.errors import VideoInputError
+from videocaption.library.command import MANIFEST_NAME
+from videocaption.library.inputs import expand_inputs
+from videocaption.library.manifest import TIMING_COLUMNS, Manifest, read_manifest
+from videocaption.library.ray_runner import LibraryConfig, run_library
+from videocaption.options import CaptionOptions
+from videocaption.probe import probe_video
+
+ray = pytest.importorskip("ray", reason="library mode needs ray[data] (requirements.txt)")
+
+OPTIONS = dict(FAST, batch_size=1)
+LONG = "b/long.mp4"  # enough batches to kill its worker midway
+VIDEOS = ["a/clip.mp4", "b/clip.mp4", "b/deep/clip.mov", "c/one.mkv", "c/two.webm", LONG]
+BROKEN = ["a/random.mp4", "c/truncated.mp4"]
+NOT_VIDEO = "b/notes.txt"
+# Columns that change from run to run, or are unknown for a row rebuilt from its result.json.
+VOLATILE = (*TIMING_COLUMNS, "host", "worker")
+CLI_OPTIONS = ["--model", FAST["model"], "--device", "cpu", "--max-new-tokens", "8", "--batch-size", "1"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray instance sized like the CI machine; yields its address for subprocess drivers."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("library")
+    for index, name in enumerate(VIDEOS):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        make_clip(root / name, duration=12.0 if name == LONG else 1.5 + 0.5 * index)
+    (root / BROKEN[0]).write_bytes(os.urandom(4000))
+    (root / BROKEN[1]).write_bytes((root / VIDEOS[0]).read_bytes()[:3000])
+    (root / NOT_VIDEO).write_text("not a video\n")
+    return root
+
+
+def config(library: Path, output: Path, **changes) -> LibraryConfig:
+    values = dict(inputs=(str(library),), output_dir=output, manifest_path=output / MANIFEST_NAME, workers=2)
+    return LibraryConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFactory):
+    output = tmp_path_factory.mktemp("undisturbed")
+    run = run_library(config(library, output), CaptionOptions(**OPTIONS))
+    return run, output
+
+
+def comparable_rows(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key not in VOLATILE} for row in rows]
+
+
+def comparable_result(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    return {key: value for key, value in result.items() if key not in ("average_inference", "turnaround_time")}
+
+
+# -- the undisturbed run ----------------------------------------------------------------------
+
+def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
+    run, output = undisturbed
+    rows = {row["key"]: row for row in read_manifest(output / MANIFEST_NAME)}
+    assert sorted(rows) == sorted(VIDEOS + BROKEN + [NOT_VIDEO])
+    for key in VIDEOS:
+        row = rows[key]
+        result = json.loads((output / key / "result.json").read_text())
+        assert row["status"] == "ok" and row["error"] is None, row
+        assert row["path"] == str(library / key)
+        assert (row["title"], row["summary"], row["frames_analysed"]) == \
+            (result["video_title"], result["summary"], result["frames_analysed"])
+        assert row["batches"] == len(result["batches"]) == result["frames_analysed"]  # batch_size 1
+        assert row["duration"] == pytest.approx(probe_video(library / key).duration)
+        assert row["model"] == FAST["model"] and row["host"] and row["worker"]
+        assert row["wall_seconds"] > 0 and row["model_seconds"] > 0
+    for key in BROKEN:
+        with pytest.raises(VideoInputError) as single_video_error:
+            probe_video(library / key)
+        assert rows[key]["status"] == "failed"
+        assert rows[key]["error"] == str(single_video_error.value)  # the single-video CLI's line
+    assert rows[NOT_VIDEO]["status"] == "skipped" and ".txt" in rows[NOT_VIDEO]["error"]
+    # Equal file names in two folders: two result folders; nothing else was written.
+    written = sorted(str(path.relative_to(output).parent) for path in output.rglob("result.json"))
+    assert written == sorted(VIDEOS)
+    assert not list(output.rglob("*.partial"))
+    assert {row.worker for row in run.captioned} == {rows[key]["worker"] for key in VIDEOS + BROKEN}
+    assert len({row.worker for row in run.captioned}) == 2
+    # The journal holds the same rows as the Parquet manifest.
+    assert Manifest(output / MANIFEST_NAME).previous_rows().keys() == {row["path"] for row in rows.values()}
+
+
+def test_a_rerun_captions_nothing_again_unless_failed_ones_are_retried(undisturbed, library: Path) -> None:
+    _, output = undisturbed
+    before = {key: (output / key / "result.json").stat().st_mtime_ns for key in VIDEOS}
+    again = run_library(config(library, output), CaptionOptions(**OPTIONS))
+    assert again.captioned == []
+    retried = run_library(config(library, output, retry_failed=True), CaptionOptions(**OPTIONS))
+    assert sorted(row.key for row in retried.captioned) == sorted(BROKEN)
+    assert all(row.status == "failed" for row in retried.captioned)
+    assert before == {key: (output / key / "result.json").stat().st_mtime_ns for key in VIDEOS}
+
+
+# -- a worker process killed while it captions ------------------------------------------------
+
+def caption_workers() -> list[int]:
+    """Pids of Ray workers running CaptionWorker.caption now (Ray names the process after the call)."""
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any("CaptionWorker.caption" in part for part in process.info["cmdline"] or []):
+            pids.append(process.info["pid"])
+    return pids
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturbed, library: Path,
+                                                                       tmp_path: Path) -> None:
+    _, reference = undisturbed
+    long_video = library / LONG
+    options = CaptionOptions(**OPTIONS)
+    finished = {}
+    runner = threading.Thread(target=lambda: finished.update(run=run_library(
+        config(long_video, tmp_path, workers=1), options)))
+    runner.start()
+    partial = tmp_path / "long.mp4" / "result.json.partial"
+    wait_for(partial.exists, what="the first batch's checkpoint")
+    wait_for(lambda: len(caption_workers()) == 1, what="the worker's process")
+    [pid] = caption_workers()
+    os.kill(pid, signal.SIGKILL)
+    described_before = len(json.loads(partial.read_text())["batches"])
+    runner.join(timeout=180)
+    [row] = finished["run"].captioned
+    assert 1 <= described_before < row.batches, "the worker was killed after its video was done"
+    assert row.status == "ok" and row.worker != f"{row.host}:{pid}"
+    assert comparable_result(tmp_path / "long.mp4" / "result.json") == comparable_result(reference / LONG / "result.json")
+
+
+# -- the driver killed, then the same command again -------------------------------------------
+
+def journal_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_a_killed_driver_loses_no_finished_video(undisturbed, cluster: str, library: Path, tmp_path: Path) -> None:
+    _, reference = undisturbed
+    command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library), "--ray-address", cluster,
+               "--workers", "2", "--output", str(tmp_path), *CLI_OPTIONS]
+    journal = tmp_path / "manifest.jsonl"
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: sum(row["status"] == "ok" for row in journal_rows(journal)) >= 2, what="two finished videos")
+    driver.kill()
+    driver.wait(timeout=60)
+    finished = {row["key"]: (tmp_path / row["key"] / "result.json").stat().st_mtime_ns
+                for row in journal_rows(journal) if row["status"] == "ok"}
+    assert not (tmp_path / MANIFEST_NAME).exists()  # the driver never got to write it
+
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr  # the broken files failed
+    assert "9 inputs: 6 ok, 2 failed, 1 skipped" in done.stdout
+    for key, mtime in finished.items():  # not captioned again
+        assert (tmp_path / key / "result.json").stat().st_mtime_ns == mtime
+    assert comparable_rows(read_manifest(tmp_path / MANIFEST_NAME)) == \
+        comparable_rows(read_manifest(reference / MANIFEST_NAME))
+    for key in VIDEOS:
+        assert comparable_result(tmp_path / key / "result.json") == comparable_result(reference / key / "result.json")
+
+
+def test_ctrl_c_keeps_the_finished_rows(cluster: str, library: Path, tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library), "--ray-address", cluster,
+               "--workers", "1", "--output", str(tmp_path), *CLI_OPTIONS]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(row["status"] == "ok" for row in journal_rows(tmp_path / "manifest.jsonl")),
+             what="a finished video")
+    driver.send_signal(signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "interrupted:" in stderr and "Traceback" not in stderr
+    kept = read_manifest(tmp_path / MANIFEST_NAME)
+    assert any(row["status"] == "ok" for row in kept)
+    assert {row["key"] for row in kept} == {row["key"] for row in journal_rows(tmp_path / "manifest.jsonl")}
+    assert len(kept) < 9  # stopped before the end
+
+
+# -- the openai backend: two CPU workers in front of one server -------------------------------
+
+def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    import tiny_vlms
+    from tiny_server import transformers_serve
+
+    checkpoint = tiny_vlms.build_llava(tmp_path_factory.mktemp("served") / "llava")
+    output = tmp_path_factory.mktemp("openai")
+    videos = [str(library / key) for key in VIDEOS[:3]]
+    with transformers_serve(output / "serve.log") as base_url:
+        options = CaptionOptions(backend="openai", api_base=base_url, model=str(checkpoint), max_new_tokens=8,
+                                 request_timeout=60, max_retries=1)
+        run = run_library(config(library, output, inputs=tuple(videos)), options)
+    assert [row.status for row in run.rows] == ["ok"] * 3, [row.error for row in run.rows]
+    assert len({row.worker for row in run.captioned}) == 2
+    assert all(row.model == str(checkpoint) and row.frames_analysed for row in run.rows)
+
+
+# -- inputs and options (no Ray) ----------------------------------------------------------------
+
+def test_inputs_expand_folders_lists_and_urls_into_unique_keys(library: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n\n{library / 'a' / 'clip.mp4'}\n{library / 'b'}\nhttps://host/x/v.mp4\n")
+    items = expand_inputs([f"@{listing}", str(library / "c" / "one.mkv"), str(library / "a" / "clip.mp4")],
+                          exclude=[library / "b" / "deep"])
+    keys = [item.key for item in items]
+    assert keys == ["a/clip.mp4", "b/clip.mp4", "b/long.mp4", "b/notes.txt", "_urls/host/x/v.mp4", "c/one.mkv"]
+    assert [item.skip_reason is not None for item in items] == [False, False, False, True, False, False]
+    with pytest.raises(VideoInputError, match="no such file"):
+        expand_inputs([str(tmp_path / "missing.mp4")])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--manifest", "m.parquet"], "--manifest needs --workers N or --ray-address ADDR"),
+    (["a.mp4", "b.mp4"], "several inputs need --workers"),
+    (["--workers", "2", "--backend", "openai", "--api-base", "http://h/v1", "--gpus-per-worker", "1"],
+     "need no GPU"),
+    (["--workers", "2", "--srt", "x.srt"], "use --srt alone"),
+])
+def test_bad_library_options_are_one_line_and_exit_2(arguments: list[str], message: str,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(arguments)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_single_video_mode_does_not_import_ray() -> None:
+    code = ("import sys; from videocaption.cli import build_parser, main; build_parser(); "
+            "assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)

@@ -1,0 +1,135 @@
+"""The library's manifest: one row per input, durable as soon as it is known.
+
+Rows are appended to a JSON Lines file (``manifest.jsonl``) and fsynced one by one, so a driver
+killed at any moment loses no finished row; at the end (and on Ctrl-C) the last row of every
+input is written as Parquet, atomically (a temporary file renamed into place). A rerun reads the
+JSON Lines file back to know what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..writers import NEW_FILE_MODE
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+# Columns that differ between two runs of the same library even when every caption is equal.
+REQUIRED_COLUMNS = ("path", "key", "status")
+TIMING_COLUMNS = ("wall_seconds", "average_inference", "turnaround_time", "model_seconds")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # the input: absolute path, or URL
+    key: str  # its path in the output folder (mirrors the input tree)
+    status: str  # ok, failed or skipped
+    error: str | None = None  # one line: why it failed or was skipped
+    duration: float | None = None  # seconds of video, from the probe
+    frames_analysed: int | None = None
+    batches: int | None = None
+    title: str | None = None
+    summary: str | None = None
+    model: str | None = None
+    wall_seconds: float | None = None  # the worker's time on this video: probe, graph, writing
+    turnaround_time: float | None = None  # result.json's: first frame to result
+    average_inference: float | None = None  # result.json's: model seconds per batch
+    model_seconds: float | None = None  # model time of the batch descriptions (summary not included)
+    prompt_tokens: int | None = None  # when the backend reports them (none does yet)
+    output_tokens: int | None = None
+    host: str | None = None  # the worker's host name (None for rows the driver wrote itself)
+    worker: str | None = None  # host:pid of the worker process
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ManifestRow:
+        names = {field.name for field in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names})
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    # Annotations are strings here ("float | None"): the first word names the column's type.
+    types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64()}
+    return pa.schema([
+        pa.field(field.name, types[str(field.type).split()[0]], nullable=field.name not in REQUIRED_COLUMNS)
+        for field in fields(ManifestRow)
+    ])
+
+
+class Manifest:
+    """The JSON Lines journal and the Parquet file of one library run.
+
+    Args:
+        path: the Parquet file; the journal is the same path with ``.jsonl`` as its suffix.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.journal = self.path.with_suffix(".jsonl")
+        self._file = None
+
+    def previous_rows(self) -> dict[str, ManifestRow]:
+        """The last row of every input an earlier run recorded (a torn last line is ignored)."""
+        rows: dict[str, ManifestRow] = {}
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return rows
+        for line in lines:
+            try:
+                row = ManifestRow.from_dict(json.loads(line))
+            except (ValueError, TypeError):
+                continue  # a line cut short by a killed driver
+            rows[row.path] = row
+        return rows
+
+    def append(self, row: ManifestRow) -> None:
+        """Add a row to the journal and make it durable before returning."""
+        if self._file is None:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.journal, "a", encoding="utf-8")
+            if self._file.tell() and not self._ends_with_newline():
+                self._file.write("\n")  # after a torn line: start a fresh one
+        self._file.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.journal, "rb") as file:
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"\n"
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def write_parquet(self, rows: Iterable[ManifestRow]) -> Path:
+        """Write ``rows`` as the Parquet manifest, atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([asdict(row) for row in rows], schema=parquet_schema())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.chmod(tmp, NEW_FILE_MODE)  # mkstemp's 0600 would make it owner-only
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.path
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The Parquet manifest's rows as dicts (for tests and scripts)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

@@ -1,0 +1,299 @@
+"""The driver of a library run: plans what is left, hands videos to Ray actors, records rows.
+
+Why actors and not Ray Data: one video is one unit of work that takes seconds to minutes, its
+frames never leave the worker (each worker decodes its own files), and every finished video must
+become a durable manifest row at once. A small pool of actors, each given one video at a time
+through ``ray.wait``, does exactly that: the model stays loaded in each actor, a slow video holds
+up no other, and Ray's own actor fault tolerance (``max_restarts``, ``max_task_retries``)
+restarts a worker process that died and retries its video there. Ray Data's streaming executor
+would add its start-up, block bookkeeping and retry policy for rows that are just two strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import checkpoint_path
+from ..errors import CaptionError, ModelLoadError, VideoInputError
+from ..graph import REPO_ROOT
+from ..options import CaptionOptions
+from .inputs import LibraryItem, expand_inputs
+from .manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
+from .workers import CaptionWorker, result_path, row_from_result
+
+log = logging.getLogger("llm_caption")
+SECRET_ENV = ("OPENAI_API_KEY",)  # handed to the workers through their environment, when set
+
+
+class RayConnectionError(CaptionError):
+    """Ray could not be started or the cluster could not be reached."""
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    inputs: tuple[str, ...]  # files, folders, @LIST files
+    output_dir: Path  # result folders mirror the input tree here
+    manifest_path: Path  # the Parquet manifest; its journal is beside it (.jsonl)
+    workers: int | None = None  # actors to start; None: as many as the cluster's resources hold
+    ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start one
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: 1 with a local model on a cluster with GPUs, else 0
+    video_retries: int = 3  # retries of a video whose worker process died
+    retry_failed: bool = False  # caption again the inputs an earlier run recorded as failed
+
+
+@dataclass
+class LibraryRun:
+    """What a run did: every input's row, in input order, and this run's throughput."""
+
+    rows: list[ManifestRow]
+    captioned: list[ManifestRow]  # rows workers returned in this run
+    seconds: float  # wall time of the captioning part (Ray start-up included)
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(row.status == status for row in self.rows)
+
+    @property
+    def any_failed(self) -> bool:
+        return any(row.status == FAILED for row in self.rows)
+
+
+def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: LibraryConfig
+         ) -> tuple[dict[str, ManifestRow], list[LibraryItem]]:
+    """Split the library into rows already known and videos to caption.
+
+    A video with a complete result keeps the row an earlier run recorded (or one rebuilt from its
+    result.json, when the driver died before recording it); a failed one is kept unless
+    ``retry_failed``; the rest, including videos with only a checkpoint, are captioned.
+    """
+    known: dict[str, ManifestRow] = {}
+    todo: list[LibraryItem] = []
+    for item in items:
+        before = previous.get(item.source)
+        if item.skip_reason is not None:
+            known[item.source] = ManifestRow(path=item.source, key=item.key, status=SKIPPED, error=item.skip_reason)
+        elif before is not None and before.status == FAILED and not config.retry_failed:
+            known[item.source] = before
+        elif (result := finished_result(result_path(config.output_dir, item))) is not None:
+            if before is not None and before.status == OK:
+                known[item.source] = before
+            else:
+                known[item.source] = row_from_result(item, result)
+                if known[item.source].status == FAILED and config.retry_failed:
+                    del known[item.source]
+                    todo.append(item)
+        else:
+            todo.append(item)
+    return known, todo
+
+
+def finished_result(path: Path) -> dict[str, Any] | None:
+    """A complete result.json (not the partial one an interrupted run leaves), else None."""
+    import json
+
+    if checkpoint_path(path).exists() or not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if result.get("complete", True) is not False else None
+
+
+def run_library(config: LibraryConfig, options: CaptionOptions,
+                on_row: Callable[[ManifestRow, int], None] | None = None) -> LibraryRun:
+    """Caption every video of the library on Ray; rows are durable as they finish.
+
+    Ctrl-C ends the run early: the finished rows are still written, and the returned run says
+    ``interrupted``.
+
+    Args:
+        config: inputs, outputs and Ray resources.
+        options: captioning options shared by every video (result paths are set per video).
+        on_row: called with each row a worker returns and the number of videos still running
+            or waiting (the progress bar).
+
+    Raises:
+        VideoInputError: an input is missing, or the inputs hold nothing.
+        ModelLoadError: a worker could not load the model.
+        RayConnectionError: Ray could not be started or reached.
+    """
+    items = expand_inputs(config.inputs, exclude=[config.output_dir])
+    if not items:
+        raise VideoInputError(f"{' '.join(config.inputs)}: no files found")
+    manifest = Manifest(config.manifest_path)
+    previous = manifest.previous_rows()
+    known, todo = plan(items, previous, config)
+    for row in known.values():
+        if previous.get(row.path) != row:
+            manifest.append(row)
+    started = time.perf_counter()
+    captioned: list[ManifestRow] = []
+    interrupted = False
+    try:
+        if todo:
+            with ray_session(config):
+                _caption_all(todo, config, options, manifest, known, captioned, on_row)
+    except KeyboardInterrupt:
+        interrupted = True  # the videos still running keep their checkpoints for the next run
+    finally:
+        rows = [known[item.source] for item in items if item.source in known]
+        manifest.write_parquet(rows)
+        manifest.close()
+    return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
+
+
+def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: CaptionOptions, manifest: Manifest,
+                 known: dict[str, ManifestRow], captioned: list[ManifestRow],
+                 on_row: Callable[[ManifestRow, int], None] | None) -> None:
+    import ray
+
+    actors = start_workers(config, options, len(todo))
+    waiting = list(reversed(todo))  # popped from the end: input order
+    running: dict[Any, tuple[Any, LibraryItem]] = {}
+    idle = list(actors)
+    try:
+        while waiting or running:
+            while idle and waiting:
+                actor, item = idle.pop(), waiting.pop()
+                running[actor.caption.remote(item.source, item.key)] = (actor, item)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                actor, item = running.pop(ref)
+                idle.append(actor)
+                row = _row_of(ref, item, config)
+                known[item.source] = row
+                captioned.append(row)
+                manifest.append(row)
+                if on_row is not None:
+                    on_row(row, len(waiting) + len(running))
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _row_of(ref, item: LibraryItem, config: LibraryConfig) -> ManifestRow:
+    """The worker's row, or a failed row naming why its worker could not finish it."""
+    import ray
+
+    try:
+        return ManifestRow.from_dict(ray.get(ref))
+    except ray.exceptions.RayActorError as error:
+        cause = _death_cause(error)
+        message = (f"{item.source}: the worker process died while captioning it, "
+                   f"{config.video_retries + 1} times ({cause})")
+    except ray.exceptions.RayError as error:
+        message = f"{item.source}: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    return ManifestRow(path=item.source, key=item.key, status=FAILED, error=message)
+
+
+def _death_cause(error: Exception) -> str:
+    """Ray's reason for a worker's death in a few words (its message runs over many lines)."""
+    text = " ".join(str(error).split())
+    for marker in ("killed by", "SIGKILL", "out of memory", "OOM", "exit code", "Segmentation fault", "SIGSEGV"):
+        index = text.find(marker)
+        if index >= 0:
+            start = text.rfind(".", 0, index) + 1
+            end = text.find(".", index)
+            return text[start:end if end >= 0 else None].strip()
+    return text[:200]
+
+
+def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -> list[Any]:
+    """Start the actors and wait until each has its model loaded.
+
+    Raises:
+        ModelLoadError: a worker could not load the model (the first worker's message).
+    """
+    import ray
+
+    gpus = config.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if options.backend != "openai" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    count = min(config.workers or _workers_that_fit(config.cpus_per_worker, gpus), videos)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env.update({name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)})
+    remote = ray.remote(CaptionWorker).options(
+        num_cpus=config.cpus_per_worker, num_gpus=gpus,
+        # A dead worker process is restarted (for ever) and its video retried video_retries times;
+        # a video that kills its worker every time becomes a failed row, the next video goes on.
+        max_restarts=-1, max_task_retries=config.video_retries,
+        runtime_env={"env_vars": env},
+    )
+    worker_options = dataclasses.asdict(options)
+    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker)
+              for _ in range(max(1, count))]
+    for state in ray.get([actor.ready.remote() for actor in actors]):
+        if state["load_error"]:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise ModelLoadError(state["load_error"])
+    return actors
+
+
+def _workers_that_fit(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = math.floor(resources.get("CPU", 1) / cpus_per_worker) if cpus_per_worker else 1
+    if gpus_per_worker:
+        fits = min(fits, math.floor(resources.get("GPU", 0) / gpus_per_worker))
+    return max(1, fits)
+
+
+class ray_session:
+    """Connect to the cluster named by ``ray_address``, or start a quiet local instance.
+
+    A local instance gets as many logical CPUs as the workers ask for (at least the machine's),
+    no dashboard, no worker logs on the driver's terminal, and is shut down at the end. An
+    instance this process already started (tests) is used as is and left running.
+    """
+
+    def __init__(self, config: LibraryConfig) -> None:
+        self.config = config
+        self.started = False
+
+    def __enter__(self) -> ray_session:
+        import ray
+
+        if ray.is_initialized():
+            return self
+        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            if self.config.ray_address:
+                ray.init(address=self.config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                # Ray turns token authentication on for a new local instance and says so; keep
+                # it on, without the notice.
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+                wanted = math.ceil((self.config.workers or 1) * self.config.cpus_per_worker)
+                ray.init(num_cpus=max(os.cpu_count() or 1, wanted), **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = self.config.ray_address or "a local instance"
+            raise RayConnectionError(f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}") from None
+        self.started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
+def worker_shares(run: LibraryRun) -> dict[str, float]:
+    """Each worker's model seconds as a share of the run's wall time."""
+    model: dict[str, float] = defaultdict(float)
+    for row in run.captioned:
+        if row.worker:
+            model[row.worker] += row.model_seconds or 0.0
+    return {worker: seconds / run.seconds for worker, seconds in sorted(model.items())} if run.seconds else {}

@@ -1,0 +1,125 @@
+"""The Ray actor that captions videos: one per worker process, the model loaded once.
+
+This module does not import Ray: the runner wraps :class:`CaptionWorker` with ``ray.remote``,
+so the class can be tested and read like any other. Each video goes through the same steps as
+the single-video command line (probe, then the BMF graph of :func:`run_caption_graph`, which
+writes result.json and the subtitles), always with ``resume`` on: a video retried after its
+worker died continues from the checkpoint the dead worker left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import CaptionError
+from ..options import CaptionOptions
+from .inputs import LibraryItem
+from .manifest import FAILED, OK, ManifestRow
+
+log = logging.getLogger("llm_caption")
+RESULT_NAME = "result.json"
+
+
+def result_path(output_dir: str | os.PathLike, item: LibraryItem) -> Path:
+    """Where a video's result.json goes: a folder per video, mirroring the input tree."""
+    return Path(output_dir) / item.key / RESULT_NAME
+
+
+def video_options(options: CaptionOptions, output_dir: str | os.PathLike, item: LibraryItem) -> CaptionOptions:
+    """The options of one video: its own result path, subtitles beside it, resume on."""
+    path = result_path(output_dir, item)
+    return options.replace(
+        result_path=str(path),
+        srt_path=str(path.with_suffix(".srt")) if options.srt_path else None,
+        vtt_path=str(path.with_suffix(".vtt")) if options.vtt_path else None,
+        resume=True,
+    )
+
+
+def row_from_result(item: LibraryItem, result: dict[str, Any], **extra: Any) -> ManifestRow:
+    """A manifest row from a result.json document; ``failed`` when some batch was not described."""
+    batches = result.get("batches", [])
+    failed = [str(batch["batch_id"]) for batch in batches if "error" in batch]
+    average = result.get("average_inference")
+    return ManifestRow(
+        path=item.source, key=item.key, status=FAILED if failed else OK,
+        error=(f"batches {', '.join(failed)} could not be described (see their 'error' fields)"
+               if failed else None),
+        frames_analysed=result.get("frames_analysed"), batches=len(batches), title=result.get("video_title"),
+        summary=result.get("summary"), model=result.get("model"), turnaround_time=result.get("turnaround_time"),
+        average_inference=average, model_seconds=round(average * len(batches), 4) if average is not None else None,
+        **extra,
+    )
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if isinstance(error, CaptionError) else f"{type(error).__name__}: {text}"
+
+
+class CaptionWorker:
+    """Captions video after video in one process; the model stays loaded between them.
+
+    Args:
+        options: the run's options as a dict (``CaptionOptions`` fields).
+        output_dir: the library's output folder, shared by every worker.
+        cpus: the CPUs Ray gives this worker; torch uses as many threads.
+    """
+
+    def __init__(self, options: dict[str, Any], output_dir: str, cpus: float) -> None:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        self.options = CaptionOptions(**options)
+        self.output_dir = output_dir
+        self.load_error: str | None = None
+        if self.options.backend != "openai":  # a server's client needs no torch threads
+            import torch
+
+            torch.set_num_threads(max(1, int(cpus)))
+        try:
+            from ..backends import load_model
+
+            load_model(self.options)  # cached per process: every graph of this worker reuses it
+        except CaptionError as error:
+            self.load_error = one_line(error)
+
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs, and why its model could not be loaded (None when it was)."""
+        return {"worker": self.name(), "pid": os.getpid(), "load_error": self.load_error}
+
+    @staticmethod
+    def name() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def caption(self, source: str, key: str) -> dict[str, Any]:
+        """Caption one video; a bad video is a ``failed`` row, never an exception.
+
+        Returns:
+            The manifest row as a dict.
+        """
+        from dataclasses import asdict
+
+        from ..graph import run_caption_graph
+        from ..probe import probe_video
+
+        item = LibraryItem(source, key)
+        started = time.perf_counter()
+        host = {"host": socket.gethostname(), "worker": self.name()}
+        duration = None
+        try:
+            if not item.is_url:
+                info = probe_video(source)
+                duration = info.duration if info else None
+            result = run_caption_graph(source, video_options(self.options, self.output_dir, item))
+        except Exception as error:  # noqa: BLE001 - one bad video must not end the library
+            log.warning("%s: %s", source, one_line(error))
+            row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,
+                              wall_seconds=round(time.perf_counter() - started, 4), **host)
+            return asdict(row)
+        row = row_from_result(item, result, duration=duration,
+                              wall_seconds=round(time.perf_counter() - started, 4), **host)
+        return asdict(row)
