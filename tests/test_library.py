@@ -171,6 +171,25 @@ def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturb
     assert comparable_result(tmp_path / "long.mp4" / "result.json") == comparable_result(reference / LONG / "result.json")
 
 
+def test_a_video_whose_worker_dies_beyond_its_retries_is_a_failed_row(cluster: str, library: Path,
+                                                                       tmp_path: Path) -> None:
+    inputs = (str(library / LONG), str(library / VIDEOS[0]))
+    finished = {}
+    runner = threading.Thread(target=lambda: finished.update(run=run_library(
+        config(library, tmp_path, inputs=inputs, workers=1, video_retries=0), CaptionOptions(**OPTIONS))))
+    runner.start()
+    wait_for((tmp_path / LONG / "result.json.partial").exists, what="the first batch's checkpoint")
+    wait_for(lambda: len(caption_workers()) == 1, what="the worker's process")
+    os.kill(caption_workers()[0], signal.SIGKILL)
+    runner.join(timeout=180)
+    long_row, next_row = finished["run"].rows
+    assert long_row.status == "failed"
+    assert long_row.error.startswith(f"{library / LONG}: its worker process died while captioning it, 1 attempt ("
+                                     "killed, out of memory, or crashed; Ray: "), long_row.error
+    assert "\n" not in long_row.error
+    assert next_row.status == "ok", next_row.error  # the restarted worker goes on with the next video
+
+
 # -- the driver killed, then the same command again -------------------------------------------
 
 def journal_rows(path: Path) -> list[dict]:

@@ -158,54 +158,105 @@ def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: Captio
     import ray
 
     actors = start_workers(config, options, len(todo))
+    pool = _Pool(actors, config)
     waiting = list(reversed(todo))  # popped from the end: input order
-    running: dict[Any, tuple[Any, LibraryItem]] = {}
-    idle = list(actors)
     try:
-        while waiting or running:
-            while idle and waiting:
-                actor, item = idle.pop(), waiting.pop()
-                running[actor.caption.remote(item.source, item.key)] = (actor, item)
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                actor, item = running.pop(ref)
-                idle.append(actor)
-                row = _row_of(ref, item, config)
-                known[item.source] = row
+        while waiting or pool.running:
+            while waiting and pool.idle:
+                pool.submit(waiting.pop())
+            for row in pool.wait():
+                known[row.path] = row
                 captioned.append(row)
                 manifest.append(row)
                 if on_row is not None:
-                    on_row(row, len(waiting) + len(running))
+                    on_row(row, len(waiting) + len(pool.running))
+            if waiting and not pool.alive:
+                raise RayConnectionError(f"no worker came back within {RECOVERY_TIMEOUT_S:g} s of dying; "
+                                         f"{len(waiting)} videos were not started (rerun to continue)")
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
 
-def _row_of(ref, item: LibraryItem, config: LibraryConfig) -> ManifestRow:
-    """The worker's row, or a failed row naming why its worker could not finish it."""
-    import ray
-
-    try:
-        return ManifestRow.from_dict(ray.get(ref))
-    except ray.exceptions.RayActorError as error:
-        cause = _death_cause(error)
-        message = (f"{item.source}: the worker process died while captioning it, "
-                   f"{config.video_retries + 1} times ({cause})")
-    except ray.exceptions.RayError as error:
-        message = f"{item.source}: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
-    return ManifestRow(path=item.source, key=item.key, status=FAILED, error=message)
+RECOVERY_TIMEOUT_S = 600.0  # a restarted worker reloads its model; a node may need replacing
 
 
-def _death_cause(error: Exception) -> str:
-    """Ray's reason for a worker's death in a few words (its message runs over many lines)."""
+class _Pool:
+    """The actors, each given one video at a time.
+
+    A worker that died is restarted by Ray, which retries the video it was captioning there
+    (``max_task_retries``). Calls made while it restarts fail at once, so it gets no new
+    video until a ``ready`` call answers again.
+    """
+
+    def __init__(self, actors: list[Any], config: LibraryConfig) -> None:
+        self.idle = list(actors)
+        self.config = config
+        self.running: dict[Any, tuple[Any, LibraryItem]] = {}  # caption call -> (actor, video)
+        self.probes: dict[Any, Any] = {}  # ready call -> restarting actor
+        self.restarting: dict[Any, float] = {}  # actor -> when it died
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.idle or self.running or self.restarting)
+
+    def submit(self, item: LibraryItem) -> None:
+        actor = self.idle.pop()
+        self.running[actor.caption.remote(item.source, item.key)] = (actor, item)
+
+    def wait(self) -> list[ManifestRow]:
+        """Wait for a video or a restarted worker; returns the rows of finished videos."""
+        import ray
+
+        for actor in list(self.restarting):
+            if not any(probed is actor for probed in self.probes.values()):
+                self.probes[actor.ready.remote()] = actor
+        done, _ = ray.wait([*self.running, *self.probes], num_returns=1)
+        rows = []
+        for ref in done:
+            if ref in self.probes:
+                self._probed(ref)
+                continue
+            actor, item = self.running.pop(ref)
+            try:
+                rows.append(ManifestRow.from_dict(ray.get(ref)))
+                self.idle.append(actor)
+            except ray.exceptions.RayActorError as error:
+                rows.append(self._died(item, error))
+                self.restarting.setdefault(actor, time.monotonic())
+            except ray.exceptions.RayError as error:
+                rows.append(ManifestRow(path=item.source, key=item.key, status=FAILED,
+                                        error=f"{item.source}: {_ray_reason(error)}"))
+                self.idle.append(actor)
+        return rows
+
+    def _probed(self, ref) -> None:
+        import ray
+
+        actor = self.probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            if time.monotonic() - self.restarting[actor] > RECOVERY_TIMEOUT_S:
+                del self.restarting[actor]  # given up on
+            else:
+                time.sleep(0.2)  # still restarting: ask again
+            return
+        del self.restarting[actor]
+        self.idle.append(actor)
+
+    def _died(self, item: LibraryItem, error: Exception) -> ManifestRow:
+        attempts = self.config.video_retries + 1
+        message = (f"{item.source}: its worker process died while captioning it, {attempts} "
+                   f"attempt{'s' if attempts > 1 else ''} (killed, out of memory, or crashed; "
+                   f"Ray: {_ray_reason(error)})")
+        return ManifestRow(path=item.source, key=item.key, status=FAILED, error=message)
+
+
+def _ray_reason(error: Exception) -> str:
+    """Ray's error in one short line (its messages run over many lines with advice)."""
     text = " ".join(str(error).split())
-    for marker in ("killed by", "SIGKILL", "out of memory", "OOM", "exit code", "Segmentation fault", "SIGSEGV"):
-        index = text.find(marker)
-        if index >= 0:
-            start = text.rfind(".", 0, index) + 1
-            end = text.find(".", index)
-            return text[start:end if end >= 0 else None].strip()
-    return text[:200]
+    return f"{type(error).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
 
 def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -> list[Any]:
@@ -270,6 +321,7 @@ class ray_session:
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         try:
             if self.config.ray_address:
+                check_reachable(self.config.ray_address)
                 ray.init(address=self.config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 # Ray turns token authentication on for a new local instance and says so; keep
@@ -288,6 +340,29 @@ class ray_session:
             import ray
 
             ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once on a ``HOST:PORT`` or ``ray://HOST:PORT`` nothing answers at.
+
+    Ray itself keeps retrying such an address for minutes, logging every attempt.
+
+    Raises:
+        ConnectionError: the port refused or did not answer within ``timeout`` seconds.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto" or address.startswith("local"):
+        return  # Ray finds the cluster this machine runs, or says at once that there is none
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if not parts.hostname or not parts.port:
+        return
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConnectionError(f"nothing answers at {parts.hostname}:{parts.port} ({error.strerror or error})") from None
 
 
 def worker_shares(run: LibraryRun) -> dict[str, float]:
