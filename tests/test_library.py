@@ -8,6 +8,7 @@ connected to the same instance with ``--ray-address``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -255,6 +256,39 @@ def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_f
     assert [row.status for row in run.rows] == ["ok"] * 3, [row.error for row in run.rows]
     assert len({row.worker for row in run.captioned}) == 2
     assert all(row.model == str(checkpoint) and row.frames_analysed for row in run.rows)
+
+
+def test_workers_use_their_cpus_as_torch_threads(cluster: str, tmp_path: Path) -> None:
+    from videocaption.library.workers import CaptionWorker
+
+    worker = ray.remote(CaptionWorker).options(num_cpus=1, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    actor = worker.remote(dataclasses.asdict(CaptionOptions(**OPTIONS)), str(tmp_path), 1.0)
+    try:
+        state = ray.get(actor.ready.remote())
+    finally:
+        ray.kill(actor)
+    assert state["load_error"] is None and state["torch_threads"] == 1
+
+
+def test_a_url_input_is_decoded_from_the_server(cluster: str, tmp_path: Path) -> None:
+    import functools
+    import http.server
+
+    served = tmp_path / "served"
+    served.mkdir()
+    # faststart: the index first, since Python's server does not answer range requests
+    make_clip(served / "web.mp4", "-movflags", "+faststart", duration=2.0)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/web.mp4"
+        run = run_library(config(served, tmp_path / "out", inputs=(url, url + ".missing"), workers=1),
+                          CaptionOptions(**OPTIONS))
+        server.shutdown()
+    ok, missing = run.rows
+    assert ok.status == "ok" and ok.frames_analysed == 2, ok.error
+    assert (tmp_path / "out" / "_urls" / f"127.0.0.1:{server.server_address[1]}" / "web.mp4" / "result.json").exists()
+    assert missing.status == "failed" and "404" in missing.error
 
 
 # -- inputs and options (no Ray) ----------------------------------------------------------------

@@ -44,13 +44,14 @@ def expand_inputs(inputs: Sequence[str], *, exclude: Sequence[Path] = ()) -> lis
     """Expand files, folders and ``@LIST`` files into the library, in a stable order.
 
     Folders are walked recursively in sorted order; hidden files and folders and anything under
-    ``exclude`` (the output folder, when it lies inside an input folder) are left out. A file
+    ``exclude`` (the output folder and the manifest, when they lie inside an input folder) are
+    left out. A file
     named explicitly is always captioned; one found by the walk is captioned when its extension
     is a video's and listed as skipped otherwise. Repeated inputs are taken once.
 
     Args:
         inputs: the command line's inputs.
-        exclude: folders never walked into.
+        exclude: folders never walked into, and files never listed.
 
     Raises:
         VideoInputError: an input that does not exist, or a list file that cannot be read.
@@ -103,7 +104,7 @@ def _walk(folder: Path, excluded: list[Path]) -> Iterable[tuple[Path, str | None
         subfolders[:] = sorted(name for name in subfolders
                                if not name.startswith(".") and (here / name) not in excluded)
         for name in sorted(files):
-            if name.startswith("."):
+            if name.startswith(".") or here / name in excluded:
                 continue
             suffix = Path(name).suffix.lower()
             reason = None if suffix in VIDEO_EXTENSIONS else f"not a video file name ({suffix or 'no extension'})"

@@ -127,10 +127,10 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         ModelLoadError: a worker could not load the model.
         RayConnectionError: Ray could not be started or reached.
     """
-    items = expand_inputs(config.inputs, exclude=[config.output_dir])
+    manifest = Manifest(config.manifest_path)
+    items = expand_inputs(config.inputs, exclude=[config.output_dir, manifest.path, manifest.journal])
     if not items:
         raise VideoInputError(f"{' '.join(config.inputs)}: no files found")
-    manifest = Manifest(config.manifest_path)
     previous = manifest.previous_rows()
     known, todo = plan(items, previous, config)
     for row in known.values():

@@ -89,7 +89,11 @@ class CaptionWorker:
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs, and why its model could not be loaded (None when it was)."""
-        return {"worker": self.name(), "pid": os.getpid(), "load_error": self.load_error}
+        import sys
+
+        torch = sys.modules.get("torch")
+        return {"worker": self.name(), "pid": os.getpid(), "load_error": self.load_error,
+                "torch_threads": torch.get_num_threads() if torch else None}
 
     @staticmethod
     def name() -> str:
