@@ -107,17 +107,19 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     counts = {OK: 0, FAILED: 0, "frames": 0}
     bar = tqdm(unit="video", desc="videos", disable=None, dynamic_ncols=True, file=sys.stderr)
 
-    def on_row(row: ManifestRow, left: int) -> None:
+    def on_row(row: ManifestRow, _left: int) -> None:
         counts[row.status] = counts.get(row.status, 0) + 1
         counts["frames"] += row.frames_analysed or 0
-        bar.total = bar.n + 1 + left
         bar.set_postfix_str(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts['frames']} frames", refresh=False)
         bar.update(1)
         if row.status == FAILED:
             bar.write(f"failed: {row.error}", file=sys.stderr)
 
+    def on_start(videos: int) -> None:
+        bar.reset(total=videos)
+
     try:
-        run = run_library(config, options, on_row=on_row)
+        run = run_library(config, options, on_row=on_row, on_start=on_start)
     except CaptionError as error:
         bar.close()
         if os.environ.get("LLM_CAPTION_DEBUG"):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..backends.openai_backend import API_KEY_ENV
 from ..checkpoint import checkpoint_path
-from ..errors import CaptionError, ModelLoadError, VideoInputError
+from ..errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
 from ..graph import REPO_ROOT
 from ..options import CaptionOptions
 from .inputs import LibraryItem, expand_inputs
@@ -30,7 +31,7 @@ from .manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
 from .workers import CaptionWorker, result_path, row_from_result
 
 log = logging.getLogger("llm_caption")
-SECRET_ENV = ("OPENAI_API_KEY",)  # handed to the workers through their environment, when set
+SECRET_ENV = (API_KEY_ENV,)  # handed to the workers through their environment, when set
 
 
 class RayConnectionError(CaptionError):
@@ -110,7 +111,8 @@ def finished_result(path: Path) -> dict[str, Any] | None:
 
 
 def run_library(config: LibraryConfig, options: CaptionOptions,
-                on_row: Callable[[ManifestRow, int], None] | None = None) -> LibraryRun:
+                on_row: Callable[[ManifestRow, int], None] | None = None,
+                on_start: Callable[[int], None] | None = None) -> LibraryRun:
     """Caption every video of the library on Ray; rows are durable as they finish.
 
     Ctrl-C ends the run early: the finished rows are still written, and the returned run says
@@ -121,11 +123,13 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         options: captioning options shared by every video (result paths are set per video).
         on_row: called with each row a worker returns and the number of videos still running
             or waiting (the progress bar).
+        on_start: called with the number of videos to caption, before Ray starts.
 
     Raises:
         VideoInputError: an input is missing, or the inputs hold nothing.
         ModelLoadError: a worker could not load the model.
         RayConnectionError: Ray could not be started or reached.
+        InvalidOptionError: a local instance has fewer GPUs than the workers ask for.
     """
     manifest = Manifest(config.manifest_path)
     items = expand_inputs(config.inputs, exclude=[config.output_dir, manifest.path, manifest.journal])
@@ -136,6 +140,8 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
     for row in known.values():
         if previous.get(row.path) != row:
             manifest.append(row)
+    if on_start is not None:
+        on_start(len(todo))
     started = time.perf_counter()
     captioned: list[ManifestRow] = []
     interrupted = False
@@ -264,13 +270,19 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
 
     Raises:
         ModelLoadError: a worker could not load the model (the first worker's message).
+        InvalidOptionError: a local instance has fewer GPUs than the workers ask for.
     """
     import ray
 
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if options.backend != "openai" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    count = min(config.workers or _workers_that_fit(config.cpus_per_worker, gpus), videos)
+    count = max(1, min(config.workers or _workers_that_fit(config.cpus_per_worker, gpus), videos))
+    available = ray.cluster_resources().get("GPU", 0)
+    if config.ray_address is None and gpus * count > available:
+        # A local instance never grows: the workers would wait for GPUs for ever.
+        raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
+                                 f"this machine has {available:g} (--gpus-per-worker, --workers)")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env.update({name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)})
     remote = ray.remote(CaptionWorker).options(
@@ -282,7 +294,7 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
     )
     worker_options = dataclasses.asdict(options)
     actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker)
-              for _ in range(max(1, count))]
+              for _ in range(count)]
     for state in ray.get([actor.ready.remote() for actor in actors]):
         if state["load_error"]:
             for actor in actors:
