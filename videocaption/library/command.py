@@ -108,6 +108,7 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     bar = tqdm(unit="video", desc="videos", disable=None, dynamic_ncols=True, file=sys.stderr)
 
     def on_row(row: ManifestRow, _left: int) -> None:
+        bar.set_description("videos", refresh=False)
         counts[row.status] = counts.get(row.status, 0) + 1
         counts["frames"] += row.frames_analysed or 0
         bar.set_postfix_str(f"{counts[OK]} ok, {counts[FAILED]} failed, {counts['frames']} frames", refresh=False)
@@ -117,6 +118,7 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
 
     def on_start(videos: int) -> None:
         bar.reset(total=videos)
+        bar.set_description("starting workers")
 
     try:
         run = run_library(config, options, on_row=on_row, on_start=on_start)

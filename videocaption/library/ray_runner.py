@@ -12,6 +12,7 @@ would add its start-up, block bookkeeping and retry policy for rows that are jus
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -99,8 +100,6 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
 
 def finished_result(path: Path) -> dict[str, Any] | None:
     """A complete result.json (not the partial one an interrupted run leaves), else None."""
-    import json
-
     if checkpoint_path(path).exists() or not path.exists():
         return None
     try:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,6 @@ class CaptionWorker:
         Returns:
             The manifest row as a dict.
         """
-        from dataclasses import asdict
-
         from ..graph import run_caption_graph
         from ..probe import probe_video
 
