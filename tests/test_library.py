@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import ray
 
 from helpers import FAST, REPO_ROOT, make_clip
 from videocaption.cli import main
@@ -30,8 +31,6 @@ from videocaption.library.manifest import TIMING_COLUMNS, Manifest, read_manifes
 from videocaption.library.ray_runner import LibraryConfig, run_library
 from videocaption.options import CaptionOptions
 from videocaption.probe import probe_video
-
-ray = pytest.importorskip("ray", reason="library mode needs ray[data] (requirements.txt)")
 
 OPTIONS = dict(FAST, batch_size=1)
 LONG = "b/long.mp4"  # enough batches to kill its worker midway
@@ -242,7 +241,6 @@ def test_ctrl_c_keeps_the_finished_rows(cluster: str, library: Path, tmp_path: P
 # -- the openai backend: two CPU workers in front of one server -------------------------------
 
 def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
     import tiny_vlms
     from tiny_server import transformers_serve
 
