@@ -20,7 +20,7 @@ from ..writers import NEW_FILE_MODE
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # Columns that differ between two runs of the same library even when every caption is equal.
 REQUIRED_COLUMNS = ("path", "key", "status")
-TIMING_COLUMNS = ("wall_seconds", "average_inference", "turnaround_time", "model_seconds")
+TIMING_COLUMNS = ("wall_seconds", "cpu_seconds", "average_inference", "turnaround_time", "model_seconds")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ManifestRow:
     summary: str | None = None
     model: str | None = None
     wall_seconds: float | None = None  # the worker's time on this video: probe, graph, writing
+    # CPU time of the worker process (every thread: decoder, model, Python) on this video; what
+    # sizing CPUs per GPU needs (docs/scaling.md), and unlike wall time not shared with other work.
+    cpu_seconds: float | None = None
     turnaround_time: float | None = None  # result.json's: first frame to result
     average_inference: float | None = None  # result.json's: model seconds per batch
     model_seconds: float | None = None  # model time of the batch descriptions (summary not included)

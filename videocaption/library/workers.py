@@ -110,7 +110,7 @@ class CaptionWorker:
         from ..probe import probe_video
 
         item = LibraryItem(source, key)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         host = {"host": socket.gethostname(), "worker": self.name()}
         duration = None
         try:
@@ -121,8 +121,12 @@ class CaptionWorker:
         except Exception as error:  # noqa: BLE001 - one bad video must not end the library
             log.warning("%s: %s", source, one_line(error))
             row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,
-                              wall_seconds=round(time.perf_counter() - started, 4), **host)
+                              **self._times(started, cpu_started), **host)
             return asdict(row)
-        row = row_from_result(item, result, duration=duration,
-                              wall_seconds=round(time.perf_counter() - started, 4), **host)
+        row = row_from_result(item, result, duration=duration, **self._times(started, cpu_started), **host)
         return asdict(row)
+
+    @staticmethod
+    def _times(started: float, cpu_started: float) -> dict[str, float]:
+        return {"wall_seconds": round(time.perf_counter() - started, 4),
+                "cpu_seconds": round(time.process_time() - cpu_started, 4)}
