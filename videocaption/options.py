@@ -43,11 +43,10 @@ class CaptionOptions:
     """Every option of a run, with its default and its ``--help`` text (the CLI's flags come from here)."""
 
     batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)")
-    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output")
+    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output", metavar="PATH")
     multithreading: bool = option(False, "describe several batches at once in one batched model call")
     max_threads: int | None = option(
-        None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES}; "
-              "1 without it: see batches_in_flight)", type=int)
+        None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
     pass_through: bool = option(False, "forward every input packet unchanged on the outputs", flag=None)
     fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)")
     model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
@@ -59,6 +58,7 @@ class CaptionOptions:
     prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames")
     summary_prompt: str = option(DEFAULT_SUMMARY_PROMPT, "instruction for the summary pass")
     title_prompt: str = option(DEFAULT_TITLE_PROMPT, "instruction for the title pass")
+    # Tell the model which seconds of the video the frames cover (the CLI turns it off).
     time_aware: bool = option(True, "do not tell the model the time of each frame", flag="--no-time-aware")
     backend: str = option(
         "deepseek_vl2", "deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
