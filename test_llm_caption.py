@@ -6,9 +6,21 @@
 With no VIDEO it captions the bundled Big Buck Bunny clip. ``--help`` lists every option.
 """
 
+import os
+import signal
 import sys
 
-from videocaption.cli import main
+
+def _stopped_while_starting(signum, frame):
+    """Ctrl-C or SIGTERM before the CLI is up: nothing was started, so nothing to keep or say."""
+    os._exit(128 + signum)
+
+
+# Importing the package takes a moment (torch); a signal meanwhile must not print a traceback.
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, _stopped_while_starting)
+
+from videocaption.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,10 +158,13 @@ def test_every_max_threads_shares_one_model_and_never_calls_it_concurrently(tmp_
 @pytest.mark.parametrize("max_threads", [2, 4])
 def test_no_model_thread_outlives_its_run(tmp_path, max_threads):
     def workers() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name == "videocaption-model" and t.is_alive()}
+        return {t for t in threading.enumerate() if t.name.startswith("videocaption-model-") and t.is_alive()}
 
     before = workers()
     options = {**FAST, "batch_size": 1, "multithreading": True, "max_threads": max_threads,
                "result_path": str(tmp_path / "r.json")}
-    run_module(options, frames(4))
-    assert workers() == before  # one worker per run (not one per batch), gone once the run ends
+    module = llm_caption.llm_caption(0, options)
+    # The filter does find the run's worker: one per run (not one per batch or per max_threads).
+    assert len(workers() - before) == 1
+    feed(module, frames(4))
+    assert workers() == before  # gone once the run ends

@@ -9,35 +9,22 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import FAST, REPO_ROOT
+from helpers import CLI_TIMEOUT_S as RUN_TIMEOUT_S
+from helpers import FAST, ffmpeg, make_clip, run_cli
 from videocaption.errors import VideoInputError
 from videocaption.graph import wait_for_graph
 from videocaption.watchdog import Activity
 
-RUN_TIMEOUT_S = 120  # far above any run here: reaching it means the CLI hung
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
 def small_clip(path: Path, *extra: str, duration: float = 2.0) -> Path:
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={duration}", "-pix_fmt", "yuv420p",
-           *extra, str(path))
-    return path
-
-
-def run_cli(video: Path | str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(video), "--model", FAST["model"],
-               "--device", "cpu", "--max-new-tokens", "4"]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return make_clip(path, *extra, duration=duration, size="160x120")
 
 
 def assert_rejected(done: subprocess.CompletedProcess, cwd: Path, *expected: str) -> str:
@@ -59,7 +46,7 @@ def assert_rejected(done: subprocess.CompletedProcess, cwd: Path, *expected: str
 def test_empty_file(tmp_path):
     video = tmp_path / "empty.mp4"
     video.touch()
-    assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "empty file")
+    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "empty file")
 
 
 def test_truncated_mp4(tmp_path):
@@ -67,7 +54,7 @@ def test_truncated_mp4(tmp_path):
     whole = small_clip(tmp_path / "whole.mp4")
     video = tmp_path / "truncated.mp4"
     video.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "moov atom not found", "truncated")
+    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "moov atom not found", "truncated")
 
 
 def test_truncated_mp4_with_its_index_first_and_no_frame_data(tmp_path):
@@ -77,20 +64,20 @@ def test_truncated_mp4_with_its_index_first_and_no_frame_data(tmp_path):
     mdat = data.index(b"mdat") + 4
     video = tmp_path / "cut.mp4"
     video.write_bytes(data[: mdat + 600])
-    line = assert_rejected(run_cli(video, tmp_path), tmp_path, str(video))
+    line = assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video))
     assert "cannot be decoded" in line or "no video frame could be decoded" in line
 
 
 def test_random_bytes_with_a_video_extension(tmp_path):
     video = tmp_path / "noise.mp4"
     video.write_bytes(random.Random(8).randbytes(64 * 1024))
-    assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "not a video file")
+    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "not a video file")
 
 
 def test_audio_only_file(tmp_path):
     video = tmp_path / "song.mp4"
     ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(video))
-    assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "no video stream", "audio")
+    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "no video stream", "audio")
 
 
 @pytest.mark.parametrize("name", ["still.png", "still.jpg", "still_renamed.mp4"])
@@ -99,14 +86,14 @@ def test_image_file_is_not_a_video(tmp_path, name):
     image = tmp_path / name
     codec = ["-c:v", "png", "-f", "image2"] if name.endswith(".mp4") else []
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120", "-frames:v", "1", *codec, str(image))
-    assert_rejected(run_cli(image, tmp_path), tmp_path, str(image), "still image, not a video")
+    assert_rejected(run_cli(str(image), cwd=tmp_path), tmp_path, str(image), "still image, not a video")
 
 
 def test_directory_without_videos(tmp_path):
     folder = tmp_path / "holiday"
     folder.mkdir()
     (folder / "notes.txt").write_text("no videos here")
-    assert_rejected(run_cli(folder, tmp_path), tmp_path, str(folder), "no video files")
+    assert_rejected(run_cli(str(folder), cwd=tmp_path), tmp_path, str(folder), "no video files")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
@@ -116,7 +103,7 @@ def test_unreadable_file(tmp_path):
     try:
         if os.access(video, os.R_OK):
             pytest.skip("running as root (or with CAP_DAC_OVERRIDE): mode 000 does not stop reading")
-        assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "permission denied")
+        assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "permission denied")
     finally:
         video.chmod(0o644)
 
@@ -133,7 +120,7 @@ def test_mostly_undecodable_video_is_one_line_not_a_crash(tmp_path):
     data[keep:] = bytes(len(data) - keep)
     video = tmp_path / "damaged.mp4"
     video.write_bytes(bytes(data))
-    assert_rejected(run_cli(video, tmp_path), tmp_path, str(video), "cannot be decoded", "packets failed to decode")
+    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "cannot be decoded", "packets failed to decode")
 
 
 # -- the time bound on decoding progress -------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import FAST, REPO_ROOT
+from helpers import FAST, REPO_ROOT, make_clip
 from videocaption.backends import load_model
 from videocaption.errors import ContextOverflowError
 from videocaption.options import CaptionOptions
@@ -144,8 +144,7 @@ CLI_WITH_FAILING_MODEL = textwrap.dedent("""
 
 def test_cli_exit_code_says_the_run_was_incomplete(tmp_path):
     clip = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=6",
-                    "-pix_fmt", "yuv420p", str(clip)], check=True)
+    make_clip(clip, duration=6, size="160x120")
     done = subprocess.run(
         [sys.executable, "-c", CLI_WITH_FAILING_MODEL, str(clip), "--model", FAST["model"], "--device", "cpu",
          "--max-new-tokens", "4", "--batch-size", "3", "--output", str(tmp_path / "result.json")],

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import srt
 import webvtt
 
-from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, make_clip
+from helpers import FAST, SAMPLE_CLIP, SAMPLE_DURATION, make_clip, run_cli
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.graph import run_caption_graph
 from videocaption.options import CaptionOptions
-
-CLI = [sys.executable, str(REPO_ROOT / "test_llm_caption.py")]
-TINY = ["--model", FAST["model"], "--device", "cpu", "--max-new-tokens", "8"]
-
-
-def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args, *TINY], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +31,28 @@ def test_srt_has_one_cue_per_batch_at_the_batch_times(subtitled):
     batches = result["batches"]
     assert len(cues) == len(batches) == 3
     assert [c.start.total_seconds() for c in cues] == [b["start_time"] for b in batches]
-    # A cue lasts until the next batch starts; the last one for one sampling interval.
-    assert [c.end.total_seconds() for c in cues] == [b["start_time"] for b in batches[1:]] + [batches[-1]["end_time"] + 1]
+    # A cue lasts until the next batch starts; the last one for one sampling interval, but never
+    # past the end of the video stream (the last frame at 5.24 s lasts until 5.28 s).
+    assert batches[-1]["end_time"] == 5.0
+    assert [c.end.total_seconds() for c in cues] == [b["start_time"] for b in batches[1:]] + [SAMPLE_DURATION]
     assert [" ".join(c.content.split()) for c in cues] == [" ".join(b["description"].replace("-->", "->").split())
                                                            for b in batches]
+
+
+@pytest.mark.parametrize("extra, duration, video_end", [
+    ((), 0.2, 0.2),  # five frames: one cue, 0.2 s long (not the 1 s of the sampling interval)
+    # Variable frame rate: ten frames 0.04 s apart, then every seventh; the last, at 1.96 s,
+    # lasts 0.04 s. (The MP4's stream duration says 1.52 s and the container's 2.2 s.)
+    (("-vf", "select='lt(n,10)+not(mod(n,7))'", "-fps_mode", "vfr"), 2.2, 2.0),
+])
+def test_the_last_cue_ends_with_the_video(tmp_path, extra, duration, video_end):
+    clip = make_clip(tmp_path / "clip.mp4", *extra, duration=duration, size="160x120", rate=25)
+    done = run_cli(str(clip), "--srt", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    cues = list(srt.parse((tmp_path / "result.srt").read_text(encoding="utf-8")))
+    batches = json.loads((tmp_path / "result.json").read_text())["batches"]
+    assert cues[-1].end.total_seconds() == pytest.approx(video_end, abs=0.001)
+    assert cues[-1].end.total_seconds() > batches[-1]["end_time"]  # the last frame still has its time on screen
 
 
 def test_vtt_parses_and_matches_the_srt(subtitled):

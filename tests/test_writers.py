@@ -1,12 +1,16 @@
+import dataclasses
 import io
 import json
+import os
 
 import pytest
 import srt
 import webvtt
 
 from videocaption.result import BatchCaption, CaptionResult
-from videocaption.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, get_writer, write_atomic
+from videocaption.errors import OutputError
+from videocaption.options import CaptionOptions
+from videocaption.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, write_atomic, write_outputs
 
 
 def make_result() -> CaptionResult:
@@ -65,9 +69,35 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
-def test_unknown_writer():
-    with pytest.raises(ValueError, match="unknown output format"):
-        get_writer("docx")
+def test_the_last_cue_never_ends_after_the_video(tmp_path):
+    # The last frame (3725.5 s) stands for one sampling interval, unless the video ends sooner.
+    result = dataclasses.replace(make_result(), video_end=3725.9)
+    cues = list(srt.parse(WriteSRT()(result, tmp_path / "out.srt").read_text()))
+    assert [c.end.total_seconds() for c in cues] == [4.0, 3725.5, 3725.9]
+    assert result.to_dict()["batches"][-1]["end_time"] == 3725.5  # result.json keeps the frame time
+    assert "video_end" not in result.to_dict()
+
+
+def test_outputs_are_written_all_together_or_not_at_all(tmp_path):
+    (tmp_path / "result.json").write_text("old")
+    (tmp_path / "result.vtt").mkdir()  # the last of the three cannot be written
+    options = CaptionOptions(result_path=str(tmp_path / "result.json"), srt_path=str(tmp_path / "result.srt"),
+                             vtt_path=str(tmp_path / "result.vtt"))
+    with pytest.raises(OutputError, match="result.vtt: is a directory"):
+        write_outputs(make_result(), options)
+    assert (tmp_path / "result.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "result.vtt"]
+
+    os.rmdir(tmp_path / "result.vtt")
+    write_outputs(make_result(), options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "result.srt", "result.vtt"]
+    assert json.loads((tmp_path / "result.json").read_text())["video_title"] == "Bunny"
+
+
+def test_an_unwritable_file_is_one_error_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=r"file/result.json: cannot be written \(.*/file is not a directory\)"):
+        write_atomic(tmp_path / "file" / "result.json", "{}")
 
 
 def test_atomic_write_gives_the_usual_file_mode(tmp_path):

@@ -17,12 +17,14 @@ from typing import Any
 
 from bmf import Module, Packet, ProcessResult, Timestamp, VideoFrame
 
+from .checkpoint import checkpoint_path
+from .errors import CaptionError
 from .frames import frame_timestamp, video_frame_to_image
 from .options import CaptionOptions
 from .pipeline import Captioner
 from .result import BatchCaption, CaptionResult
-from .watchdog import activity_for
-from .writers import write_outputs
+from .runs import RUN_ID_OPTION, context_for
+from .writers import check_output_path, output_paths, write_outputs
 
 log = logging.getLogger("llm_caption")
 
@@ -50,17 +52,27 @@ def summary_payload(result: CaptionResult) -> dict[str, Any]:
 class CaptionModule(Module):
     """Describes the video on input 0 with a vision-language model (see the module docstring).
 
-    Options are checked and the model is loaded when the graph is built, before any frame is
-    decoded, so a bad option or a missing model fails fast with a one-line error.
+    Options are checked, the output paths tried and the model loaded when the graph is built,
+    before any frame is decoded, so a bad option, an output path that is a directory or a
+    missing model fails fast with a one-line error.
+
+    The result files are written at end of stream, all together; a graph closed before that
+    writes none: what was described is in the checkpoint (``RESULT.partial``, which
+    ``resume`` continues from) and was already sent as caption packets.
     """
 
     def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
         self.node = node
+        option = dict(option or {})
+        # The caller's side of this run (see videocaption.runs): its stall watch and progress bar.
+        run = context_for(option.pop(RUN_ID_OPTION, None))
         self.options = CaptionOptions.from_mapping(option)
-        # The graph runner watches this for stalls; loading the model is work, not a stall.
-        self._activity = activity_for(self.options.result_path)
+        for path in output_paths(self.options):
+            check_output_path(path)
+        self._activity = run.activity
+        # Loading the model is work, not a stall.
         with self._activity.busy():
-            self._captioner = Captioner(self.options)
+            self._captioner = Captioner(self.options, on_progress=run.report)
         # A graph that fails elsewhere (a decoder error) never closes this module: the runner
         # then stops the model thread through the activity.
         self._activity.on_abandon(lambda: self._captioner.abort())
@@ -103,11 +115,17 @@ class CaptionModule(Module):
     def _finish(self, outputs) -> None:
         self._done = True
         self._emit_captions(outputs, self._captioner.finish_batches())
-        result = self._captioner.finish()
-        write_outputs(result, self.options)
+        result = self._captioner.finish(write=self._write)
         self._put(outputs, CAPTIONS_OUT, Packet(summary_payload(result)))
         for stream_id in outputs:
             outputs[stream_id].put(Packet.generate_eof_packet())
+
+    def _write(self, result: CaptionResult) -> None:
+        """Write the result files, unless the caller stopped the run meanwhile (then keep the checkpoint)."""
+        with self._activity.writing() as allowed:
+            if not allowed:
+                raise CaptionError("the run was stopped before its result was written")
+            write_outputs(result, self.options)
 
     def _emit_captions(self, outputs, captions: list[BatchCaption]) -> None:
         for caption in captions:
@@ -123,7 +141,7 @@ class CaptionModule(Module):
     def reset(self) -> None:
         """Start over (BMF calls this when a graph is reset): a fresh run on the same model."""
         self._stop_early()
-        self._captioner = Captioner(self.options, self._captioner.model)
+        self._captioner = Captioner(self.options, self._captioner.model, on_progress=self._captioner.on_progress)
         self._eof_inputs = set()
         self._done = False
 
@@ -132,11 +150,11 @@ class CaptionModule(Module):
         self._stop_early()
 
     def _stop_early(self) -> None:
-        if self._done or self._activity.abandoned:  # abandoned: the checkpoint keeps the work
+        """No result for a run that did not reach the end: its checkpoint keeps what was described."""
+        if self._done or self._activity.abandoned:  # abandoned: the runner reports it
             return
         self._done = True
-        partial = self._captioner.stop()
-        if partial.batches:
-            log.warning("stopped before the end of the video after %d batches; partial result in %s",
-                        len(partial.batches), self.options.result_path)
-            write_outputs(partial, self.options)
+        kept = self._captioner.stop()
+        if kept:
+            log.warning("stopped before the end of the video: no result written; %d described batches are kept "
+                        "in %s (run again with resume to continue)", kept, checkpoint_path(self.options.result_path))

@@ -39,17 +39,27 @@ def checkpoint_path(result_path: str | os.PathLike) -> Path:
 def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
     """A digest of the answer-shaping options and the first sampled frame."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({name: getattr(options, name) for name in FINGERPRINTED_OPTIONS}, sort_keys=True).encode())
+    values = {name: getattr(options, name) for name in FINGERPRINTED_OPTIONS}
+    values["fps"] = float(values["fps"])  # fps=1 and fps=1.0 are the same run
+    digest.update(json.dumps(values, sort_keys=True).encode())
     digest.update(f"{first_frame.size}".encode())
     digest.update(first_frame.convert("RGB").tobytes())
     return digest.hexdigest()
 
 
 class Checkpoint:
-    """The sidecar file of one result path."""
+    """The sidecar file of one result path: the only code that reads or writes it."""
 
     def __init__(self, result_path: str | os.PathLike) -> None:
         self.path = checkpoint_path(result_path)
+
+    def saved_batches(self) -> int:
+        """How many described batches the file holds (0 when there is none or it is unreadable)."""
+        try:
+            batches = json.loads(self.path.read_text(encoding="utf-8")).get("batches")
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return len(batches) if isinstance(batches, list) else 0
 
     def load(self, expected_fingerprint: str) -> list[BatchCaption]:
         """Saved batches when the checkpoint belongs to this video and options, else []."""
@@ -66,6 +76,11 @@ class Checkpoint:
         return [BatchCaption(**batch) for batch in saved.get("batches", [])]
 
     def save(self, fingerprint_: str, batches: list[BatchCaption]) -> None:
+        """Replace the file atomically with ``batches``.
+
+        Raises:
+            OutputError: it cannot be written (a full disk, ...); the previous file stays.
+        """
         document = {
             "version": FORMAT_VERSION,
             "fingerprint": fingerprint_,

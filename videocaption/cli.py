@@ -1,119 +1,127 @@
 """Command line: ``python test_llm_caption.py [VIDEO] [options]``.
 
-Like whisper's ``cli()``: parse, check, run the BMF graph, print the title and summary. A
-problem with the input or the configuration is one line on stderr and exit code 2 (set
-``LLM_CAPTION_DEBUG=1`` for the traceback); no result file is left behind for a failed run.
+Like whisper's ``cli()``: parse, check, run the BMF graph, print the title and summary. The
+flags and their defaults come from :class:`~videocaption.options.CaptionOptions` itself.
+
+Every way a run can end is one line on stderr at most (set ``LLM_CAPTION_DEBUG=1`` for a
+traceback) and one exit code:
+
+- 0: captioned; 3: captioned, but some batch could not be described;
+- 2: bad input, a bad option, a model that cannot be found, an output that cannot be written;
+- 130 (Ctrl-C) or 143 (SIGTERM): interrupted; the described batches stay in the checkpoint;
+- 1: an unexpected error (a bug).
+
+Result and subtitle files appear only when the whole result is ready, all together; a failed or
+interrupted run writes none and replaces none.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Any, Iterator, NoReturn
 
-from . import progress
-from .checkpoint import checkpoint_path
-from .errors import BackendError, CaptionError, ModelLoadError, VideoInputError
-from .result import BatchCaption, CaptionResult
-from .writers import write_outputs
-from .graph import REPO_ROOT, run_caption_graph
 from .backends.openai_backend import API_KEY_ENV
-from .options import BACKENDS, DEFAULT_MODEL, DEVICES, DTYPES, CaptionOptions
+from .checkpoint import Checkpoint
+from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from .graph import REPO_ROOT, run_caption_graph
+from .options import DEFAULT_MODEL, CaptionOptions
 from .probe import VideoInfo, probe_video
+from .progress import Progress
 from .library import command as library
 
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
 TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
+EXIT_FAILED = 1  # an unexpected error: a bug
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3  # the run finished but some batch could not be described
-EXIT_INTERRUPTED = 130
+# Interrupted by a signal: 128 + its number, as a shell reports a process the signal ended.
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: kill, systemd, Docker, Kubernetes
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BESIDE_RESULT = "beside-result"
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 
 log = logging.getLogger("llm_caption")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop, keep the checkpoint, exit 128 + the signal's number.
+
+    A BaseException like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int, options: CaptionOptions | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.options = options  # the run that was stopped (set by the loop over a folder)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one ``error:`` line, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """One flag per :class:`CaptionOptions` field that has one, plus the CLI's own."""
+    parser = OneLineParser(
         prog="test_llm_caption.py",
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
     parser.add_argument("video", nargs="*", metavar="INPUT",
-                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny clip); "
-                             "with --workers, any number of files, folders and @LIST files")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="hub id or local directory of the checkpoint; with --backend openai, the served "
-                             "model name (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="frames per prompt (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default: %(default)s)")
-    parser.add_argument("--output", default="result.json", help="result file (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="(default: %(default)s)")
-    parser.add_argument("--multithreading", action="store_true",
-                        help="describe several batches at once in one batched model call")
-    parser.add_argument("--max-threads", type=int, default=None,
-                        help="batches in flight with --multithreading (default: 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer (default: %(default)s)")
-    parser.add_argument("--prompt", help="instruction for each batch of frames")
-    parser.add_argument("--summary-prompt", help="instruction for the summary pass")
-    parser.add_argument("--title-prompt", help="instruction for the title pass")
-    parser.add_argument("--no-time-aware", dest="time_aware", action="store_false",
-                        help="do not tell the model the time of each frame")
+                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny "
+                             "clip); with --workers, any number of files, folders and @LIST files")
+    for field in dataclasses.fields(CaptionOptions):
+        if field.metadata.get("flag", None) is not None:
+            flag, settings = _argument(field)
+            parser.add_argument(flag, **settings)
+    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
+                                          "environment variable keeps it out of the process list")
     parser.add_argument("--output-dir", default="results",
                         help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
-    parser.add_argument("--srt", nargs="?", const=BESIDE_RESULT, metavar="PATH",
-                        help="also write SRT subtitles (alone: beside the result file)")
-    parser.add_argument("--vtt", nargs="?", const=BESIDE_RESULT, metavar="PATH",
-                        help="also write WebVTT subtitles (alone: beside the result file)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from its checkpoint (RESULT.partial)")
-    parser.add_argument("--backend", default="deepseek_vl2", choices=BACKENDS,
-                        help="deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
-                             "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)")
-    parser.add_argument("--api-base", help="openai backend: the server's URL, e.g. http://localhost:8000/v1")
-    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
-                                           "environment variable keeps it out of the process list")
-    parser.add_argument("--request-timeout", type=float, default=120.0,
-                        help="openai backend: seconds one request may take (default: %(default)s)")
-    parser.add_argument("--max-retries", type=int, default=3,
-                        help="openai backend: retries after 429, 5xx, timeouts, refused connections "
-                             "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     library.add_library_arguments(parser)
     return parser
 
 
+def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
+    """The ``add_argument`` call of an option: its flag, and the settings its default implies."""
+    flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+    settings: dict[str, Any] = {"dest": field.name, "default": field.default, "help": field.metadata["help"],
+                                **field.metadata["argparse"]}
+    if isinstance(field.default, bool):  # a switch: --multithreading, or --no-time-aware
+        settings["action"] = "store_false" if field.default else "store_true"
+    elif settings.get("nargs") == "?":  # --srt alone: beside the result file
+        settings["const"] = BESIDE_RESULT
+    elif "type" not in settings and field.default is not None:
+        settings["type"] = type(field.default)
+    return flag, settings
+
+
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CaptionOptions:
-    if args.max_threads is not None and not args.multithreading:
-        parser.error("--max-threads needs --multithreading")
+    """The options the flags give, checked in one step (a bad value exits through ``parser.error``)."""
     if args.api_key:
         # Through this process's environment, not the module's options: BMF prints those (the
         # graph dump) and a secret must not land in a log.
         os.environ[API_KEY_ENV] = args.api_key
-    values = {
-        "batch_size": args.batch_size, "result_path": args.output, "multithreading": args.multithreading,
-        "max_threads": args.max_threads, "fps": args.fps, "model": args.model, "device": args.device,
-        "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "time_aware": args.time_aware,
-        "resume": args.resume, "backend": args.backend, "api_base": args.api_base, "api_key": None,
-        "request_timeout": args.request_timeout, "max_retries": args.max_retries,
-        "srt_path": _subtitle_path(args.srt, args.output, ".srt"),
-        "vtt_path": _subtitle_path(args.vtt, args.output, ".vtt"),
-    }
-    for name in ("prompt", "summary_prompt", "title_prompt"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(CaptionOptions)
+              if hasattr(args, field.name)}
+    values["srt_path"] = _subtitle_path(args.srt_path, args.result_path, ".srt")
+    values["vtt_path"] = _subtitle_path(args.vtt_path, args.result_path, ".vtt")
     try:
         return CaptionOptions(**values)
     except CaptionError as error:
         parser.error(str(error))
-        raise  # unreachable: parser.error exits
 
 
 def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | None:
@@ -127,53 +135,57 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     library.check_library_arguments(args, parser)
-    if not library.library_requested(args):
-        args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
-    options = options_from_args(args, parser)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s", force=True)
-    if library.library_requested(args):
+    if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
+        options = options_from_args(args, parser)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s: %(message)s", force=True)
         return library.run_library_command(args, parser, options)
-    try:
-        if Path(args.video).is_dir():
-            return caption_directory(Path(args.video), Path(args.output_dir), options, args)
-        return report(caption_file(Path(args.video), options, args), options)
-    except KeyboardInterrupt:
-        saved = save_interrupted(options)
-        print(f"\ninterrupted: {saved} described batches are saved in "
-              f"{checkpoint_path(options.result_path)}; run the same command with --resume to continue",
-              file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)  # BMF's threads are still running: leave without joining them
-    except ModelLoadError as error:
-        if os.environ.get("LLM_CAPTION_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        if options.model == DEFAULT_MODEL and options.backend == "deepseek_vl2":
-            print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
-                  f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text is noise)",
-                  file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CaptionError as error:
-        if os.environ.get("LLM_CAPTION_DEBUG"):
-            raise
-        hint = resume_hint(options) if isinstance(error, BackendError) else ""
-        print(f"error: {error}{hint}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
+    with stop_signals_raise():
+        options = options_from_args(args, parser)
+        with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
+            try:
+                if Path(args.video).is_dir():
+                    return caption_directory(Path(args.video), Path(args.output_dir), options, verbose=args.verbose)
+                return report(caption_file(Path(args.video), options, verbose=args.verbose), options)
+            except Interrupted as stop:
+                leave_interrupted(stop, stop.options or options)
+            except CaptionError as error:
+                if os.environ.get("LLM_CAPTION_DEBUG"):
+                    raise
+                print(f"error: {error}{resume_hint(options, error)}", file=sys.stderr)
+                if isinstance(error, ModelLoadError) and options.model == DEFAULT_MODEL \
+                        and options.backend == "deepseek_vl2":
+                    print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
+                          f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text "
+                          "is noise)", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            except Exception as error:  # a bug: still one line, unless asked for the traceback
+                if os.environ.get("LLM_CAPTION_DEBUG"):
+                    raise
+                reason = (str(error).strip().splitlines() or [""])[0]
+                print(f"error: unexpected {type(error).__name__}: {reason} (rerun with --verbose for BMF's log, "
+                      f"LLM_CAPTION_DEBUG=1 for the traceback){resume_hint(options, error)}", file=sys.stderr)
+                return EXIT_FAILED
 
 
-def caption_file(video: Path, options: CaptionOptions, args: argparse.Namespace,
-                 console_bar_position: int = 0) -> dict:
-    """Caption one video through the BMF graph; returns the result document."""
+def caption_file(video: Path, options: CaptionOptions, *, bar_position: int = 0, verbose: bool = False) -> dict:
+    """Caption one video through the BMF graph with a progress bar; returns the result document.
+
+    The probe's end of the video stream caps the last subtitle cue (``video_end``). Unless
+    ``verbose``, what BMF's Python side prints (the graph dump) is dropped.
+    """
     info = probe_video(video)
-    handler = logging.getLogger().handlers[0]
-    with native_output_captured(enabled=not args.verbose) as console:
-        handler.setStream(console)
-        try:
-            with progress_bar(info, options, console, position=console_bar_position):
-                return run_caption_graph(video, options)
-        finally:
-            handler.setStream(sys.stderr)
+    for path in (options.result_path, options.srt_path, options.vtt_path):
+        if path is not None and os.path.exists(path) and os.path.samefile(path, video):
+            raise OutputError(f"{path}: is the input video; give the result another name")
+    if info is not None and info.video_end is not None and options.video_end is None:
+        options = options.replace(video_end=info.video_end)
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(contextlib.closing(ProgressBar(info, options, position=bar_position)))
+        if not verbose:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        return run_caption_graph(video, options, on_progress=bar)
 
 
 def report(result: dict, options: CaptionOptions) -> int:
@@ -190,8 +202,11 @@ def report(result: dict, options: CaptionOptions) -> int:
     return 0
 
 
-def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, args: argparse.Namespace) -> int:
-    """Caption every video in ``folder``, one result per video in ``output_dir``, skipping done ones."""
+def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *, verbose: bool = False) -> int:
+    """Caption every video in ``folder``, one result per video in ``output_dir``, skipping done ones.
+
+    A video that cannot be read is skipped with one line on stderr, and the exit code is then 2.
+    """
     from tqdm import tqdm
 
     videos = find_videos(folder)
@@ -210,11 +225,14 @@ def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, a
                 bar.write(f"Skipping {video}: already captioned in {result_path}")
                 continue
             try:
-                result = caption_file(video, video_options, args, console_bar_position=1)
+                result = caption_file(video, video_options, bar_position=1, verbose=verbose)
             except VideoInputError as error:
-                bar.write(f"Skipping {error}")
+                bar.write(f"skipped {error}", file=sys.stderr)
                 failures += 1
                 continue
+            except Interrupted as stop:
+                stop.options = video_options
+                raise
             bar.write(f"{video}: {result['video_title']} -> {result_path}")
     return EXIT_BAD_INPUT if failures else 0
 
@@ -224,8 +242,8 @@ def find_videos(folder: Path) -> list[Path]:
 
 
 def is_done(result_path: Path) -> bool:
-    """A finished result exists (an interrupted run leaves a checkpoint and no complete result)."""
-    if checkpoint_path(result_path).exists() or not result_path.exists():
+    """A finished result exists (an interrupted run leaves a checkpoint and no result)."""
+    if Checkpoint(result_path).path.exists() or not result_path.exists():
         return False
     try:
         return json.loads(result_path.read_text(encoding="utf-8")).get("complete", True) is not False
@@ -233,86 +251,137 @@ def is_done(result_path: Path) -> bool:
         return False
 
 
-def resume_hint(options: CaptionOptions) -> str:
-    """How to continue a run that failed midway (a server that went away), if anything was kept."""
-    try:
-        saved = len(json.loads(checkpoint_path(options.result_path).read_text(encoding="utf-8"))["batches"])
-    except (OSError, ValueError, KeyError, TypeError):
+def resume_hint(options: CaptionOptions, error: BaseException) -> str:
+    """How to continue a run that failed midway (a server that went away, a full disk)."""
+    if isinstance(error, CaptionError) and not isinstance(error, (BackendError, OutputError)):
+        return ""
+    saved = Checkpoint(options.result_path).saved_batches()
+    if not saved:
         return ""
     return f"; {saved} described batches are kept: run the same command with --resume to continue"
 
 
-def save_interrupted(options: CaptionOptions) -> int:
-    """Write what the checkpoint holds as a partial result (``complete: false``)."""
-    try:
-        saved = json.loads(checkpoint_path(options.result_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0
-    batches = [BatchCaption(**batch) for batch in saved.get("batches", [])]
-    partial = CaptionResult("", "", options.batch_size, batches, options.model, options.fps, 0.0,
-                            summary_rounds=0, extra={"complete": False})
-    write_outputs(partial, options)
-    return len(batches)
+def leave_interrupted(stop: Interrupted, options: CaptionOptions) -> NoReturn:
+    """Say what the checkpoint keeps, in one line, and exit with 128 + the signal's number.
+
+    The graph's threads are still running (a model call may take a while), so the process
+    leaves without joining them (``os._exit``); nothing is lost, as the checkpoint is replaced
+    atomically after each batch and an interrupted run writes no result.
+    """
+    code = 128 + stop.signum
+    checkpoint = Checkpoint(options.result_path)
+    saved = checkpoint.saved_batches()
+    if saved:
+        kept = (f"{saved} described batches are saved in {checkpoint.path}; run the same command with --resume "
+                "to continue")
+    else:
+        kept = "no batch was described yet, so nothing was saved"
+    name = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
+    print(f"\ninterrupted ({name}): {kept}", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
-def native_output_captured(enabled: bool) -> Iterator[TextIO]:
-    """Send what BMF and FFmpeg print (graph dumps, stream info) to a temporary log.
+def stop_signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread; a second one exits at once.
+
+    BMF's engine installs its own handlers when a graph starts; the graph runner takes these
+    back (:func:`videocaption.graph.keep_python_signal_handlers`).
+    """
+    def exit_now(signum: int, frame: object) -> None:
+        os._exit(128 + signum)  # the second signal: the checkpoint is always whole on disk
+
+    def interrupt(signum: int, frame: object) -> None:
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, exit_now)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def native_output_hidden(enabled: bool) -> Iterator[None]:
+    """Keep what BMF and FFmpeg print (graph dumps, stream info, their log) off the terminal.
 
     They write to file descriptors 1 and 2 from C++, below Python's ``sys.stdout``, so the
-    descriptors themselves are redirected; Python's own output keeps going to the terminal
-    through the returned console stream. On an unexpected failure the log's tail is shown.
+    descriptors themselves point at /dev/null for the whole run (BMF's threads can still log
+    after an interrupted or stalled run), while Python's ``sys.stdout`` and ``sys.stderr`` go on
+    writing to the terminal through copies of the descriptors. No log file is made, so none
+    is ever left behind; ``--verbose`` shows the log instead.
     """
     if not enabled:
-        yield sys.stderr
+        yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
+    python_out, python_err = sys.stdout, sys.stderr
+    python_out.flush()
+    python_err.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    console = os.fdopen(os.dup(saved_err), "w", buffering=1)
-    with tempfile.NamedTemporaryFile("w+", prefix="llm_caption_", suffix=".log", delete=False) as native_log:
-        # Python-level prints of BMF go through sys.stdout to descriptor 1, so they land here too.
-        os.dup2(native_log.fileno(), 1)
-        os.dup2(native_log.fileno(), 2)
-        try:
-            yield console
-        except CaptionError:
-            os.unlink(native_log.name)
-            raise
-        except BaseException:
-            native_log.seek(0)
-            tail = native_log.read()[-4000:]
-            console.write(f"--- last lines of BMF's log ({native_log.name}) ---\n{tail}\n")
-            raise
-        else:
-            os.unlink(native_log.name)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved_out, 1)
-            os.dup2(saved_err, 2)
-            os.close(saved_out)
-            os.close(saved_err)
-            console.close()
+    sys.stdout = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding=python_out.encoding, errors="replace")
+    sys.stderr = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding=python_err.encoding, errors="replace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            stream.close()
+        sys.stdout, sys.stderr = python_out, python_err
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
 
 
 @contextlib.contextmanager
-def progress_bar(info: VideoInfo | None, options: CaptionOptions, console: TextIO,
-                 position: int = 0) -> Iterator[None]:
-    """A tqdm bar over sampled frames (total from the probed duration) with batches done."""
-    from tqdm import tqdm
+def logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """The package's log lines on (the current) ``sys.stderr``: warnings, or everything with --verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
 
-    total = math.floor(info.duration * options.fps) + 1 if info and info.duration else None
-    bar = tqdm(total=total, unit="frame", desc="loading model", file=console, disable=None,
-               dynamic_ncols=True, position=position, leave=position == 0)
 
-    def update(report: progress.Progress) -> None:
-        bar.set_description(report.stage, refresh=False)
-        bar.set_postfix_str(f"{report.batches_done} batches described", refresh=False)
-        bar.update(report.frames_sampled - bar.n)
+class ProgressBar:
+    """A tqdm bar over sampled frames with batches described, fed with the run's progress reports.
 
-    with progress.listening(update):
-        try:
-            yield
-        finally:
-            bar.close()
+    Its total is estimated from the probed duration; when the run is done it is set to the real
+    count, so a finished run always ends at 100%.
+    """
+
+    def __init__(self, info: VideoInfo | None, options: CaptionOptions, *, position: int = 0,
+                 disable: bool | None = None, file=None) -> None:
+        from tqdm import tqdm
+
+        total = math.floor(info.duration * options.fps) + 1 if info and info.duration else None
+        self._bar = tqdm(total=total, unit="frame", desc="loading model", file=file or sys.stderr, disable=disable,
+                         dynamic_ncols=True, position=position, leave=position == 0)
+
+    def __call__(self, progress: Progress) -> None:
+        bar = self._bar
+        bar.set_description(progress.stage, refresh=False)
+        bar.set_postfix_str(f"{progress.batches_done} batches described", refresh=False)
+        if progress.stage == "done":
+            bar.total = progress.frames_sampled
+        bar.update(progress.frames_sampled - bar.n)
+        if progress.stage == "done":
+            bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()

@@ -18,6 +18,13 @@ class VideoInputError(CaptionError):
     """The input is missing, unreadable, not a video, or has no video stream."""
 
 
+class OutputError(CaptionError):
+    """A result, subtitle or checkpoint file cannot be written (a directory, a full disk, ...).
+
+    The message names the path and the cause; what was already written is left as it was.
+    """
+
+
 class ModelLoadError(CaptionError):
     """The model cannot be found or its files do not match the architecture."""
 

@@ -20,8 +20,10 @@ from typing import Any
 from .errors import CaptionError, VideoInputError
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error
-from .watchdog import Activity, watching
+from .probe import explain_decoder_error, ffmpeg_url
+from .progress import ProgressCallback
+from .runs import RUN_ID_OPTION, RunContext, registered
+from .watchdog import Activity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_NAME = "llm_caption"
@@ -30,26 +32,35 @@ MODULE_ENTRY = "llm_caption.llm_caption"
 DEFAULT_STALL_TIMEOUT_S = 60.0
 
 
-def module_options(options: CaptionOptions) -> dict[str, Any]:
-    """The option dict the BMF module is given (every field, so nothing depends on defaults)."""
-    return dataclasses.asdict(options)
+def module_options(options: CaptionOptions, run_id: str | None = None) -> dict[str, Any]:
+    """The option dict the BMF module is given (every field, so nothing depends on defaults),
+    with the id of the caller's :class:`~videocaption.runs.RunContext` when there is one."""
+    values = dataclasses.asdict(options)
+    if run_id is not None:
+        values[RUN_ID_OPTION] = run_id
+    return values
 
 
 def decoder_options(video_path: str | os.PathLike) -> dict[str, Any]:
     """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
     stays on: phone videos carry a display matrix), stamped with its own time."""
-    return {"input_path": str(video_path), "autorotate": 1}
+    return {"input_path": ffmpeg_url(video_path), "autorotate": 1}
 
 
-def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions):
-    """Build (but do not run) the graph; returns the graph and the module's caption stream."""
+def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None):
+    """Build (but do not run) the graph; returns the graph and the module's caption stream.
+
+    Args:
+        run_id: a :func:`videocaption.runs.registered` id that the module finds its caller's
+            stall watch and progress callback by.
+    """
     import bmf
 
     graph = bmf.graph()
     video = graph.decode(decoder_options(video_path))["video"]
     # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
     video = video.ff_filter("select", select_expression(options.fps))
-    node = bmf.module([video], MODULE_NAME, module_options(options),
+    node = bmf.module([video], MODULE_NAME, module_options(options, run_id),
                       module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
     return graph, node
 
@@ -74,7 +85,7 @@ def wait_for_graph(graph, node=None, *, activity: Activity | None = None,
     runner.start()
     try:
         while runner.is_alive():
-            _keep_python_sigint_handler()
+            keep_python_signal_handlers()
             runner.join(timeout=0.2)
             if activity is not None and stall_timeout and activity.idle_seconds() > stall_timeout:
                 activity.abandon()
@@ -105,15 +116,20 @@ def _run_and_close(graph, node, failure: list[BaseException]) -> None:
         failure.append(error)
 
 
-def _keep_python_sigint_handler() -> None:
-    """Take Ctrl-C back from BMF's engine, which installs its own C handler when a graph starts.
+def keep_python_signal_handlers() -> None:
+    """Take Ctrl-C and SIGTERM back from BMF's engine, which installs its own C handlers when a
+    graph starts.
 
     Its handler quits every graph in the process from inside the signal, racing the module
-    and the caller (a crash, or a run reported as stalled); Python's handler raises
-    KeyboardInterrupt in the main thread instead, which the caller handles.
+    and the caller (a crash, a run reported as stalled, a half-written result); Python's
+    handlers (KeyboardInterrupt, or whatever the caller installed) run in the main thread
+    instead, where the caller handles them.
     """
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.getsignal(signal.SIGINT))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if handler is not None:  # None: not installed from Python; leave it alone
+                signal.signal(signum, handler)
 
 
 # Graphs left running by an interrupt or a stall; never freed (see wait_for_graph).
@@ -148,34 +164,42 @@ def _collect(graph_ref: weakref.ref) -> None:
 
 
 def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
-                      stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S) -> dict[str, Any]:
+                      stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
+                      on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Caption one video through BMF; returns the result document the module wrote.
 
     Args:
         stall_timeout: give up when the decoder delivers nothing for this many seconds while
             the module is idle (model work never counts); None waits forever.
+        on_progress: called with each :class:`~videocaption.progress.Progress` report of the
+            run (from BMF's thread).
 
     Raises:
         VideoInputError: the decoder could not open the input, or stalled.
+        OutputError: a result file could not be written (none was, and the checkpoint stays).
         CaptionError: a bad option, a missing model, or a video without frames.
     """
-    graph, node = build_caption_graph(video_path, options)
-    try:
-        with watching(options.result_path) as activity:
-            wait_for_graph(graph, node, activity=activity, stall_timeout=stall_timeout, video_path=video_path)
-    except BaseException as error:
-        # The traceback holds wait_for_graph's frame and with it the graph: drop those locals so
-        # the graph is freed below (its shutdown logging still captured), not at interpreter exit.
-        traceback.clear_frames(error.__traceback__)
-        explained = _explained(error, video_path)
-        if explained is error:
-            raise
-        raise explained from error
-    finally:
-        # The engine logs while it shuts down; let that happen now, not at interpreter exit.
-        graph_ref = weakref.ref(graph)
-        del graph, node
-        _collect(graph_ref)
+    run = RunContext(on_progress=on_progress)
+    with registered(run) as run_id:
+        graph, node = build_caption_graph(video_path, options, run_id)
+        keep_python_signal_handlers()
+        try:
+            wait_for_graph(graph, node, activity=run.activity, stall_timeout=stall_timeout, video_path=video_path)
+        except BaseException as error:
+            if not isinstance(error, Exception):  # Ctrl-C, SIGTERM: the module must write no result now
+                run.activity.stop_writes()
+            # The traceback holds wait_for_graph's frame and with it the graph: drop those locals so
+            # the graph is freed below (its shutdown logging still captured), not at interpreter exit.
+            traceback.clear_frames(error.__traceback__)
+            explained = _explained(error, video_path)
+            if explained is error:
+                raise
+            raise explained from error
+        finally:
+            # The engine logs while it shuts down; let that happen now, not at interpreter exit.
+            graph_ref = weakref.ref(graph)
+            del graph, node
+            _collect(graph_ref)
     try:
         return json.loads(Path(options.result_path).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -25,32 +26,68 @@ BACKENDS = ("deepseek_vl2", "transformers", "openai")
 DEFAULT_PARALLEL_BATCHES = 4
 
 
+def option(default: Any, help: str, *, flag: str | None = "", **argparse_kwargs: Any) -> Any:
+    """A field of :class:`CaptionOptions` with what the command line needs to offer it.
+
+    Args:
+        default: the one default of the option, for the module, the library and the CLI.
+        help: what it does, for ``--help`` (argparse's ``%(default)s`` works).
+        flag: the CLI flag; "" derives ``--batch-size`` from ``batch_size``; None: no flag.
+        argparse_kwargs: anything else ``add_argument`` needs (``type``, ``choices``, ...).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse_kwargs})
+
+
 @dataclass(frozen=True)
 class CaptionOptions:
-    batch_size: int = 4  # frames described together in one prompt
-    result_path: str = "result.json"  # where the module writes the result at end of stream
-    multithreading: bool = False  # describe several batches at once (one batched model call)
-    max_threads: int | None = None  # batches in flight: 1 when multithreading is off
-    pass_through: bool = False  # forward every input packet unchanged on the outputs
-    fps: float = 1.0  # frames sampled per second of video
-    model: str = DEFAULT_MODEL  # hub id or local directory of a DeepSeek-VL2 checkpoint
-    device: str = "auto"  # auto: cuda, then mps, then cpu; or cuda:N
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
-    max_new_tokens: int = 256  # upper bound on each generated answer
-    prompt: str = DEFAULT_BATCH_PROMPT  # asks for the description of one batch of frames
-    summary_prompt: str = DEFAULT_SUMMARY_PROMPT  # turns the batch descriptions into a summary
-    title_prompt: str = DEFAULT_TITLE_PROMPT  # turns the summary into a title
-    time_aware: bool = True  # tell the model which seconds of the video the frames cover
-    backend: str = "deepseek_vl2"  # one of BACKENDS
-    api_base: str | None = None  # openai backend: the endpoint, e.g. http://localhost:8000/v1
-    # openai backend: the key; OPENAI_API_KEY when unset. Kept out of repr; result.json never has it.
+    """Every option of a run, with its default and its ``--help`` text (the CLI's flags come from here)."""
+
+    batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)")
+    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output", metavar="PATH")
+    multithreading: bool = option(False, "describe several batches at once in one batched model call")
+    max_threads: int | None = option(
+        None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
+    pass_through: bool = option(False, "forward every input packet unchanged on the outputs", flag=None)
+    fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)")
+    model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
+                                       "served model name (default: %(default)s)")
+    device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
+                                 "(default: %(default)s)")
+    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere (default: %(default)s)", choices=DTYPES)
+    max_new_tokens: int = option(256, "longest answer of each model call (default: %(default)s)")
+    prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames")
+    summary_prompt: str = option(DEFAULT_SUMMARY_PROMPT, "instruction for the summary pass")
+    title_prompt: str = option(DEFAULT_TITLE_PROMPT, "instruction for the title pass")
+    # Tell the model which seconds of the video the frames cover (the CLI turns it off).
+    time_aware: bool = option(True, "do not tell the model the time of each frame", flag="--no-time-aware")
+    backend: str = option(
+        "deepseek_vl2", "deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
+                        "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)",
+        choices=BACKENDS)
+    api_base: str | None = option(None, "openai backend: the server's URL, e.g. http://localhost:8000/v1")
+    # The key; OPENAI_API_KEY when unset. Kept out of repr; result.json never has it. The CLI
+    # offers --api-key itself (it goes through the environment, never into BMF's options).
     api_key: str | None = dataclasses.field(default=None, repr=False)
-    request_timeout: float = 120.0  # openai backend: seconds one request may take
-    max_retries: int = 3  # openai backend: retries after 429, 5xx, timeouts and refused connections
-    srt_path: str | None = None  # also write the batch descriptions as SRT subtitles
-    vtt_path: str | None = None  # also write them as WebVTT subtitles
-    summary_max_prompt_tokens: int | None = None  # cap on summary prompts (default: what fits)
-    resume: bool = False  # continue from the checkpoint an interrupted run left next to result_path
+    request_timeout: float = option(120.0, "openai backend: seconds one request may take (default: %(default)s)")
+    max_retries: int = option(3, "openai backend: retries after 429, 5xx, timeouts, refused connections "
+                                 "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
+    srt_path: str | None = option(None, "also write SRT subtitles (alone: beside the result file)", flag="--srt",
+                                  nargs="?", metavar="PATH")
+    vtt_path: str | None = option(None, "also write WebVTT subtitles (alone: beside the result file)", flag="--vtt",
+                                  nargs="?", metavar="PATH")
+    summary_max_prompt_tokens: int | None = option(None, "cap on summary prompts (default: what fits)", flag=None)
+    resume: bool = option(False, "continue an interrupted run from its checkpoint (RESULT.partial)")
+    # Where the video stream ends (seconds), when the caller knows it (the CLI probes it): the
+    # last subtitle cue ends there at the latest. Unset, it ends one sampling interval after
+    # its last frame.
+    video_end: float | None = option(None, "seconds where the video stream ends", flag=None)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """``max_threads`` as given, else 1, or DEFAULT_PARALLEL_BATCHES with multithreading."""
+        if self.max_threads is not None:
+            return self.max_threads
+        return DEFAULT_PARALLEL_BATCHES if self.multithreading else 1
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
@@ -64,20 +101,17 @@ class CaptionOptions:
         for name in ("srt_path", "vtt_path"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))
-        if self.max_threads is None:
-            parallel = DEFAULT_PARALLEL_BATCHES if self.multithreading else 1
-            object.__setattr__(self, "max_threads", parallel)
-        _check_int("max_threads", self.max_threads, minimum=1)
-        if not self.multithreading and self.max_threads != 1:
-            raise InvalidOptionError(
-                f"max_threads is {self.max_threads} but multithreading is off; "
-                "set multithreading to true to describe several batches at once"
-            )
-        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)):
-            raise InvalidOptionError(f"fps must be a number, got {self.fps!r}")
-        if not math.isfinite(self.fps) or self.fps <= 0:
-            raise InvalidOptionError(f"fps must be a positive number, got {self.fps!r}")
-        object.__setattr__(self, "fps", float(self.fps))
+        self._check_distinct_outputs()
+        if self.max_threads is not None:
+            _check_int("max_threads", self.max_threads, minimum=1)
+            if not self.multithreading and self.max_threads != 1:
+                raise InvalidOptionError(
+                    f"max_threads needs multithreading (max_threads is {self.max_threads} but multithreading "
+                    "is off); set multithreading to true to describe several batches at once"
+                )
+        _check_positive("fps", self.fps)
+        if self.video_end is not None:
+            _check_positive("video_end", self.video_end)
         _check_str("model", self.model)
         _check_str("device", self.device)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -91,6 +125,18 @@ class CaptionOptions:
             _check_str(name, getattr(self, name))
         self._check_backend()
 
+    def _check_distinct_outputs(self) -> None:
+        """result_path, srt_path, vtt_path and the checkpoint beside the result: four different files."""
+        seen = {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
+        for name in ("result_path", "srt_path", "vtt_path"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            key = os.path.abspath(path)
+            if key in seen:
+                raise InvalidOptionError(f"{name} {path!r} is the same file as {seen[key]}; give each output its own name")
+            seen[key] = name
+
     def _check_backend(self) -> None:
         if self.backend not in BACKENDS:
             raise InvalidOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
@@ -101,10 +147,7 @@ class CaptionOptions:
             raise InvalidOptionError(
                 "the openai backend needs api_base, the server's URL (e.g. http://localhost:8000/v1)"
             )
-        timeout = self.request_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-            raise InvalidOptionError(f"request_timeout must be a positive number of seconds, got {timeout!r}")
-        object.__setattr__(self, "request_timeout", float(timeout))
+        _check_positive("request_timeout", self.request_timeout, unit=" of seconds")
         _check_int("max_retries", self.max_retries, minimum=0)
 
     @classmethod
@@ -129,8 +172,6 @@ class CaptionOptions:
 
     def replace(self, **changes: Any) -> CaptionOptions:
         """Return a copy with some fields changed (and validated again)."""
-        if not self.multithreading and "multithreading" in changes and "max_threads" not in changes:
-            changes["max_threads"] = None
         return dataclasses.replace(self, **changes)
 
 
@@ -139,6 +180,13 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
         raise InvalidOptionError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise InvalidOptionError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_positive(name: str, value: Any, *, unit: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidOptionError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidOptionError(f"{name} must be a positive number{unit}, got {value!r}")
 
 
 def _check_bool(name: str, value: Any) -> None:

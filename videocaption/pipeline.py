@@ -11,15 +11,17 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from typing import Callable
+
 from PIL import Image
 
-from . import progress
 from .backends import VisionLanguageModel, load_model
 from .batching import FrameBatch, FrameBatcher
 from .checkpoint import Checkpoint, fingerprint
 from .errors import CaptionError, InvalidOptionError, VideoInputError
 from .frames import FrameSampler, SampledFrame
 from .options import CaptionOptions
+from .progress import Progress, ProgressCallback
 from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, title_prompt
 from .result import BatchCaption, CaptionResult
 from .scheduler import BatchScheduler
@@ -86,10 +88,14 @@ class Captioner:
     Args:
         options: validated options.
         model: a loaded model; by default the one ``options`` names, shared per process.
+        on_progress: called with a :class:`Progress` report as frames arrive and batches finish
+            (on the thread that feeds frames), e.g. to draw a progress bar.
     """
 
-    def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None) -> None:
+    def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None,
+                 on_progress: ProgressCallback | None = None) -> None:
         self.options = options
+        self.on_progress = on_progress
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
         self._summarize = Summarizer(self.model, options, self._complete)
@@ -98,8 +104,8 @@ class Captioner:
         self._batcher = FrameBatcher(options.batch_size)
         # A server (the openai backend) batches requests itself: keep max_threads of them in
         # flight. A local model is fastest given the waiting batches as one batched call.
-        workers = options.max_threads if self.model.concurrent_calls else 1
-        self._scheduler = BatchScheduler(self._describe_group, options.max_threads, workers=workers)
+        workers = options.batches_in_flight if self.model.concurrent_calls else 1
+        self._scheduler = BatchScheduler(self._describe_group, options.batches_in_flight, workers=workers)
         self._checkpoint = Checkpoint(options.result_path)
         self._fingerprint: str | None = None
         self._next_id = 1
@@ -107,7 +113,7 @@ class Captioner:
         self._undelivered: list[BatchCaption] = []  # restored from a checkpoint, not yet taken
         self._frames_to_skip = 0
         self._frames_sampled = 0
-        self._video_time = 0.0
+        self._input_done = False  # finish_batches ran: the last batch is submitted and all are described
 
     # -- feeding frames ---------------------------------------------------------------------
 
@@ -123,7 +129,6 @@ class Captioner:
             if self.options.resume:
                 self._restore(self._checkpoint.load(self._fingerprint))
         self._frames_sampled += 1
-        self._video_time = max(self._video_time, timestamp)
         if self._frames_to_skip:  # already described before the interruption
             self._frames_to_skip -= 1
             return
@@ -136,7 +141,7 @@ class Captioner:
         try:
             self._scheduler.submit(batch)
         except BaseException:
-            self.take_described()  # checkpoint what finished before the failure
+            self._collect_finished()  # what finished before the failure goes into the checkpoint
             raise
 
     def _restore(self, batches: list[BatchCaption]) -> None:
@@ -152,41 +157,52 @@ class Captioner:
     def take_described(self) -> list[BatchCaption]:
         """Batches described since the last call, in video order (never blocks).
 
-        Each call that finds new batches also updates the checkpoint next to the result file.
+        Batches restored from a checkpoint come first, once; new ones are checkpointed.
         """
+        restored, self._undelivered = self._undelivered, []
+        return restored + self._collect_finished()
+
+    def _collect_finished(self) -> list[BatchCaption]:
+        """Move what the model finished, in video order, into the run and its checkpoint."""
         ready = self._scheduler.take_finished(self._next_id)
         self._next_id += len(ready)
         self._described.extend(ready)
         if ready:
-            self._save_checkpoint()
+            if self._fingerprint is not None and self._resumable():
+                self._checkpoint.save(self._fingerprint, self._resumable())
             self._report("describing")
-        restored, self._undelivered = self._undelivered, []
-        return restored + ready
+        return ready
 
-    def _save_checkpoint(self) -> None:
-        done = list(itertools.takewhile(lambda batch: batch.error is None, self._described))
-        if self._fingerprint is not None and done:
-            self._checkpoint.save(self._fingerprint, done)
+    def _resumable(self) -> list[BatchCaption]:
+        """The described batches a resumed run can keep: those before the first failed one."""
+        return list(itertools.takewhile(lambda batch: batch.error is None, self._described))
 
     # -- finishing --------------------------------------------------------------------------
 
     def finish_batches(self) -> list[BatchCaption]:
         """Describe the last, possibly short, batch and wait for all; return the rest in order."""
-        last = self._batcher.flush()
-        if last is not None:
-            self._submit(last)
-        try:
-            self._scheduler.join()
-        except BaseException:
-            self.take_described()  # checkpoint what finished before the failure
-            raise
+        if not self._input_done:
+            self._input_done = True
+            last = self._batcher.flush()
+            if last is not None:
+                self._submit(last)
+            try:
+                self._scheduler.join()
+            except BaseException:
+                self._collect_finished()  # what finished before the failure goes into the checkpoint
+                raise
         return self.take_described()
 
-    def finish(self) -> CaptionResult:
-        """Wait for every batch, then run the summary and title passes.
+    def finish(self, write: Callable[[CaptionResult], object] | None = None) -> CaptionResult:
+        """Wait for every batch (see :meth:`finish_batches`), then run the summary and title passes.
+
+        The one way a run ends with a result. The checkpoint is removed only once ``write``
+        (which saves the result, e.g. :func:`videocaption.writers.write_outputs`) has
+        succeeded: a failed write keeps it for ``resume``.
 
         Raises:
             VideoInputError: no frame was received (the input has no video stream).
+            OutputError: from ``write``.
         """
         self.finish_batches()
         if not self._described:
@@ -198,46 +214,38 @@ class Captioner:
         )
         self._report("titling")
         title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
-        self._report("done")
-        self._checkpoint.remove()
-        return CaptionResult(
+        result = CaptionResult(
             video_title=title,
             summary=summary,
             batch_size=self.options.batch_size,
             batches=list(self._described),
             model=self.model.name,
-            fps=self.options.fps,
+            fps=float(self.options.fps),
             turnaround_time=time.perf_counter() - self._started,
             summary_rounds=rounds,
+            video_end=self.options.video_end,
         )
+        if write is not None:
+            write(result)
+        self._checkpoint.remove()
+        self._report("done")
+        return result
 
-    def stop(self) -> CaptionResult:
+    def stop(self) -> int:
         """Stop early: finish the model call in progress, drop what waits, keep what is done.
 
+        What was described stays in the checkpoint (for ``resume``); no result is made.
+
         Returns:
-            A partial result (no summary or title) with ``complete: false``.
+            How many batches the checkpoint holds.
         """
         self._scheduler.stop()
-        self.take_described()
-        return CaptionResult(
-            video_title="",
-            summary="",
-            batch_size=self.options.batch_size,
-            batches=list(self._described),
-            model=self.model.name,
-            fps=self.options.fps,
-            turnaround_time=time.perf_counter() - self._started,
-            summary_rounds=0,
-            extra={"complete": False},
-        )
+        self._collect_finished()
+        return len(self._resumable())
 
     def abort(self) -> None:
         """Give the run up: drop waiting batches, wait for the model call in progress, keep nothing."""
         self._scheduler.stop()
-
-    @property
-    def described(self) -> list[BatchCaption]:
-        return list(self._described)
 
     # -- the model passes -------------------------------------------------------------------
 
@@ -293,16 +301,13 @@ class Captioner:
 
     def _complete(self, prompts: list[str]) -> list[str]:
         """Text-only passes, batched up to ``max_threads`` prompts a call."""
-        size = self.options.max_threads
+        size = self.options.batches_in_flight
         texts: list[str] = []
         for start in range(0, len(prompts), size):
             texts.extend(self.model.complete_batch(prompts[start:start + size], max_new_tokens=self.options.max_new_tokens))
         return texts
 
     def _report(self, stage: str) -> None:
-        progress.report(progress.Progress(
-            frames_sampled=self._frames_sampled,
-            batches_done=len(self._described),
-            video_time=self._video_time,
-            stage=stage,
-        ))
+        if self.on_progress is not None:
+            self.on_progress(Progress(frames_sampled=self._frames_sampled, batches_done=len(self._described),
+                                       stage=stage))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .errors import VideoInputError
 
-# Demuxers that read still images: such a file has a "video stream" but is not a video.
+# Demuxers that read images: such a file has a "video stream" but is a video only when it
+# holds more than one picture (an animated GIF, APNG or WebP).
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "apng"}
 PROBE_TIMEOUT_S = 30
 
@@ -27,7 +28,16 @@ class VideoInfo:
     duration: float | None  # seconds, when the container says
     width: int
     height: int
-    has_audio: bool
+    # Seconds where the video stream ends: the last frame's time plus that frame's duration, on
+    # the clock of the frame timestamps; None if unknown.
+    video_end: float | None = None
+
+
+def ffmpeg_url(path: str | os.PathLike) -> str:
+    """A local path as FFmpeg must be given it: ``file:`` and absolute, so that no name is ever
+    read as an option (``-x.mp4``, which ``Path`` makes of ``./-x.mp4``) or as a protocol
+    (``http:x.mp4``, ``concat:...``)."""
+    return "file:" + os.path.abspath(os.fspath(path))
 
 
 def check_readable(path: Path) -> None:
@@ -57,30 +67,67 @@ def probe_video(path: str | os.PathLike) -> VideoInfo | None:
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return None
-    command = [ffprobe, "-v", "error", "-show_entries",
-               "stream=codec_type,width,height:format=duration,format_name", "-of", "json", str(path)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)")
-    if done.returncode != 0:
-        raise VideoInputError(f"{path}: not a video file ({_probe_failure(done.stderr, path)})")
-    info = json.loads(done.stdout or "{}")
+    info = _ffprobe(ffprobe, path, "stream=codec_type,width,height:format=duration,format_name")
     streams = info.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video"]
     fmt = info.get("format", {})
     if not video:
         kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
         raise VideoInputError(f"{path}: has no video stream (streams: {', '.join(kinds)})")
-    if fmt.get("format_name") in IMAGE_FORMATS:
+    if fmt.get("format_name") in IMAGE_FORMATS and _pictures(ffprobe, path) < 2:
         raise VideoInputError(f"{path}: is a still image, not a video")
-    duration = fmt.get("duration")
+    duration = _seconds(fmt.get("duration"))
     return VideoInfo(
-        duration=float(duration) if duration not in (None, "N/A") else None,
+        duration=duration,
         width=int(video[0].get("width") or 0),
         height=int(video[0].get("height") or 0),
-        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+        video_end=_video_end(ffprobe, path, duration),
     )
+
+
+def _video_end(ffprobe: str, path: Path, duration: float | None) -> float | None:
+    """The last video frame's time plus its duration, from the packets of the last seconds.
+
+    Neither duration the container states will do: the format's covers the audio too, and an
+    MP4's video stream duration can be shorter than its frames' span (variable frame rate).
+    Demuxing only (no decoding), from 10 s before the end.
+    """
+    start = f"{max(0.0, duration - 10):.3f}%" if duration is not None else "0%"
+    packets = _ffprobe(ffprobe, path, "packet=pts_time,duration_time", "-select_streams", "v:0",
+                       "-read_intervals", start).get("packets", [])
+    ends = [_seconds(p.get("pts_time")) for p in packets]
+    ends = [end + (_seconds(p.get("duration_time")) or 0.0) for end, p in zip(ends, packets) if end is not None]
+    return max(ends) if ends and max(ends) > 0 else None
+
+
+def _ffprobe(ffprobe: str, path: Path, entries: str, *extra: str) -> dict:
+    """ffprobe's JSON for ``path`` (given as a ``file:`` URL, never as something option-like)."""
+    command = [ffprobe, "-v", "error", *extra, "-show_entries", entries, "-of", "json", ffmpeg_url(path)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)")
+    if done.returncode != 0:
+        raise VideoInputError(f"{path}: not a video file ({_probe_failure(done.stderr, path)})")
+    try:
+        return json.loads(done.stdout or "{}")
+    except ValueError:
+        raise VideoInputError(f"{path}: not a video file (ffprobe could not describe it)") from None
+
+
+def _pictures(ffprobe: str, path: Path) -> int:
+    """How many pictures an image file holds (counted from its packets, without decoding)."""
+    streams = _ffprobe(ffprobe, path, "stream=codec_type,nb_read_packets", "-count_packets").get("streams", [])
+    counts = [s.get("nb_read_packets") for s in streams if s.get("codec_type") == "video"]
+    return int(counts[0]) if counts and str(counts[0]).isdigit() else 1
+
+
+def _seconds(value) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):  # None, "N/A"
+        return None
+    return seconds if seconds == seconds and seconds not in (float("inf"), float("-inf")) else None
 
 
 def explain_decoder_error(path: str | os.PathLike, error: Exception) -> VideoInputError | None:
@@ -136,4 +183,4 @@ def _file_kind(path: Path) -> str:
 
 
 def _strip_path(reason: str, path: Path) -> str:
-    return reason.replace(f"{path}: ", "").strip()
+    return reason.replace(f"{ffmpeg_url(path)}: ", "").replace(f"{path}: ", "").strip()

@@ -43,6 +43,9 @@ class CaptionResult:
     fps: float
     turnaround_time: float  # seconds, from the first frame received to the result
     summary_rounds: int = 1  # >1 when the descriptions had to be summarised in groups first
+    # Seconds where the video stream ends, when known: the last subtitle cue ends there at the
+    # latest. Not part of result.json (its end_time fields are frame times).
+    video_end: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the input path
 
     @property

@@ -2,8 +2,8 @@
 
 A decoder reading a pipe, a network share or a damaged file can block in a read that never
 returns, or spin without producing a frame; BMF would then wait forever. The graph runner
-registers an :class:`Activity` for the run; the BMF module (built by BMF, so it cannot be
-handed an object) finds it by its result path and reports each call, and the runner gives up
+gives the run an :class:`Activity` (which reaches the module BMF builds through
+:mod:`videocaption.runs`); the module marks each of its calls busy, and the runner gives up
 when nothing happened for the stall time while the module was idle. Model work (loading,
 describing, summarising) happens inside the module's calls, so a slow model is never a stall.
 """
@@ -11,7 +11,6 @@ describing, summarising) happens inside the module's calls, so a slow model is n
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from typing import Callable, Iterator
@@ -24,6 +23,7 @@ class Activity:
         self._lock = threading.Lock()
         self._last = time.monotonic()
         self._busy = 0
+        self._write_lock = threading.Lock()
         self.abandoned = False  # set when the runner gave up: the module must then write nothing
         self._on_abandon: list[Callable[[], None]] = []
 
@@ -45,10 +45,20 @@ class Activity:
         for callback in callbacks:
             callback()
 
-    def beat(self) -> None:
-        """Record progress (a packet reached the module, a call finished)."""
-        with self._lock:
-            self._last = time.monotonic()
+    def stop_writes(self) -> None:
+        """The caller stopped the run (a signal): from now on the module writes no result.
+
+        Unlike :meth:`abandon` this returns at once (it does not wait for the model), and once
+        it returned no result write is under way (see :meth:`writing`).
+        """
+        with self._write_lock:
+            self.abandoned = True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[bool]:
+        """Hold off :meth:`stop_writes` for the block; yields whether the result may be written."""
+        with self._write_lock:
+            yield not self.abandoned
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -66,34 +76,3 @@ class Activity:
         """Seconds since the last progress; 0 while the module is busy."""
         with self._lock:
             return 0.0 if self._busy else time.monotonic() - self._last
-
-
-_runs: dict[str, Activity] = {}
-_runs_lock = threading.Lock()
-
-
-def _key(result_path: str | os.PathLike) -> str:
-    return os.path.abspath(os.fspath(result_path))
-
-
-@contextlib.contextmanager
-def watching(result_path: str | os.PathLike) -> Iterator[Activity]:
-    """Register the activity of the run that writes ``result_path`` for the block."""
-    activity = Activity()
-    key = _key(result_path)
-    with _runs_lock:
-        _runs[key] = activity
-    try:
-        yield activity
-    finally:
-        with _runs_lock:
-            # An abandoned run stays registered, so a module that only starts after the runner
-            # gave up (its decoder was blocked opening the input) still sees it must not write.
-            if _runs.get(key) is activity and not activity.abandoned:
-                del _runs[key]
-
-
-def activity_for(result_path: str | os.PathLike) -> Activity:
-    """The activity a runner watches for this result path, or an unwatched one (user graphs)."""
-    with _runs_lock:
-        return _runs.get(_key(result_path)) or Activity()

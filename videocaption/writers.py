@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import OutputError
 from .result import BatchCaption, CaptionResult
 
 
@@ -31,9 +32,34 @@ def _file_mode() -> int:
 NEW_FILE_MODE = _file_mode()
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that the file is either the old one or the whole new one."""
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a path that can never be written as a file.
+
+    Raises:
+        OutputError: ``path`` is a directory, or its nearest existing parent is not a
+            writable directory.
+    """
     path = Path(path)
+    try:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory; give a file name")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputError(f"{path}: cannot be written ({parent} is not a directory)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: cannot be written (permission denied in {parent})")
+    except OSError as error:  # a name too long, a loop of links, ...
+        raise _cannot_write(path, error) from None
+
+
+def _cannot_write(path: str | os.PathLike, error: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot be written ({error.strerror or error})")
+
+
+def _write_temporary(path: Path, text: str) -> Path:
+    """``text`` in a new temporary file beside ``path``, flushed to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -42,10 +68,48 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def write_files_atomic(texts: dict[Path, str]) -> None:
+    """Write several files all together or not at all.
+
+    Every file is first written whole to a temporary name beside it (where a full disk or a
+    missing permission shows), and only then are all renamed into place; on any failure the
+    temporary files are removed and the files that were there stay as they were.
+
+    Raises:
+        OutputError: naming the path that could not be written and why.
+    """
+    written: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            check_output_path(path)
+            try:
+                written[path] = _write_temporary(path, text)
+            except OSError as error:
+                raise _cannot_write(path, error) from None
+        for path, tmp in list(written.items()):
+            try:
+                os.replace(tmp, path)
+            except OSError as error:
+                raise _cannot_write(path, error) from None
+            del written[path]
+    finally:
+        for tmp in written.values():
+            tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that the file is either the old one or the whole new one.
+
+    Raises:
+        OutputError: the file cannot be written (naming it and the cause).
+    """
+    write_files_atomic({Path(path): text})
 
 
 def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
@@ -60,10 +124,13 @@ class ResultWriter:
     def write_result(self, result: CaptionResult, file: TextIO) -> None:
         raise NotImplementedError
 
-    def __call__(self, result: CaptionResult, path: str | os.PathLike) -> Path:
+    def render(self, result: CaptionResult) -> str:
         buffer = io.StringIO()
         self.write_result(result, buffer)
-        write_atomic(path, buffer.getvalue())
+        return buffer.getvalue()
+
+    def __call__(self, result: CaptionResult, path: str | os.PathLike) -> Path:
+        write_atomic(path, self.render(result))
         return Path(path)
 
 
@@ -89,7 +156,8 @@ def cue_spans(result: CaptionResult) -> list[tuple[float, float, BatchCaption]]:
     """One cue per batch: from its first frame until the next batch starts.
 
     A batch's last frame stands for the sampling interval after it, so the last cue ends one
-    interval after the last frame; cues never overlap and never have zero length.
+    interval after the last frame, but never after the end of the video stream when the result
+    knows it (``video_end``); cues never overlap and never have zero length.
     """
     interval = 1.0 / result.fps if result.fps > 0 else 1.0
     spans = []
@@ -98,6 +166,8 @@ def cue_spans(result: CaptionResult) -> list[tuple[float, float, BatchCaption]]:
             end = result.batches[index + 1].start_time
         else:
             end = batch.end_time + interval
+            if result.video_end is not None:
+                end = min(end, result.video_end)
         spans.append((batch.start_time, max(end, batch.start_time + 0.001), batch))
     return spans
 
@@ -140,18 +210,18 @@ class WriteVTT(SubtitlesWriter):
             file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{self.cue_text(batch)}\n\n")
 
 
-WRITERS: dict[str, type[ResultWriter]] = {"json": WriteJSON, "srt": WriteSRT, "vtt": WriteVTT}
-
-
-def get_writer(output_format: str) -> ResultWriter:
-    """The writer for ``json``, ``srt`` or ``vtt``."""
-    try:
-        return WRITERS[output_format]()
-    except KeyError:
-        raise ValueError(f"unknown output format {output_format!r}; choose from {', '.join(WRITERS)}")
+def output_paths(options) -> list[str]:
+    """Every file a finished run writes: result_path, and srt_path / vtt_path if set."""
+    return [path for path in (options.result_path, options.srt_path, options.vtt_path) if path]
 
 
 def write_outputs(result: CaptionResult, options) -> list[Path]:
-    """Write every file the options ask for: result_path, and srt_path / vtt_path if set."""
+    """Write every file the options ask for, all together or none (see :func:`write_files_atomic`).
+
+    Raises:
+        OutputError: a file could not be written; none of them was then replaced.
+    """
     targets = [(WriteJSON(), options.result_path), (WriteSRT(), options.srt_path), (WriteVTT(), options.vtt_path)]
-    return [writer(result, path) for writer, path in targets if path]
+    texts = {Path(path): writer.render(result) for writer, path in targets if path}
+    write_files_atomic(texts)
+    return list(texts)

@@ -71,7 +71,7 @@ def check_library_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
     if args.video_retries is not None and args.video_retries < 0:
         parser.error(f"--video-retries must be 0 or more, got {args.video_retries}")
     for flag in ("srt", "vtt"):
-        if getattr(args, flag) not in (None, "beside-result"):
+        if getattr(args, f"{flag}_path") not in (None, "beside-result"):
             parser.error(f"--{flag} PATH names one file; in library mode use --{flag} alone "
                          "(beside each result.json)")
 
@@ -80,7 +80,7 @@ def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The :class:`LibraryConfig` the flags describe."""
     from .ray_runner import LibraryConfig
 
-    given_output = args.output if args.output != parser.get_default("output") else None
+    given_output = args.result_path if args.result_path != parser.get_default("result_path") else None
     output_dir = Path(given_output or args.output_dir or DEFAULT_OUTPUT_DIR)
     return LibraryConfig(
         inputs=tuple(args.video),

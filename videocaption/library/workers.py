@@ -114,10 +114,13 @@ class CaptionWorker:
         host = {"host": socket.gethostname(), "worker": self.name()}
         duration = None
         try:
+            options = video_options(self.options, self.output_dir, item)
             if not item.is_url:
                 info = probe_video(source)
                 duration = info.duration if info else None
-            result = run_caption_graph(source, video_options(self.options, self.output_dir, item))
+                if info is not None and info.video_end is not None:  # the last subtitle cue ends there
+                    options = options.replace(video_end=info.video_end)
+            result = run_caption_graph(source, options)
         except Exception as error:  # noqa: BLE001 - one bad video must not end the library
             log.warning("%s: %s", source, one_line(error))
             row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,
