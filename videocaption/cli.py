@@ -34,7 +34,7 @@ from .checkpoint import Checkpoint
 from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from .graph import REPO_ROOT, run_caption_graph
 from .options import DEFAULT_MODEL, CaptionOptions
-from .probe import VideoInfo, probe_video
+from .probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
 from .progress import Progress
 from .library import command as library
 
@@ -48,7 +48,6 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: kill, systemd, Docker, Kubernetes
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BESIDE_RESULT = "beside-result"
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 
 log = logging.getLogger("llm_caption")
 
@@ -139,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s: %(message)s", force=True)
+        for signum in STOP_SIGNALS:  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
+            signal.signal(signum, signal.default_int_handler)
         return library.run_library_command(args, parser, options)
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     with stop_signals_raise():

@@ -33,10 +33,24 @@ class VideoInfo:
     video_end: float | None = None
 
 
+# File names a folder walk takes for videos.
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
+})
+# Inputs read over a network protocol rather than from a local file.
+URL_SCHEMES = ("http://", "https://", "rtmp://", "rtsp://", "s3://", "gs://")
+
+
+def is_url(text: str | os.PathLike) -> bool:
+    return os.fspath(text).lower().startswith(URL_SCHEMES)
+
+
 def ffmpeg_url(path: str | os.PathLike) -> str:
-    """A local path as FFmpeg must be given it: ``file:`` and absolute, so that no name is ever
-    read as an option (``-x.mp4``, which ``Path`` makes of ``./-x.mp4``) or as a protocol
-    (``http:x.mp4``, ``concat:...``)."""
+    """An input as FFmpeg must be given it: a URL as it is; a local path ``file:`` and absolute,
+    so that no name is ever read as an option (``-x.mp4``, which ``Path`` makes of
+    ``./-x.mp4``) or as a protocol (``http:x.mp4``, ``concat:...``)."""
+    if is_url(path):
+        return os.fspath(path)
     return "file:" + os.path.abspath(os.fspath(path))
 
 

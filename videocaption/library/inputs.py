@@ -15,11 +15,7 @@ from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import VideoInputError
-
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
-})
-URL_SCHEMES = ("http://", "https://", "rtmp://", "rtsp://", "s3://", "gs://")
+from ..probe import VIDEO_EXTENSIONS, is_url
 URL_FOLDER = "_urls"  # outputs of URL inputs go under OUTPUT/_urls/HOST/PATH
 
 
@@ -34,10 +30,6 @@ class LibraryItem:
     @property
     def is_url(self) -> bool:
         return is_url(self.source)
-
-
-def is_url(text: str) -> bool:
-    return text.lower().startswith(URL_SCHEMES)
 
 
 def expand_inputs(inputs: Sequence[str], *, exclude: Sequence[Path] = ()) -> list[LibraryItem]:
