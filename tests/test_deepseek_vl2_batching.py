@@ -114,3 +114,16 @@ def test_describe_batch_equals_describe(runtime, requests):
     assert batched == [runtime.describe(images, prompt, max_new_tokens=8) for images, prompt in image_requests]
     texts = [prompt for images, prompt in requests if not images] + ["Summarize: a rabbit wakes up."]
     assert runtime.complete_batch(texts, max_new_tokens=8) == [runtime.complete(t, max_new_tokens=8) for t in texts]
+
+
+def test_answers_carry_their_token_counts(runtime, requests, free_runs):
+    batched, batch, _ = free_runs
+    answers = runtime.describe_batch([r for r in requests if r[0]], max_new_tokens=STEPS)
+    rows = [row for row, (images, _) in enumerate(requests) if images]
+    for usage, row in zip(answers.usage, rows):
+        images, prompt = requests[row]
+        assert usage.prompt_tokens == batch.seq_lens[row] == runtime.count_tokens(prompt, [im.size for im in images])
+        assert usage.image_tokens == int(batch.images_seq_mask[row].sum()) > 0
+        assert usage.generated_tokens == batched.lengths[row]  # stopped at the same eos, or at the limit
+    text = runtime.complete_batch([requests[1][1]], max_new_tokens=STEPS)
+    assert text.usage[0].image_tokens == 0 and text.usage[0].prompt_tokens == batch.seq_lens[1]
