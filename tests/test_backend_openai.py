@@ -454,3 +454,14 @@ def test_cli_server_failing_mid_run_keeps_the_described_batches(
         assert not (tmp_path / "result.json.partial").exists()
     finally:
         proxy.close()
+
+
+def test_deepseek_vl2_settings_come_from_a_local_checkpoint_when_the_server_names_one(tmp_path: Path) -> None:
+    from videocaption.backends.openai_backend import _local_geometry
+    from videocaption.deepseek_vl2 import ImageGeometry
+
+    model = tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"
+    assert _local_geometry(str(model)) == ImageGeometry.from_checkpoint(model)
+    assert _local_geometry(None) is None and _local_geometry("deepseek-ai/deepseek-vl2-tiny") is None
+    (tmp_path / "processor_config.json").write_text('{"candidate_resolutions": [[384, 384]]}')
+    assert _local_geometry(str(tmp_path)) is None  # unusable (no patch_size): the hub settings apply
