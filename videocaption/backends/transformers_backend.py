@@ -135,7 +135,8 @@ class TransformersVLM:
             if image_id is not None else [None] * len(prompt)
         eos = self.model.generation_config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
-        stops = torch.isin(new_tokens, torch.tensor(sorted(t for t in stop if t is not None), device=new_tokens.device))
+        stop_ids = torch.tensor(sorted(t for t in stop if t is not None), dtype=new_tokens.dtype, device=new_tokens.device)
+        stops = torch.isin(new_tokens, stop_ids)
         # tokens before the first stop; a row that never stopped counts them all
         generated = torch.where(stops.any(dim=1), stops.int().argmax(dim=1), new_tokens.shape[1]).tolist()
         return [Usage(prompt_tokens=p, generated_tokens=g, image_tokens=i) for p, g, i in zip(prompt, generated, images)]
