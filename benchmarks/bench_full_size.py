@@ -65,7 +65,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
     from videocaption.deepseek_vl2 import DeepseekVL2
     from videocaption.deepseek_vl2.model import DeepseekVL2Model
     from videocaption.deepseek_vl2.processor import DeepseekVL2Processor
-    from videocaption.deepseek_vl2.runtime import resolve_device, resolve_dtype
+    from videocaption.devices import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

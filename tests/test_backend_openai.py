@@ -107,11 +107,20 @@ def test_server_sees_the_images_where_the_placeholders_are(
     local = TransformersVLM.from_pretrained(str(checkpoints["llava"]), device="cpu")
     requests = requests_of(frames(8))
     decoded = [([jpeg_roundtrip(image) for image in images], prompt) for images, prompt in requests]
-    assert served.describe_batch(requests, max_new_tokens=MAX_NEW_TOKENS) == \
-        local.describe_batch(decoded, max_new_tokens=MAX_NEW_TOKENS)
+    served_answers = served.describe_batch(requests, max_new_tokens=MAX_NEW_TOKENS)
+    local_answers = local.describe_batch(decoded, max_new_tokens=MAX_NEW_TOKENS)
+    assert served_answers == local_answers
     prompts = ["Summarize the video.", "Give the video a short title."]
-    assert served.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS) == \
-        local.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS)
+    served_texts = served.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS)
+    local_texts = local.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS)
+    assert served_texts == local_texts
+    # the server's own counts (``usage``) are those of the same prompts in-process; it cannot
+    # say which prompt tokens were images, and for a model other than DeepSeek-VL2 neither can we
+    for served_usage, local_usage in zip(served_answers.usage + served_texts.usage, local_answers.usage + local_texts.usage):
+        assert (served_usage.prompt_tokens, served_usage.generated_tokens) == \
+            (local_usage.prompt_tokens, local_usage.generated_tokens)
+    assert [usage.image_tokens for usage in served_answers.usage] == [None] * len(requests)
+    assert [usage.image_tokens for usage in served_texts.usage] == [0, 0]
 
 
 def test_a_second_family_through_load_model(server: str, checkpoints: dict[str, Path]) -> None:
@@ -218,18 +227,20 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
     """Served DeepSeek-VL2 (by name) is sized by DeepSeek-VL2's processor rules: exact image tokens
     and worst cases, frames shrunk to one tile with more than two a prompt."""
     from videocaption.backends.openai_backend import is_deepseek_vl2
-    from videocaption.deepseek_vl2 import DeepseekVL2
+    from videocaption.deepseek_vl2 import HUB_GEOMETRY, PAIR_TEXT_RESERVE, DeepseekVL2
 
     # The tiny reference checkpoint has the official processor settings; what counts is the
     # processor's own rules (the server's processor applies them to the frames it is sent).
-    processor = DeepseekVL2.from_pretrained(
-        str(tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"), device="cpu").processor
+    runtime = DeepseekVL2.from_pretrained(
+        str(tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"), device="cpu")
+    processor = runtime.processor
     served = OpenAIVLM("deepseek-ai/deepseek-vl2-tiny", server, context_length=4096)
     assert served.deepseek_vl2 and is_deepseek_vl2("/models/DeepSeek_VL2-small") and not is_deepseek_vl2("llava")
+    # without a checkpoint at hand, the hub models' settings: those of the official processor_config.json
+    assert served.geometry == HUB_GEOMETRY == runtime.geometry
     sizes = [(1024, 576), (576, 1024), (640, 360), (100, 1000), (1024, 1024), (300, 200)]
     for count in (1, 2, 3, 4, 8):
-        if count != 2:
-            assert served.max_image_tokens(count) == processor.max_image_tokens(count)
+        assert served.max_image_tokens(count) == runtime.max_image_tokens(count)
         for start in range(0, len(sizes) - count + 1) if count <= len(sizes) else []:
             group = sizes[start:start + count]
             prompt = "<image>" * count
@@ -241,7 +252,7 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
     assert served.prepare_image(frame, 4).size == (384, 216)  # one tile is all the model sees of it
     assert served.prepare_image(frame, 1).size == (1024, 576)  # tiled: the processor wants detail
     # Two frames a prompt: shrunk, where needed, to tilings that let both fit the context
-    assert served.max_image_tokens(2) <= 4096 - 512 < processor.max_image_tokens(2)
+    assert served.max_image_tokens(2) <= 4096 - PAIR_TEXT_RESERVE < 2 * processor.geometry.worst_image_tokens(2)
     for size in [(1920, 1080), (1080, 1920), (4000, 3000), (640, 360), (100, 3000), (3000, 100), (1024, 1024)]:
         shrunk = served.prepare_image(Image.new("RGB", size), 2).size
         tokens = processor.process_one(processor.user_conversation("<image><image>"),
@@ -443,3 +454,14 @@ def test_cli_server_failing_mid_run_keeps_the_described_batches(
         assert not (tmp_path / "result.json.partial").exists()
     finally:
         proxy.close()
+
+
+def test_deepseek_vl2_settings_come_from_a_local_checkpoint_when_the_server_names_one(tmp_path: Path) -> None:
+    from videocaption.backends.openai_backend import _local_geometry
+    from videocaption.deepseek_vl2 import ImageGeometry
+
+    model = tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"
+    assert _local_geometry(str(model)) == ImageGeometry.from_checkpoint(model)
+    assert _local_geometry(None) is None and _local_geometry("deepseek-ai/deepseek-vl2-tiny") is None
+    (tmp_path / "processor_config.json").write_text('{"candidate_resolutions": [[384, 384]]}')
+    assert _local_geometry(str(tmp_path)) is None  # unusable (no patch_size): the hub settings apply

@@ -14,7 +14,7 @@ from PIL import Image
 
 import tiny_vlms
 from videocaption.backends import VisionLanguageModel, load_model
-from videocaption.backends.transformers_backend import TransformersVLM, resolve_dtype
+from videocaption.backends.transformers_backend import TransformersVLM
 from videocaption.errors import InvalidOptionError, ModelLoadError
 from videocaption.options import CaptionOptions
 from videocaption.pipeline import Captioner
@@ -65,10 +65,16 @@ def test_describe_batch_equals_one_by_one(models: dict[str, TransformersVLM], fa
     model = models[family]
     requests = requests_of(frames(6))
     together = model.describe_batch(requests, max_new_tokens=MAX_NEW_TOKENS)
-    alone = [model.describe_batch([request], max_new_tokens=MAX_NEW_TOKENS)[0] for request in requests]
-    assert together == alone
+    alone = [model.describe_batch([request], max_new_tokens=MAX_NEW_TOKENS) for request in requests]
+    assert together == [answers[0] for answers in alone]
     assert len(together) == len(requests) and all(isinstance(text, str) for text in together)
     assert all(text for text in together), "random weights still produce some text"
+    # token counts: padding is not counted, so a prompt costs the same alone or in a batch
+    assert together.usage == [answers.usage[0] for answers in alone]
+    for (images, prompt), usage in zip(requests, together.usage):
+        assert usage.prompt_tokens == model.count_tokens(prompt, [image.size for image in images])
+        assert 0 < usage.image_tokens < usage.prompt_tokens
+        assert 0 < usage.generated_tokens <= MAX_NEW_TOKENS
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -76,7 +82,11 @@ def test_complete_batch_equals_one_by_one(models: dict[str, TransformersVLM], fa
     model = models[family]
     prompts = ["Summarize the video.", "Give the video described above a short title of at most ten words."]
     together = model.complete_batch(prompts, max_new_tokens=MAX_NEW_TOKENS)
-    assert together == [model.complete_batch([prompt], max_new_tokens=MAX_NEW_TOKENS)[0] for prompt in prompts]
+    alone = [model.complete_batch([prompt], max_new_tokens=MAX_NEW_TOKENS) for prompt in prompts]
+    assert together == [answers[0] for answers in alone]
+    assert together.usage == [answers.usage[0] for answers in alone]
+    assert [usage.prompt_tokens for usage in together.usage] == [model.count_tokens(prompt) for prompt in prompts]
+    assert [usage.image_tokens for usage in together.usage] == [0, 0]
     assert model.complete_batch([], max_new_tokens=MAX_NEW_TOKENS) == []
 
 
@@ -138,12 +148,9 @@ def test_missing_checkpoint_is_a_model_load_error(tmp_path: Path) -> None:
         TransformersVLM.from_pretrained(str(tmp_path / "nothing-here"), device="cpu")
 
 
-def test_devices_and_dtypes() -> None:
+def test_an_unavailable_device_is_refused() -> None:
     import torch
 
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     if not torch.cuda.is_available():
         with pytest.raises(InvalidOptionError, match="CUDA is not available"):
             TransformersVLM.from_pretrained("unused", device="cuda")

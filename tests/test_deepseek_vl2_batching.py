@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 
 FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
@@ -27,7 +28,7 @@ def frame(name: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def runtime() -> DeepseekVL2:
-    return DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="float32")
+    return DeepseekVL2.from_pretrained(FIXTURES / "model", device=str(DEVICE), dtype=str(DTYPE).removeprefix("torch."))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def requests() -> list[tuple[list[Image.Image], str]]:
 
 def run(runtime: DeepseekVL2, requests, *, eos_token_id: int, steps: int = STEPS):
     """Generate for ``requests`` as one batch; return the output and the batch's prompt lengths."""
-    batch = runtime._batch([(list(images), prompt) for images, prompt in requests])
+    batch = runtime._batch([(list(images), prompt) for images, prompt in requests]).to(runtime.device, dtype=runtime.dtype)
     with torch.inference_mode():
         embeds = runtime.model.prepare_inputs_embeds(
             batch.input_ids, batch.images, batch.images_seq_mask, batch.images_spatial_crop
@@ -65,6 +66,10 @@ def solo_runs(runtime, requests, eos_token_id):
 
 
 def assert_rows_match_solo(batched, solos):
+    if not EXACT:  # bfloat16: ids may flip on near-ties, so only the first step's logits compare
+        for row, solo in enumerate(solos):
+            assert_close(batched.scores[0][row], solo.scores[0][0], LOGIT_TOL, f"row {row}")
+        return
     for row, solo in enumerate(solos):
         n = solo.lengths[0]
         assert batched.lengths[row] == n, row
@@ -97,6 +102,7 @@ def test_batched_equals_one_by_one(free_runs):
     assert_rows_match_solo(batched, solos)
 
 
+@pytest.mark.skipif(not EXACT, reason="follows greedy ids, which near-ties flip in bfloat16")
 def test_rows_that_hit_eos_stop_while_others_continue(runtime, requests, free_runs):
     # The weights are random, so pick as "eos" a token that some rows produce early and not others.
     second = free_runs[0].sequences[:, 1].tolist()
@@ -108,9 +114,24 @@ def test_rows_that_hit_eos_stop_while_others_continue(runtime, requests, free_ru
     assert_rows_match_solo(batched, solos)
 
 
+@pytest.mark.skipif(not EXACT, reason="compares greedy texts, which near-ties flip in bfloat16")
 def test_describe_batch_equals_describe(runtime, requests):
     image_requests = [r for r in requests if r[0]]
     batched = runtime.describe_batch(image_requests, max_new_tokens=8)
     assert batched == [runtime.describe(images, prompt, max_new_tokens=8) for images, prompt in image_requests]
     texts = [prompt for images, prompt in requests if not images] + ["Summarize: a rabbit wakes up."]
     assert runtime.complete_batch(texts, max_new_tokens=8) == [runtime.complete(t, max_new_tokens=8) for t in texts]
+
+
+def test_answers_carry_their_token_counts(runtime, requests, free_runs):
+    batched, batch, _ = free_runs
+    answers = runtime.describe_batch([r for r in requests if r[0]], max_new_tokens=STEPS)
+    rows = [row for row, (images, _) in enumerate(requests) if images]
+    for usage, row in zip(answers.usage, rows):
+        images, prompt = requests[row]
+        assert usage.prompt_tokens == batch.seq_lens[row] == runtime.count_tokens(prompt, [im.size for im in images])
+        assert usage.image_tokens == int(batch.images_seq_mask[row].sum()) > 0
+        if EXACT:
+            assert usage.generated_tokens == batched.lengths[row]  # stopped at the same eos, or at the limit
+    text = runtime.complete_batch([requests[1][1]], max_new_tokens=STEPS)
+    assert text.usage[0].image_tokens == 0 and text.usage[0].prompt_tokens == batch.seq_lens[1]

@@ -5,6 +5,7 @@ Tiny random configs exercise multi-head latent attention (as in deepseek-vl2-sma
 the other router variants, each against a straightforward re-computation:
 cache vs no cache, left-padded batch vs single rows, absorbed MLA vs plain MLA, grouped experts
 vs a per-token loop. A whole tiny MLA + noaux_tc checkpoint then goes through the public API.
+Another device or dtype: see ``accelerator`` (routing and masks are checked in float32 always).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config, DeepseekVL2Model, LanguageConfig, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.deepseek_vl2.language import DeepseekV2ForCausalLM, KVCache, MoE, MoEGate, attention_mask
@@ -48,7 +50,7 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen)
+            noise = torch.randn(p.shape, generator=gen).to(p.device)
             if name.endswith("norm.weight") or name.endswith("layernorm.weight") or name.split(".")[-2:-1] in (["norm1"], ["norm2"]):
                 p.copy_(1 + 0.1 * noise)
             elif p.dim() >= 2:
@@ -58,10 +60,11 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def language_model(overrides: dict, seed: int = 0) -> DeepseekV2ForCausalLM:
+def language_model(overrides: dict, seed: int = 0, dtype: torch.dtype = DTYPE) -> DeepseekV2ForCausalLM:
+    """A seeded random decoder on the device under test (see ``accelerator``)."""
     config = LanguageConfig(**overrides)
     config.validate()
-    return randomize(DeepseekV2ForCausalLM(config), seed).eval()
+    return randomize(DeepseekV2ForCausalLM(config), seed).eval().to(DEVICE, dtype)
 
 
 @pytest.fixture(params=sorted(VARIANTS), scope="module")
@@ -71,14 +74,15 @@ def lm(request) -> DeepseekV2ForCausalLM:
 
 def embeds(lm: DeepseekV2ForCausalLM, batch: int, length: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, length, lm.config.hidden_size, generator=gen)
+    weight = next(lm.parameters())
+    return torch.randn(batch, length, lm.config.hidden_size, generator=gen).to(weight.device, weight.dtype)
 
 
 def left_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[1, n_i, D] rows -> a left-padded [B, T, D] batch (zeros as padding) and its [B, T] mask."""
     t = max(row.shape[1] for row in rows)
-    x = torch.zeros(len(rows), t, rows[0].shape[2])
-    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    x = rows[0].new_zeros(len(rows), t, rows[0].shape[2])
+    mask = torch.zeros(len(rows), t, dtype=torch.bool, device=rows[0].device)
     for i, row in enumerate(rows):
         x[i, t - row.shape[1]:] = row[0]
         mask[i, t - row.shape[1]:] = True
@@ -88,14 +92,14 @@ def left_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.inference_mode()
 def test_cache_matches_full_forward(lm):
     x = embeds(lm, 2, 20, seed=1)
-    positions = torch.arange(20).expand(2, 20)
+    positions = torch.arange(20, device=DEVICE).expand(2, 20)
     full = lm(x, positions)  # [2, 20, vocab], no cache
     cache = KVCache()
     steps = [lm(x[:, :12], positions[:, :12], cache=cache)]
     for t in range(12, 20):  # one token at a time through the cache
         steps.append(lm(x[:, t: t + 1], positions[:, t: t + 1], cache=cache))
     assert len(cache) == 20
-    assert (torch.cat(steps, dim=1) - full).abs().max().item() < TOL
+    assert_close(torch.cat(steps, dim=1), full, TOL, "cached steps")
 
 
 @torch.inference_mode()
@@ -106,12 +110,14 @@ def test_left_padded_batch_matches_single_rows(lm):
     batched = generate(lm, x, mask, max_new_tokens=6, eos_token_id=-1, output_scores=True)
     full = lm(x, position_ids_from_mask(mask), mask)
     for i, row in enumerate(rows):
-        single = generate(lm, row, torch.ones(1, row.shape[1], dtype=torch.bool), max_new_tokens=6, eos_token_id=-1, output_scores=True)
-        assert torch.equal(batched.sequences[i], single.sequences[0])
-        for step, scores in enumerate(single.scores):
-            assert (batched.scores[step][i] - scores[0]).abs().max().item() < TOL
-        alone = lm(row, torch.arange(row.shape[1])[None])
-        assert (full[i, mask[i]] - alone[0]).abs().max().item() < TOL
+        single = generate(lm, row, torch.ones(1, row.shape[1], dtype=torch.bool, device=DEVICE), max_new_tokens=6,
+                          eos_token_id=-1, output_scores=True)
+        if EXACT:  # bfloat16 ids may flip on near-ties, and the later steps then follow other ids
+            assert torch.equal(batched.sequences[i], single.sequences[0])
+        for step, scores in enumerate(single.scores if EXACT else single.scores[:1]):
+            assert_close(batched.scores[step][i], scores[0], TOL, f"row {i} step {step}")
+        alone = lm(row, torch.arange(row.shape[1], device=DEVICE)[None])
+        assert_close(full[i, mask[i]], alone[0], TOL, f"row {i} alone")
 
 
 def test_attention_mask_with_padding():
@@ -134,7 +140,7 @@ def rope_pairs(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
     as long as queries and keys are treated alike, so this is an independent formulation.
     """
     d = x.shape[-1]
-    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2).float() / d))
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device).float() / d))
     angles = positions[:, None, :, None].float() * inv_freq  # [B, 1, T, d/2]
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], d // 2, 2).contiguous())
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
@@ -142,11 +148,11 @@ def rope_pairs(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.T
 
 @torch.inference_mode()
 def test_absorbed_mla_matches_plain_mla():
-    lm = language_model(VARIANTS["mla_q_lora_greedy"])
+    lm = language_model(VARIANTS["mla_q_lora_greedy"], dtype=torch.float32)  # the plain formula in float32
     attn, c = lm.model.layers[0].self_attn, lm.config
     b, t, h = 2, 11, c.num_attention_heads
     x = embeds(lm, b, t, seed=3)
-    positions = torch.stack([torch.arange(t), torch.arange(5, 5 + t)])
+    positions = torch.stack([torch.arange(t), torch.arange(5, 5 + t)]).to(DEVICE)
     # Plain MLA: decompress keys and values per head with kv_b_proj, then ordinary attention.
     q = attn.q_b_proj(attn.q_a_layernorm(attn.q_a_proj(x))).view(b, t, h, -1).transpose(1, 2)
     q_nope, q_pe = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
@@ -156,10 +162,11 @@ def test_absorbed_mla_matches_plain_mla():
     q_pe = rope_pairs(q_pe, positions, c.rope_theta)
     k_pe = rope_pairs(k_pe[:, None], positions, c.rope_theta).expand(-1, h, -1, -1)
     scores = (q_nope @ k_nope.mT + q_pe @ k_pe.mT) / math.sqrt(c.qk_nope_head_dim + c.qk_rope_head_dim)
-    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=DEVICE).triu(1), float("-inf"))
     plain = attn.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
-    absorbed = attn(x, positions, None, True, None)
-    assert (absorbed - plain).abs().max().item() < TOL
+    tested = language_model(VARIANTS["mla_q_lora_greedy"]).model.layers[0].self_attn  # in the dtype under test
+    absorbed = tested(x.to(DTYPE), positions, None, True, None)
+    assert_close(absorbed, plain, TOL, "absorbed MLA")
 
 
 def naive_gate(gate: MoEGate, x: torch.Tensor) -> list[dict[int, float]]:
@@ -191,12 +198,12 @@ def naive_gate(gate: MoEGate, x: torch.Tensor) -> list[dict[int, float]]:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @torch.inference_mode()
 def test_router_and_experts_match_per_token_loop(variant):
-    lm = language_model(VARIANTS[variant], seed=5)
+    lm = language_model(VARIANTS[variant], seed=5, dtype=torch.float32)  # routing compares exactly
     moe = lm.model.layers[1].mlp
     assert isinstance(moe, MoE)
     if moe.gate.topk_method == "noaux_tc":  # a bias large enough to change choices, kept >= 0 so that
         # no masked 0.0 ties enter the choice (that quirk has its own test below)
-        moe.gate.e_score_correction_bias.copy_(torch.linspace(0.0, 0.3, moe.gate.n_routed_experts))
+        moe.gate.e_score_correction_bias.copy_(torch.linspace(0.0, 0.3, moe.gate.n_routed_experts, device=DEVICE))
     x = embeds(lm, 1, 40, seed=6)[0]
     idx, weight = moe.gate(x)
     expected = naive_gate(moe.gate, x)
@@ -240,7 +247,7 @@ def write_checkpoint(directory: Path, config: dict, seed: int = 0) -> Path:
         shutil.copy(FIXTURES / "model" / name, directory / name)
     (directory / "config.json").write_text(json.dumps(config))
     model = randomize(DeepseekVL2Model(DeepseekVL2Config.from_dict(config)), seed)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
     state["vision.attn_pool.latent"] = torch.zeros(1, 1, 32)  # shipped but unused upstream
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
@@ -249,13 +256,14 @@ def write_checkpoint(directory: Path, config: dict, seed: int = 0) -> Path:
 def test_mla_noaux_checkpoint_through_the_public_api(tmp_path):
     language = {**MLA, "max_position_embeddings": 4096}
     directory = write_checkpoint(tmp_path / "tiny-mla", tiny_vl2_config(language), seed=7)
-    runtime = DeepseekVL2.from_pretrained(directory, device="cpu", dtype="float32")
+    runtime = DeepseekVL2.from_pretrained(directory, device=str(DEVICE), dtype=str(DTYPE).removeprefix("torch."))
     assert runtime.model.language.config.use_mla and runtime.context_length == 4096
     frames = [Image.open(FIXTURES / "cases" / n).convert("RGB") for n in ("bunny_t4.2_320x180.png", "bikes_t7.5_320x136.png")]
     requests = [([frames[0]], "<image>\nDescribe."), (frames, "<image>\n<image>\nCompare the two frames."), ([], "Hi")]
     batched = runtime.describe_batch(requests, max_new_tokens=6)
-    assert batched == [runtime.describe(images, prompt, max_new_tokens=6) for images, prompt in requests]
-    assert all(isinstance(t, str) for t in batched)
+    if EXACT:  # bfloat16 answers may differ after a near-tie
+        assert batched == [runtime.describe(images, prompt, max_new_tokens=6) for images, prompt in requests]
+    assert len(batched) == len(requests) and all(isinstance(t, str) for t in batched)
 
 
 @torch.inference_mode()
@@ -269,5 +277,7 @@ def test_rows_without_budget_are_left_out_and_the_rest_match_alone(lm):
     assert batched.lengths == limits
     for i, (row, limit) in enumerate(zip(rows, limits)):
         if limit:
-            single = generate(lm, row, torch.ones(1, row.shape[1], dtype=torch.bool), max_new_tokens=limit, eos_token_id=-1)
-            assert torch.equal(batched.sequences[i, :limit], single.sequences[0])
+            single = generate(lm, row, torch.ones(1, row.shape[1], dtype=torch.bool, device=DEVICE),
+                              max_new_tokens=limit, eos_token_id=-1)
+            if EXACT:
+                assert torch.equal(batched.sequences[i, :limit], single.sequences[0])

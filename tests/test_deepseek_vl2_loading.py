@@ -1,9 +1,14 @@
-"""Loading checkpoints: strict keys, sharded layout, clear errors, devices and dtypes."""
+"""Loading checkpoints: strict keys, sharded layout, clear errors, dtypes.
+
+Expected sizes come from the checkpoint's own ``config.json``, so pointing ``PARITY_FIXTURES`` at
+another checkpoint of the same layout checks that one.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,12 +19,13 @@ from safetensors.torch import load_file, save_file
 from videocaption.backends import VisionLanguageModel
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
-from videocaption.deepseek_vl2.runtime import resolve_device, resolve_dtype
-from videocaption.errors import InvalidOptionError, ModelLoadError
+from videocaption.errors import ModelLoadError
 
 FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 MODEL = FIXTURES / "model"
 PROMPT = "Write a short title for a video about a rabbit."
+CONFIG = json.loads((MODEL / "config.json").read_text())  # as written, before our parsing
+LANGUAGE = CONFIG["language_config"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
 def test_fixture_loads_with_official_names(reference):
     assert reference.name == os.fspath(MODEL)
     assert reference.device == torch.device("cpu") and reference.dtype == torch.float32
-    assert reference.context_length == 4096
+    assert reference.context_length == LANGUAGE["max_position_embeddings"]
     assert isinstance(reference, VisionLanguageModel) and not reference.concurrent_calls
     names = set(reference.model.state_dict())
     file_keys = set(fixture_weights())
@@ -69,22 +75,26 @@ def test_fixture_loads_with_official_names(reference):
 
 def test_missing_key_is_an_error(tmp_path):
     weights = fixture_weights()
-    del weights["language.model.layers.1.mlp.experts.3.up_proj.weight"]
-    with pytest.raises(ModelLoadError, match=r"missing keys language\.model\.layers\.1\.mlp\.experts\.3\.up_proj\.weight"):
+    # the last routed expert of the first MoE layer
+    key = (f"language.model.layers.{LANGUAGE['first_k_dense_replace']}.mlp.experts."
+           f"{LANGUAGE['n_routed_experts'] - 1}.up_proj.weight")
+    del weights[key]
+    with pytest.raises(ModelLoadError, match=f"missing keys {re.escape(key)}"):
         DeepseekVL2.from_pretrained(copy_model(tmp_path, weights), device="cpu")
 
 
 def test_unexpected_key_is_an_error(tmp_path):
     weights = fixture_weights()
-    weights["language.model.layers.0.self_attn.q_norm.weight"] = torch.ones(64)
+    weights["language.model.layers.0.self_attn.q_norm.weight"] = torch.ones(LANGUAGE["hidden_size"])
     with pytest.raises(ModelLoadError, match=r"unexpected keys language\.model\.layers\.0\.self_attn\.q_norm\.weight"):
         DeepseekVL2.from_pretrained(copy_model(tmp_path, weights), device="cpu")
 
 
 def test_shape_mismatch_is_an_error(tmp_path):
     weights = fixture_weights()
-    weights["image_newline"] = torch.zeros(65)
-    with pytest.raises(ModelLoadError, match=r"image_newline has shape \(65,\), expected \(64,\)"):
+    width = CONFIG["projector_config"]["n_embed"]
+    weights["image_newline"] = torch.zeros(width + 1)
+    with pytest.raises(ModelLoadError, match=rf"image_newline has shape \({width + 1},\), expected \({width},\)"):
         DeepseekVL2.from_pretrained(copy_model(tmp_path, weights), device="cpu")
 
 
@@ -160,35 +170,26 @@ def test_unknown_hub_id_offline(monkeypatch, tmp_path):
 
 def test_config_defaults_follow_upstream_classes():
     config = DeepseekVL2Config.from_file(MODEL / "config.json")
-    assert config.vision.image_size == 384 and config.vision.mlp_hidden == 239  # int(64 * 3.7362)
+    vision, projector = CONFIG["vision_config"], CONFIG["projector_config"]
+    assert config.vision.image_size == vision.get("image_size", 384)
+    assert config.vision.mlp_hidden == int(vision["width"] * vision["mlp_ratio"])  # timm's rounding
+    # what the config leaves out takes upstream's defaults
     assert (config.projector.projector_type, config.projector.depth, config.projector.mlp_ratio,
-            config.projector.downsample_ratio) == ("downsample_mlp_gelu", 2, 1, 2)
+            config.projector.downsample_ratio) == (projector.get("projector_type", "downsample_mlp_gelu"),
+                                                   projector.get("depth", 2), projector.get("mlp_ratio", 1),
+                                                   projector.get("downsample_ratio", 2))
     lang = config.language
-    assert (lang.rope_theta, lang.rms_norm_eps, lang.hidden_act, lang.scoring_func) == (10000.0, 1e-6, "silu", "softmax")
-    assert (lang.routed_scaling_factor, lang.norm_topk_prob, lang.moe_layer_freq, lang.attention_bias) == (1.0, False, 1, False)
-    assert [lang.is_moe_layer(i) for i in range(3)] == [False, True, True]
+    defaults = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "scoring_func": "softmax",
+                "routed_scaling_factor": 1.0, "norm_topk_prob": False, "moe_layer_freq": 1, "attention_bias": False}
+    assert {name: getattr(lang, name) for name in defaults} == {name: LANGUAGE.get(name, value) for name, value in defaults.items()}
+    dense = LANGUAGE["first_k_dense_replace"]
+    assert [lang.is_moe_layer(i) for i in range(LANGUAGE["num_hidden_layers"])] == \
+        [i >= dense and i % lang.moe_layer_freq == 0 for i in range(LANGUAGE["num_hidden_layers"])]
     empty = DeepseekVL2Config(tile_tag="2D", projector=DeepseekVL2Config().projector)
     assert empty.language.use_mla and empty.language.kv_lora_rank == 512 and empty.language.q_lora_rank == 1536
     assert empty.vision.width == 1024 and empty.vision.patch_size == 16
     with pytest.raises(ValueError, match="tile_tag"):
         DeepseekVL2Config.from_dict({"model_type": "deepseek_vl_v2"})
-
-
-def test_device_and_dtype_choice():
-    auto = resolve_device("auto")
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert auto.type == expected
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("mps")) == torch.float32
-    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
-    with pytest.raises(InvalidOptionError):
-        resolve_dtype("int8", torch.device("cpu"))
-    with pytest.raises(InvalidOptionError):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(InvalidOptionError, match="CUDA is not available"):
-            resolve_device("cuda")
 
 
 def test_bfloat16_on_cpu_is_close_to_float32(reference):

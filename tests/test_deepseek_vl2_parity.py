@@ -4,6 +4,7 @@ Every case under ``$PARITY_FIXTURES/cases/*.json`` (default: tests/fixtures/deep
 is checked stage by stage in float32 on CPU: processor tensors exactly (pixels within 1e-5),
 vision/projector/embeddings within 1e-5, hidden states and logits within 1e-4, greedy ids equal.
 The model stages are fed the stored processor tensors, so a failure points at one stage.
+Another device or dtype: see ``accelerator`` (bfloat16 compares relative to the reference).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 
@@ -29,14 +31,9 @@ LOGIT_TOL = 1e-4
 PIXEL_TOL = 1e-5
 
 
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
-
-
 @pytest.fixture(scope="module")
 def runtime() -> DeepseekVL2:
-    return DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="float32")
+    return DeepseekVL2.from_pretrained(FIXTURES / "model", device=str(DEVICE), dtype=str(DTYPE).removeprefix("torch."))
 
 
 class Case:
@@ -88,7 +85,7 @@ def test_processor(runtime: DeepseekVL2, case: Case):
     assert batch.sft_format == case.meta["sft_format"]
     assert [s for s in batch.num_image_tokens] == [s["num_image_tokens"] for s in case.meta["samples"]]
     assert batch.seq_lens == case.meta["seq_lens"]
-    assert max_diff(batch.images, case.expected_pixels()) < PIXEL_TOL
+    assert_close(batch.images, case.expected_pixels(), PIXEL_TOL, "pixels")  # the processor works in float32 on CPU
     # The token count the pipeline plans with must equal what the processor makes.
     for conv, imgs, n in zip(case.conversations, case.images, case.meta["seq_lens"]):
         assert processor.count_tokens(conv, [im.size for im in imgs]) == n
@@ -97,8 +94,10 @@ def test_processor(runtime: DeepseekVL2, case: Case):
 @pytest.fixture(scope="module")
 def outputs(runtime: DeepseekVL2, case: Case) -> dict[str, torch.Tensor]:
     """Our model's stage outputs, each stage fed the stored inputs of the previous one."""
-    model, ref = runtime.model, case.ref
-    pixels = case.expected_pixels()
+    model = runtime.model
+    ref = {key: value.to(DEVICE, dtype=DTYPE if value.is_floating_point() else value.dtype)
+           for key, value in case.ref.items()}
+    pixels = case.expected_pixels().to(DEVICE, DTYPE)
     mask = ref["attention_mask"]
     out: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
@@ -115,7 +114,7 @@ def outputs(runtime: DeepseekVL2, case: Case) -> dict[str, torch.Tensor]:
         out["logits_text"] = model.language.logits(hidden[positions[:, 0], positions[:, 1]])
         out["logits_last"] = model.language.logits(hidden[:, -1])
         if "last_hidden_state_arange_positions" in ref:
-            arange = torch.arange(mask.shape[1]).expand_as(mask)
+            arange = torch.arange(mask.shape[1], device=DEVICE).expand_as(mask)
             out["last_hidden_state_arange_positions"] = model.language.model(ref["inputs_embeds"], arange, mask)
         gen = generate(
             model.language,
@@ -127,31 +126,34 @@ def outputs(runtime: DeepseekVL2, case: Case) -> dict[str, torch.Tensor]:
         )
         out["generated_ids"] = gen.sequences
         out["generate_step_logits"] = torch.stack(gen.scores)
-    return out
+    return {key: value.cpu() for key, value in out.items()}
 
 
 def test_vision_and_embeddings(case: Case, outputs):
     if "vision_features" in case.ref:
-        assert max_diff(outputs["vision_features"], case.ref["vision_features"]) < EMBED_TOL
-    assert max_diff(outputs["image_embeds"], case.ref["image_embeds"]) < EMBED_TOL
-    assert max_diff(outputs["inputs_embeds"], case.ref["inputs_embeds"]) < EMBED_TOL
+        assert_close(outputs["vision_features"], case.ref["vision_features"], EMBED_TOL, "vision_features")
+    assert_close(outputs["image_embeds"], case.ref["image_embeds"], EMBED_TOL, "image_embeds")
+    assert_close(outputs["inputs_embeds"], case.ref["inputs_embeds"], EMBED_TOL, "inputs_embeds")
 
 
 def test_language_model(case: Case, outputs):
     ref, real = case.ref, case.ref["attention_mask"]
     assert torch.equal(outputs["position_ids"], ref["position_ids"])
     # Padding rows are not compared: the reference attends uniformly there, we attend to self.
-    assert max_diff(outputs["last_hidden_state"][real], ref["last_hidden_state"][real]) < HIDDEN_TOL
-    assert max_diff(outputs["logits_text"], ref["logits_text"]) < LOGIT_TOL
-    assert max_diff(outputs["logits_last"], ref["logits_last"]) < LOGIT_TOL
+    assert_close(outputs["last_hidden_state"][real], ref["last_hidden_state"][real], HIDDEN_TOL, "last_hidden_state")
+    assert_close(outputs["logits_text"], ref["logits_text"], LOGIT_TOL, "logits_text")
+    assert_close(outputs["logits_last"], ref["logits_last"], LOGIT_TOL, "logits_last")
     if "last_hidden_state_arange_positions" in ref:
-        diff = max_diff(outputs["last_hidden_state_arange_positions"][real], ref["last_hidden_state_arange_positions"][real])
-        assert diff < HIDDEN_TOL
+        assert_close(outputs["last_hidden_state_arange_positions"][real],
+                     ref["last_hidden_state_arange_positions"][real], HIDDEN_TOL, "arange positions")
 
 
 def test_greedy_generation(case: Case, outputs):
-    assert torch.equal(outputs["generated_ids"], case.ref["generated_ids"])
-    assert max_diff(outputs["generate_step_logits"], case.ref["generate_step_logits"]) < LOGIT_TOL
+    if EXACT:
+        assert torch.equal(outputs["generated_ids"], case.ref["generated_ids"])
+        assert_close(outputs["generate_step_logits"], case.ref["generate_step_logits"], LOGIT_TOL, "step logits")
+    else:  # later steps follow ids that may differ after a near-tie: only the first step compares
+        assert_close(outputs["generate_step_logits"][0], case.ref["generate_step_logits"][0], LOGIT_TOL, "first step")
 
 
 def test_runtime_end_to_end(runtime: DeepseekVL2, case: Case):
@@ -159,6 +161,8 @@ def test_runtime_end_to_end(runtime: DeepseekVL2, case: Case):
     generation = case.meta["generation"]
     prompts = [conv[0]["content"] for conv in case.conversations]
     texts = runtime.describe_batch(list(zip(case.images, prompts)), max_new_tokens=generation["max_new_tokens"])
-    assert texts == [t.strip() for t in generation["generated_text"]]
+    if EXACT:
+        assert texts == [t.strip() for t in generation["generated_text"]]
+    assert len(texts) == len(prompts) and all(isinstance(text, str) for text in texts)
     for conv, imgs, n in zip(case.conversations, case.images, case.meta["seq_lens"]):
         assert runtime.count_tokens(conv[0]["content"], [im.size for im in imgs]) == n

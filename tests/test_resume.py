@@ -18,7 +18,14 @@ CLI = [*CLI_ALONE, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1"]
 
 
 def comparable(result: dict) -> dict:
-    return {key: value for key, value in result.items() if key not in TIMING_FIELDS}
+    """The result without what depends on timing: seconds, and tokens per second in ``usage``."""
+    def untimed(usage: dict) -> dict:
+        return {key: value for key, value in usage.items() if key != "tokens_per_second"}
+
+    kept = {key: value for key, value in result.items() if key not in TIMING_FIELDS}
+    kept["batches"] = [{**batch, "usage": untimed(batch["usage"])} for batch in kept["batches"]]
+    kept["usage"] = untimed(kept["usage"])
+    return kept
 
 
 def wait_for(path, timeout: float = 120) -> None:

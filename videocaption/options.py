@@ -13,12 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .devices import DEFAULT_MODEL, DEVICES, DTYPES
 from .errors import InvalidOptionError
 from .prompts import DEFAULT_BATCH_PROMPT, DEFAULT_SUMMARY_PROMPT, DEFAULT_TITLE_PROMPT
 
-DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
 # loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
 BACKENDS = ("deepseek_vl2", "transformers", "openai")

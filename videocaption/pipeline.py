@@ -26,6 +26,7 @@ from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, title_prompt
 from .result import BatchCaption, CaptionResult
 from .scheduler import BatchScheduler
 from .summary import Summarizer
+from .usage import Usage, usage_of
 
 log = logging.getLogger("llm_caption")
 
@@ -266,7 +267,8 @@ class Captioner:
                 return [caption for batch in batches for caption in self._describe_group([batch])]
             return [self._describe_split(batches[0], error)]
         seconds = (time.perf_counter() - started) / len(batches)
-        return [self._caption(batch, text, seconds) for batch, text in zip(batches, texts)]
+        return [self._caption(batch, text, seconds, usage=usage)
+                for batch, text, usage in zip(batches, texts, usage_of(texts))]
 
     def _describe_split(self, batch: FrameBatch, first_error: Exception) -> BatchCaption:
         """Retry a failed batch once as two half batches; record an error if that fails too."""
@@ -285,10 +287,13 @@ class Captioner:
         except Exception as error:
             log.error("batch %d could not be described: %s", batch.batch_id, error)
             return self._caption(batch, "", time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
-        return self._caption(batch, " ".join(texts), time.perf_counter() - started)
+        parts = usage_of(texts)
+        usage = None if None in parts else sum(parts[1:], parts[0])
+        return self._caption(batch, " ".join(texts), time.perf_counter() - started, usage=usage)
 
     @staticmethod
-    def _caption(batch: FrameBatch, text: str, seconds: float, error: str | None = None) -> BatchCaption:
+    def _caption(batch: FrameBatch, text: str, seconds: float, error: str | None = None,
+                 usage: Usage | None = None) -> BatchCaption:
         return BatchCaption(
             batch_id=batch.batch_id,
             frames=len(batch.frames),
@@ -297,6 +302,9 @@ class Captioner:
             description=text,
             inference_time=seconds,
             error=error,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            image_tokens=usage.image_tokens if usage else None,
+            generated_tokens=usage.generated_tokens if usage else None,
         )
 
     def _complete(self, prompts: list[str]) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .usage import Usage, usage_dict
+
 
 @dataclass(frozen=True)
 class BatchCaption:
@@ -17,6 +19,16 @@ class BatchCaption:
     description: str  # the model's answer
     inference_time: float = 0.0  # seconds the model call that produced it took
     error: str | None = None  # set when the model failed on this batch; description is then ""
+    # Tokens of the model call(s) that described the batch, where the backend counts them.
+    prompt_tokens: int | None = None  # image tokens included
+    image_tokens: int | None = None
+    generated_tokens: int | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        if self.prompt_tokens is None or self.generated_tokens is None:
+            return None
+        return Usage(self.prompt_tokens, self.generated_tokens, self.image_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -28,6 +40,8 @@ class BatchCaption:
         }
         if self.error is not None:
             data["error"] = self.error
+        if self.usage is not None:
+            data["usage"] = usage_dict(self.usage, self.inference_time)
         return data
 
 
@@ -59,6 +73,13 @@ class CaptionResult:
         return sum(timed) / len(timed) if timed else 0.0
 
     @property
+    def usage(self) -> Usage | None:
+        """Tokens of the batch descriptions that have counts (the summary and title passes are
+        not counted); None when no batch has any (a backend that does not report them)."""
+        counted = [batch.usage for batch in self.batches if batch.usage is not None]
+        return sum(counted[1:], counted[0]) if counted else None
+
+    @property
     def complete(self) -> bool:
         """False when some batch could not be described."""
         return all(batch.error is None for batch in self.batches)
@@ -76,5 +97,13 @@ class CaptionResult:
             "average_inference": round(self.average_inference, 4),
             "turnaround_time": round(self.turnaround_time, 4),
             "summary_rounds": self.summary_rounds,
+            **self._usage_dict(),
             **self.extra,
         }
+
+    def _usage_dict(self) -> dict[str, Any]:
+        usage = self.usage
+        if usage is None:
+            return {}
+        seconds = sum(batch.inference_time for batch in self.batches if batch.usage is not None)
+        return {"usage": usage_dict(usage, seconds)}

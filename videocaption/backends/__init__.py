@@ -1,6 +1,8 @@
 """Vision-language model backends behind one small interface.
 
-The pipeline only needs to describe batches of images, complete text prompts and count tokens;
+One module each, side by side: ``deepseek_vl2_backend`` (the default: DeepSeek-VL2 in this
+process), ``transformers_backend`` (any image-text-to-text model of transformers) and
+``openai_backend`` (a model served behind an OpenAI-compatible API). The pipeline only needs to describe batches of images, complete text prompts and count tokens;
 :func:`load_model` returns one shared instance per process and configuration, so several
 graphs (or several module instances) never load the same weights twice.
 """
@@ -28,10 +30,14 @@ class VisionLanguageModel(Protocol):
     def describe_batch(
         self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
     ) -> list[str]:
-        """Answer several independent image prompts; each prompt has one placeholder per image."""
+        """Answer several independent image prompts; each prompt has one placeholder per image.
+
+        A backend that counts tokens returns :class:`~videocaption.usage.Answers` (a list of
+        the texts with their token counts), which the pipeline records in result.json.
+        """
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
-        """Answer several independent text-only prompts."""
+        """Answer several independent text-only prompts (:class:`~videocaption.usage.Answers` too)."""
 
     def count_tokens(self, prompt: str, image_sizes: Sequence[tuple[int, int]] = ()) -> int:
         """Tokens the prompt takes, with images of these (width, height) sizes."""
@@ -80,11 +86,7 @@ def _load(options: CaptionOptions) -> VisionLanguageModel:
         from .transformers_backend import TransformersVLM
 
         return TransformersVLM.from_pretrained(options.model, device=options.device, dtype=options.dtype)
-    from ..deepseek_vl2 import DeepseekVL2
+    from .deepseek_vl2_backend import DeepseekVL2
 
     return DeepseekVL2.from_pretrained(options.model, device=options.device, dtype=options.dtype)
 
-
-def loaded_models() -> int:
-    """How many model instances this process holds (tests check that it stays at one)."""
-    return len(_cache)

@@ -20,13 +20,16 @@ import math
 import os
 import random
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..deepseek_vl2.geometry import HUB_GEOMETRY, ImageGeometry
 from ..errors import BackendError
 from ..prompts import IMAGE_PLACEHOLDER
+from ..usage import Answers, Usage
 from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
@@ -46,19 +49,6 @@ DEFAULT_CONTEXT_LENGTH = 32768
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 16
 IMAGE_TOKENS_ESTIMATE = 576
-# DeepSeek-VL2's image tokens follow from its processor settings, the same for -tiny, -small and the
-# base model (processor_config.json): 384-pixel tiles of 14-pixel patches, downsampled by 2, and
-# these tilings (width x height, in tiles) for prompts of one or two images; with more images each
-# is one global view plus one local tile.
-DEEPSEEK_VL2_TILE = 384
-DEEPSEEK_VL2_TOKENS_PER_SIDE = 14  # ceil((384 // 14) / 2)
-DEEPSEEK_VL2_TILINGS = (
-    (1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (1, 4), (4, 1), (2, 2), (1, 5), (5, 1), (1, 6), (6, 1),
-    (2, 3), (3, 2), (1, 7), (7, 1), (1, 8), (8, 1), (2, 4), (4, 2), (1, 9), (9, 1), (3, 3),
-)
-# As the in-process runtime: two-frame prompts keep this many tokens for the text and the answer,
-# and their frames are shrunk to tilings of as many tiles as then fit the context.
-DEEPSEEK_VL2_PAIR_TEXT_RESERVE = 512
 RETRY_STATUSES = (408, 409, 429)  # and every 5xx
 MAX_BACKOFF_SECONDS = 30.0
 JPEG_QUALITY = 90
@@ -118,6 +108,9 @@ class OpenAIVLM:
         self.context_length = context_length or self._served_context_length() or DEFAULT_CONTEXT_LENGTH
         self.deepseek_vl2 = image_tokens is None and any(
             is_deepseek_vl2(name) for name in (self.name, self._root) if name)
+        # DeepSeek-VL2's image settings: the served checkpoint's own where the server names a
+        # directory here (vLLM's ``root``), else those of the hub models.
+        self.geometry: ImageGeometry = _local_geometry(self._root) or HUB_GEOMETRY
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -130,8 +123,11 @@ class OpenAIVLM:
             BackendError: a request still failed after its retries (the others are finished first).
             ValueError: a prompt has more placeholders than images.
         """
-        messages = [self._message(prompt, images) for images, prompt in requests]
-        return self._concurrently(messages, max_new_tokens)
+        prepared = [[self.prepare_image(image, len(images)) for image in images] for images, _ in requests]
+        messages = [self._prepared_message(prompt, images) for (_, prompt), images in zip(requests, prepared)]
+        image_tokens = [self._image_tokens([image.size for image in images]) if self.deepseek_vl2 else None
+                        for images in prepared]
+        return self._concurrently(messages, max_new_tokens, image_tokens)
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Text-only prompts, sent concurrently like :meth:`describe_batch`.
@@ -139,14 +135,21 @@ class OpenAIVLM:
         Raises:
             BackendError: a request still failed after its retries.
         """
-        return self._concurrently([{"role": "user", "content": prompt} for prompt in prompts], max_new_tokens)
+        messages = [{"role": "user", "content": prompt} for prompt in prompts]
+        return self._concurrently(messages, max_new_tokens, [0] * len(messages))
 
-    def _concurrently(self, messages: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
+    def _concurrently(self, messages: list[dict[str, Any]], max_new_tokens: int,
+                      image_tokens: list[int | None]) -> Answers:
+        """The answers, with the token counts the server reports (``usage``) where it does."""
         if len(messages) <= 1:
-            return [self.complete(message, max_new_tokens) for message in messages]
-        with ThreadPoolExecutor(max_workers=len(messages), thread_name_prefix="llm_caption_request") as pool:
-            futures = [pool.submit(self.complete, message, max_new_tokens) for message in messages]
-            return [future.result() for future in futures]
+            answers = [self._chat(message, max_new_tokens) for message in messages]
+        else:
+            with ThreadPoolExecutor(max_workers=len(messages), thread_name_prefix="llm_caption_request") as pool:
+                futures = [pool.submit(self._chat, message, max_new_tokens) for message in messages]
+                answers = [future.result() for future in futures]
+        usage = [None if counts is None else Usage(counts.prompt_tokens, counts.completion_tokens, images)
+                 for (_, counts), images in zip(answers, image_tokens)]
+        return Answers([text for text, _ in answers], usage)
 
     def complete(self, message: dict[str, Any], max_new_tokens: int) -> str:
         """One chat completion for one user message, greedy, with retries.
@@ -154,6 +157,10 @@ class OpenAIVLM:
         Raises:
             BackendError: it failed ``max_retries + 1`` times, or once in a way retrying cannot fix.
         """
+        return self._chat(message, max_new_tokens)[0]
+
+    def _chat(self, message: dict[str, Any], max_new_tokens: int) -> tuple[str, Any]:
+        """:meth:`complete`'s answer and the response's ``usage`` (None when the server sends none)."""
         response = self._with_retries(
             "/chat/completions",
             lambda: self.client.chat.completions.create(
@@ -163,11 +170,18 @@ class OpenAIVLM:
         if not response.choices:
             endpoint = f"{self.api_base}/chat/completions"
             raise BackendError(f"{endpoint} answered with no choices for model {self.name!r}", endpoint=endpoint)
-        return (response.choices[0].message.content or "").strip()
+        usage = getattr(response, "usage", None)
+        if not isinstance(getattr(usage, "prompt_tokens", None), int) or not isinstance(
+                getattr(usage, "completion_tokens", None), int):
+            usage = None
+        return (response.choices[0].message.content or "").strip(), usage
 
     def _message(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, Any]:
         """A user message whose content interleaves text parts and ``image_url`` parts."""
-        urls = [data_url(self.prepare_image(image, len(images))) for image in images]
+        return self._prepared_message(prompt, [self.prepare_image(image, len(images)) for image in images])
+
+    def _prepared_message(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, Any]:
+        urls = [data_url(image) for image in images]
         content = [
             {"type": "image_url", "image_url": {"url": urls[part]}} if isinstance(part, int)
             else {"type": "text", "text": part}
@@ -245,18 +259,17 @@ class OpenAIVLM:
         is refused by the server, as a :class:`BackendError`.
         """
         text = prompt.replace(IMAGE_PLACEHOLDER, "")
+        return math.ceil(len(text) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS + self._image_tokens(image_sizes)
+
+    def _image_tokens(self, image_sizes: Sequence[tuple[int, int]]) -> int:
         if self.deepseek_vl2:
-            images = sum(deepseek_vl2_image_tokens(size, len(image_sizes)) for size in image_sizes)
-        else:
-            images = self.image_tokens * len(image_sizes)
-        return math.ceil(len(text) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS + images
+            return sum(self.geometry.image_tokens(size, len(image_sizes)) for size in image_sizes)
+        return self.image_tokens * len(image_sizes)
 
     def max_image_tokens(self, num_images: int) -> int:
         """The per-image estimate times ``num_images``; DeepSeek-VL2's worst tiling for it."""
         if self.deepseek_vl2:
-            if num_images == 2:  # frames shrunk to the pair tilings by prepare_image
-                return 2 * max(deepseek_vl2_tiling_tokens(w, h) for w, h in deepseek_vl2_pair_tilings(self.context_length))
-            return num_images * deepseek_vl2_image_tokens(None, num_images)
+            return self.geometry.max_image_tokens(num_images, self.context_length)
         return self.image_tokens * num_images
 
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
@@ -268,16 +281,10 @@ class OpenAIVLM:
         shrunk to the best tiling that does (the server's processor then picks that or smaller).
         """
         if self.deepseek_vl2 and num_images > 2:
-            return ImageOps.contain(image.convert("RGB"), (DEEPSEEK_VL2_TILE, DEEPSEEK_VL2_TILE),
-                                    method=Image.Resampling.BICUBIC) if max(image.size) > DEEPSEEK_VL2_TILE else image
+            return self.geometry.prepare_image(image, num_images, self.context_length)
         image = shrink(image, self.max_image_side)
-        if self.deepseek_vl2 and num_images == 2:
-            from ..deepseek_vl2.processor import select_best_resolution
-
-            allowed = [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in deepseek_vl2_pair_tilings(self.context_length)]
-            if select_best_resolution(image.size, _deepseek_vl2_candidates()) not in allowed:
-                target = select_best_resolution(image.size, allowed)
-                image = ImageOps.contain(image.convert("RGB"), target, method=Image.Resampling.BICUBIC)
+        if self.deepseek_vl2:
+            image = self.geometry.prepare_image(image, num_images, self.context_length)
         return image
 
 
@@ -287,40 +294,15 @@ def is_deepseek_vl2(name: str) -> bool:
     return "deepseek-vl2" in flat or "deepseek-vl-v2" in flat
 
 
-def deepseek_vl2_tiling_tokens(width_tiles: int, height_tiles: int) -> int:
-    """DeepSeek-VL2's tokens for one image tiled so: the global view's rows of 14 plus a newline
-    each, a separator, and the local tiles' rows with a newline each."""
-    n = DEEPSEEK_VL2_TOKENS_PER_SIDE
-    return n * (n + 1) + 1 + (height_tiles * n) * (width_tiles * n + 1)
-
-
-def deepseek_vl2_image_tokens(size: tuple[int, int] | None, num_images: int) -> int:
-    """Tokens DeepSeek-VL2's processor gives one image of ``size`` (None: the worst size) in a
-    prompt of ``num_images`` images; images are tiled only in prompts of one or two."""
-    if num_images > 2:
-        return deepseek_vl2_tiling_tokens(1, 1)
-    if size is None:
-        return max(deepseek_vl2_tiling_tokens(w, h) for w, h in DEEPSEEK_VL2_TILINGS)
-    from ..deepseek_vl2.processor import select_best_resolution
-
-    width, height = select_best_resolution(size, _deepseek_vl2_candidates())
-    return deepseek_vl2_tiling_tokens(width // DEEPSEEK_VL2_TILE, height // DEEPSEEK_VL2_TILE)
-
-
-def deepseek_vl2_pair_tilings(context_length: int) -> list[tuple[int, int]]:
-    """Tilings (in tiles) allowed in two-image prompts: those of up to as many tiles as lets two
-    frames of any of them fit ``context_length`` with :data:`DEEPSEEK_VL2_PAIR_TEXT_RESERVE` to
-    spare (the rule of the in-process runtime)."""
-    budget = (context_length - DEEPSEEK_VL2_PAIR_TEXT_RESERVE) // 2
-    for max_tiles in sorted({w * h for w, h in DEEPSEEK_VL2_TILINGS}, reverse=True):
-        allowed = [(w, h) for w, h in DEEPSEEK_VL2_TILINGS if w * h <= max_tiles]
-        if max(deepseek_vl2_tiling_tokens(w, h) for w, h in allowed) <= budget:
-            return allowed
-    return [(1, 1)]
-
-
-def _deepseek_vl2_candidates() -> list[tuple[int, int]]:
-    return [(w * DEEPSEEK_VL2_TILE, h * DEEPSEEK_VL2_TILE) for w, h in DEEPSEEK_VL2_TILINGS]
+def _local_geometry(root: str | None) -> ImageGeometry | None:
+    """The image settings of the checkpoint the server names, when it is a directory here."""
+    if not root or not (Path(root) / "processor_config.json").is_file():
+        return None
+    try:
+        return ImageGeometry.from_checkpoint(root)
+    except (OSError, ValueError) as error:
+        log.warning("ignoring %s/processor_config.json: %s", root, error)
+        return None
 
 
 def data_url(image: Image.Image) -> str:

@@ -15,7 +15,9 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..errors import InvalidOptionError, ModelLoadError
+from ..devices import resolve_device, resolve_dtype
+from ..errors import ModelLoadError
+from ..usage import Answers, Usage
 from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
@@ -24,33 +26,6 @@ log = logging.getLogger("llm_caption")
 # advertise a million positions that no machine running this could fill.
 DEFAULT_CONTEXT_LENGTH = 4096
 MAX_CONTEXT_LENGTH = 131072
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is cuda, then mps, then cpu; any other name must be usable here.
-
-    Raises:
-        InvalidOptionError: the device does not exist on this machine.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    choice = torch.device(device)
-    if choice.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidOptionError(f"device {device!r} was requested but CUDA is not available")
-    if choice.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidOptionError("device 'mps' was requested but MPS is not available")
-    return choice
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA (half the memory, native speed) and float32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 class TransformersVLM:
@@ -133,6 +108,7 @@ class TransformersVLM:
         return self._generate([self._chat_text(prompt, 0) for prompt in prompts], None, max_new_tokens)
 
     def _generate(self, texts: list[str], images: list[list[Image.Image]] | None, max_new_tokens: int) -> list[str]:
+        """The answers, as :class:`~videocaption.usage.Answers` with each prompt's token counts."""
         # Left padding keeps every prompt's last token at the end, where generation continues.
         self.tokenizer.padding_side = "left"
         inputs = self.processor(text=texts, images=images, padding=True, add_special_tokens=False, return_tensors="pt")
@@ -147,7 +123,23 @@ class TransformersVLM:
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
             )
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return Answers(texts, self._usage(inputs, new_tokens))
+
+    def _usage(self, inputs: Any, new_tokens: torch.Tensor) -> list[Usage]:
+        """Each row's real prompt tokens (padding not counted), image tokens, and answer tokens up
+        to its end-of-sequence (``generate`` pads finished rows with eos or pad ids)."""
+        prompt = inputs["attention_mask"].sum(dim=1).tolist()
+        image_id = _image_token_id(self.processor, self.model.config)
+        images = ((inputs["input_ids"] == image_id) & inputs["attention_mask"].bool()).sum(dim=1).tolist() \
+            if image_id is not None else [None] * len(prompt)
+        eos = self.model.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+        stop_ids = torch.tensor(sorted(t for t in stop if t is not None), dtype=new_tokens.dtype, device=new_tokens.device)
+        stops = torch.isin(new_tokens, stop_ids)
+        # tokens before the first stop; a row that never stopped counts them all
+        generated = torch.where(stops.any(dim=1), stops.int().argmax(dim=1), new_tokens.shape[1]).tolist()
+        return [Usage(prompt_tokens=p, generated_tokens=g, image_tokens=i) for p, g, i in zip(prompt, generated, images)]
 
     def _chat_text(self, prompt: str, num_images: int) -> str:
         """The templated text: one image entry per placeholder, the generation prompt at the end."""
@@ -188,6 +180,15 @@ class TransformersVLM:
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
         """Frames shrunk to ``max_image_side``; processors resize again to their own sizes."""
         return shrink(image, self.max_image_side)
+
+
+def _image_token_id(processor: Any, config: Any) -> int | None:
+    """The id the processor repeats for every image token, where the family names one."""
+    for source, name in ((processor, "image_token_id"), (config, "image_token_id"), (config, "image_token_index")):
+        value = getattr(source, name, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def _context_length(config: Any) -> int:

@@ -2,7 +2,7 @@
 
 A conversation becomes ``bos`` + the ``deepseek`` template text, split on ``<image>``; every
 image placeholder expands to the image tokens of one global 384x384 view plus a grid of local
-384x384 tiles (the best fit among ``candidate_resolutions``), and the pixels of those views are
+384x384 tiles (the best fit among ``candidate_resolutions``, see :mod:`.geometry`), and the pixels of those views are
 returned as normalised tiles. The tokenizer is read with the ``tokenizers`` library straight from
 ``tokenizer.json`` (upstream wraps the same file as ``LlamaTokenizerFast``, which gives the same
 ids for ``add_special_tokens=False``).
@@ -10,7 +10,7 @@ ids for ``add_special_tokens=False``).
 Quirks kept on purpose (they decide which ids the model sees):
 
 * the image tiling is chosen with ``int()`` truncation, ties going to the candidate that wastes
-  less area (:func:`select_best_resolution`);
+  less area (:func:`.geometry.select_best_resolution`);
 * letterbox padding uses colour ``int(0.5 * 255) = 127``;
 * with more than two images in a conversation there is no tiling, yet each image still gets a
   global view *and* one local 384x384 tile (the same picture twice);
@@ -20,7 +20,6 @@ Quirks kept on purpose (they decide which ids the model sees):
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +30,12 @@ import torch
 from PIL import Image, ImageOps
 from tokenizers import AddedToken, Tokenizer
 
+from .geometry import ImageGeometry
+
 IMAGE_TOKEN = "<image>"
 GROUNDING_TOKENS = ("<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>")
 USER_ROLE, ASSISTANT_ROLE = "<|User|>", "<|Assistant|>"
 SEP, SEP2 = "\n\n", "<｜end▁of▁sentence｜>"  # the "deepseek" conversation template
-
-
-def select_best_resolution(image_size: tuple[int, int], candidate_resolutions: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """The candidate (width, height) that keeps most of the image's pixels, then wastes least.
-
-    Copied operation for operation from upstream (``int()`` truncation included): a different
-    rounding picks other tilings for some sizes and so other token counts.
-    """
-    original_width, original_height = image_size
-    best_fit = None
-    max_effective_resolution = 0
-    min_wasted_resolution = float("inf")
-    for width, height in candidate_resolutions:
-        scale = min(width / original_width, height / original_height)
-        downscaled_width, downscaled_height = int(original_width * scale), int(original_height * scale)
-        effective_resolution = min(downscaled_width * downscaled_height, original_width * original_height)
-        wasted_resolution = (width * height) - effective_resolution
-        if effective_resolution > max_effective_resolution or (
-            effective_resolution == max_effective_resolution and wasted_resolution < min_wasted_resolution
-        ):
-            max_effective_resolution = effective_resolution
-            min_wasted_resolution = wasted_resolution
-            best_fit = (width, height)
-    assert best_fit is not None
-    return best_fit
 
 
 @dataclass(frozen=True)
@@ -105,14 +81,19 @@ class ProcessorConfig:
         return config
 
     @property
+    def geometry(self) -> ImageGeometry:
+        """Tiles and image tokens, as these settings make them."""
+        return ImageGeometry(self.candidate_resolutions, self.patch_size, self.downsample_ratio)
+
+    @property
     def image_size(self) -> int:
         """Side of every tile: upstream takes the first candidate's width."""
-        return self.candidate_resolutions[0][0]
+        return self.geometry.tile
 
     @property
     def tokens_per_side(self) -> int:
         """Image tokens per tile side after the projector's downsampling: ceil(27 / 2) = 14."""
-        return math.ceil((self.image_size // self.patch_size) / self.downsample_ratio)
+        return self.geometry.tokens_per_side
 
 
 @dataclass
@@ -178,6 +159,7 @@ class DeepseekVL2Processor:
     ) -> None:
         self.tokenizer = tokenizer
         self.config = config
+        self.geometry = config.geometry
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         # Upstream registers these as special tokens; the official tokenizer already has them all,
         # in which case adding is a no-op, otherwise they get new ids exactly as upstream's would.
@@ -254,17 +236,11 @@ class DeepseekVL2Processor:
     # --------------------------------------------------------------- images
     def image_grid(self, size: tuple[int, int], cropping: bool) -> tuple[int, int]:
         """(width_tiles, height_tiles) of the local view of an image of ``size`` (width, height)."""
-        tile = self.config.image_size
-        if cropping:
-            best_width, best_height = select_best_resolution(size, self.config.candidate_resolutions)
-        else:
-            best_width, best_height = tile, tile
-        return best_width // tile, best_height // tile
+        return self.geometry.tiling(size, cropping)
 
     def num_image_tokens(self, width_tiles: int, height_tiles: int) -> int:
-        """Global view rows with a newline each, one view separator, local rows with newlines."""
-        n = self.config.tokens_per_side
-        return n * (n + 1) + 1 + (height_tiles * n) * (width_tiles * n + 1)
+        """Image tokens of a global view plus a local grid of this many tiles."""
+        return self.geometry.tiling_tokens(width_tiles, height_tiles)
 
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
         """ToTensor + Normalize as torchvision does them: uint8 HWC -> float CHW / 255, (x - mean) / std."""
@@ -468,13 +444,3 @@ class DeepseekVL2Processor:
     def user_conversation(prompt: str) -> list[dict[str, str]]:
         """A single user message followed by the empty assistant turn that cues the answer."""
         return [{"role": USER_ROLE, "content": prompt}, {"role": ASSISTANT_ROLE, "content": ""}]
-
-    def max_image_tokens(self, num_images: int) -> int:
-        """Worst-case image tokens of ``num_images`` images of unknown size in one conversation."""
-        if num_images <= 0:
-            return 0
-        if num_images > 2:  # no tiling: global view + one local tile each
-            return num_images * self.num_image_tokens(1, 1)
-        tile = self.config.image_size
-        worst = max(self.num_image_tokens(w // tile, h // tile) for w, h in self.config.candidate_resolutions)
-        return num_images * worst

@@ -1,7 +1,8 @@
-"""The small API the captioning pipeline uses: load once, then describe images / complete text.
+"""The default backend: DeepSeek-VL2 in this process, run by :mod:`videocaption.deepseek_vl2`.
 
-Everything here is glue: the processor makes the batch, the model embeds it, ``generate`` decodes
-greedily and the tokenizer turns ids back into text. All requests of one call go through one
+Load once, then describe images / complete text. Everything here is glue: the processor makes
+the batch, the model embeds it, ``generate`` decodes greedily and the tokenizer turns ids back
+into text. All requests of one call go through one
 left-padded batch; padding is masked and positions are per row, so an answer does not depend on
 what else is in the batch.
 """
@@ -13,56 +14,16 @@ import threading
 from typing import Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..errors import ContextOverflowError, InvalidOptionError, ModelLoadError
-from .config import DeepseekVL2Config
-from .generation import generate
-from .model import DeepseekVL2Model
-from .processor import DeepseekVL2Batch, DeepseekVL2Processor, select_best_resolution
-from .weights import check_model_dir, load_weights, resolve_model_dir
-
-DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
-# Tokens kept free for the prompt text and the answer when two frames share a prompt.
-PAIR_TEXT_RESERVE = 512
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = cuda, then mps, then cpu; otherwise the named device, which must be available."""
-    if isinstance(device, torch.device):
-        choice = device
-    elif device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    else:
-        try:
-            choice = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InvalidOptionError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
-    if choice.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidOptionError(f"device {str(choice)!r} was requested but CUDA is not available")
-    if choice.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidOptionError("device 'mps' was requested but MPS is not available")
-    if choice.type not in ("cpu", "cuda", "mps"):
-        raise InvalidOptionError(f"unsupported device {str(choice)!r} (use auto, cpu, cuda, cuda:N or mps)")
-    return choice
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" = bfloat16 on CUDA, float32 elsewhere; or float32 / bfloat16 / float16."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise InvalidOptionError(f"unsupported dtype {dtype} (use float32, bfloat16 or float16)")
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise InvalidOptionError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
-    return DTYPES[dtype]
+from ..deepseek_vl2.config import DeepseekVL2Config
+from ..deepseek_vl2.generation import generate
+from ..deepseek_vl2.model import DeepseekVL2Model
+from ..deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
+from ..deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
+from ..devices import DEFAULT_MODEL, resolve_device, resolve_dtype
+from ..errors import ContextOverflowError, ModelLoadError
+from ..usage import Answers, Usage
 
 
 class DeepseekVL2:
@@ -86,6 +47,7 @@ class DeepseekVL2:
         self.dtype = dtype
         self.config: DeepseekVL2Config = model.config
         self.context_length: int = self.config.language.max_position_embeddings
+        self.geometry = processor.geometry  # from processor_config.json; the context from config.json
         self._lock = threading.Lock()  # one generate at a time per instance (shared across graphs)
 
     @classmethod
@@ -157,56 +119,13 @@ class DeepseekVL2:
     def max_image_tokens(self, num_images: int) -> int:
         """Worst-case image tokens of ``num_images`` images of unknown size in one prompt,
         once each went through :meth:`prepare_image`."""
-        if num_images == 2:
-            return 2 * max(self._tiling_tokens(size) for size in self._pair_tilings())
-        return self.processor.max_image_tokens(num_images)
+        return self.geometry.max_image_tokens(num_images, self.context_length)
 
     def prepare_image(self, image: Image.Image, num_images: int) -> Image.Image:
-        """``image`` made ready for a prompt of ``num_images`` images, as small as it can be.
-
-        More than two images: every image becomes a global and a local view padded to one
-        tile; shrinking it to fit one tile now, with the processor's own resize, gives
-        identical pixels later (the processor's resize to the same size is a copy), so a 4K
-        frame is not kept at full size while its batch waits.
-
-        Two images: the processor tiles each at up to 3x3 tiles, and two such frames overflow
-        the context of the tiny model (so batch_size 2 could never run). A frame whose tiling
-        would be larger than :meth:`_pair_tilings` allows is shrunk to fit the best allowed
-        tiling; the processor then picks that tiling or a smaller one. Other frames, and
-        single images, are kept as they are.
-        """
-        tile = self.processor.config.image_size
-        if num_images == 2:
-            allowed = self._pair_tilings()
-            if select_best_resolution(image.size, self.processor.config.candidate_resolutions) in allowed:
-                return image
-            target = select_best_resolution(image.size, allowed)
-            return ImageOps.contain(image.convert("RGB"), target, method=Image.Resampling.BICUBIC)
-        if num_images < 2 or (image.width <= tile and image.height <= tile):
-            return image
-        # The processor converts to RGB before resizing; resizing first (e.g. RGBA, which PIL
-        # resizes with premultiplied alpha) would give other pixels.
-        return ImageOps.contain(image.convert("RGB"), (tile, tile), method=Image.Resampling.BICUBIC)
-
-    def _tiling_tokens(self, size: tuple[int, int]) -> int:
-        tile = self.processor.config.image_size
-        return self.processor.num_image_tokens(size[0] // tile, size[1] // tile)
-
-    def _pair_tilings(self) -> list[tuple[int, int]]:
-        """Candidate tilings for two-image prompts: those of up to as many tiles as lets two
-        frames of any of them fit the context with ``PAIR_TEXT_RESERVE`` tokens to spare.
-
-        Bounded by tile count, not tokens: the processor may pick a different shape of the
-        same or smaller area for a shrunk frame, and every such shape is then allowed too.
-        """
-        tile = self.processor.config.image_size
-        candidates = [tuple(c) for c in self.processor.config.candidate_resolutions]
-        budget = (self.context_length - PAIR_TEXT_RESERVE) // 2
-        for max_tiles in sorted({w * h // (tile * tile) for w, h in candidates}, reverse=True):
-            allowed = [c for c in candidates if c[0] * c[1] // (tile * tile) <= max_tiles]
-            if max(self._tiling_tokens(c) for c in allowed) <= budget:
-                return allowed
-        return [(tile, tile)]
+        """``image`` made ready for a prompt of ``num_images`` images, as small as it can be
+        (see :meth:`ImageGeometry.prepare_image <videocaption.deepseek_vl2.geometry.ImageGeometry.prepare_image>`:
+        one tile each with three or more, a tiling that lets both fit the context with two)."""
+        return self.geometry.prepare_image(image, num_images, self.context_length)
 
     # ---------------------------------------------------------------- helpers
     def _check_placeholders(self, prompt: str, num_images: int) -> None:
@@ -228,8 +147,9 @@ class DeepseekVL2:
         return self.processor.batchify(samples)
 
     def _generate(self, requests: list[tuple[list[Image.Image], str]], max_new_tokens: int) -> list[str]:
+        """The answers, as :class:`~videocaption.usage.Answers` with each request's token counts."""
         if not requests:
-            return []
+            return Answers([], [])
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         batch = self._batch(requests)
@@ -249,4 +169,7 @@ class DeepseekVL2:
                 pad_token_id=self.processor.eos_id,
             )
         ids = out.sequences.tolist()
-        return [self.processor.decode(row[:n]).strip() for row, n in zip(ids, out.lengths)]
+        texts = [self.processor.decode(row[:n]).strip() for row, n in zip(ids, out.lengths)]
+        usage = [Usage(prompt_tokens=length, generated_tokens=n, image_tokens=sum(images))
+                 for length, n, images in zip(batch.seq_lens, out.lengths, batch.num_image_tokens)]
+        return Answers(texts, usage)
