@@ -102,6 +102,9 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
         assert row["duration"] == pytest.approx(probe_video(library / key).duration)
         assert row["model"] == FAST["model"] and row["host"] and row["worker"]
         assert row["wall_seconds"] > 0 and row["model_seconds"] > 0
+        assert (row["prompt_tokens"], row["output_tokens"]) == \
+            (result["usage"]["prompt_tokens"], result["usage"]["generated_tokens"])
+        assert row["prompt_tokens"] > 0
     for key in BROKEN:
         with pytest.raises(VideoInputError) as single_video_error:
             probe_video(library / key)
@@ -254,6 +257,7 @@ def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_f
     assert [row.status for row in run.rows] == ["ok"] * 3, [row.error for row in run.rows]
     assert len({row.worker for row in run.captioned}) == 2
     assert all(row.model == str(checkpoint) and row.frames_analysed for row in run.rows)
+    assert all(row.prompt_tokens for row in run.rows)  # the server's usage reaches the manifest
 
 
 def test_workers_use_their_cpus_as_torch_threads(cluster: str, tmp_path: Path) -> None:

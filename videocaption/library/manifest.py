@@ -42,8 +42,8 @@ class ManifestRow:
     turnaround_time: float | None = None  # result.json's: first frame to result
     average_inference: float | None = None  # result.json's: model seconds per batch
     model_seconds: float | None = None  # model time of the batch descriptions (summary not included)
-    prompt_tokens: int | None = None  # when the backend reports them (none does yet)
-    output_tokens: int | None = None
+    prompt_tokens: int | None = None  # result.json's usage total, when the backend reports it
+    output_tokens: int | None = None  # tokens generated for the batch descriptions
     host: str | None = None  # the worker's host name (None for rows the driver wrote itself)
     worker: str | None = None  # host:pid of the worker process
 

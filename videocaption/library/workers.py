@@ -47,6 +47,7 @@ def row_from_result(item: LibraryItem, result: dict[str, Any], **extra: Any) -> 
     batches = result.get("batches", [])
     failed = [str(batch["batch_id"]) for batch in batches if "error" in batch]
     average = result.get("average_inference")
+    usage = result.get("usage") or {}
     return ManifestRow(
         path=item.source, key=item.key, status=FAILED if failed else OK,
         error=(f"batches {', '.join(failed)} could not be described (see their 'error' fields)"
@@ -54,6 +55,7 @@ def row_from_result(item: LibraryItem, result: dict[str, Any], **extra: Any) -> 
         frames_analysed=result.get("frames_analysed"), batches=len(batches), title=result.get("video_title"),
         summary=result.get("summary"), model=result.get("model"), turnaround_time=result.get("turnaround_time"),
         average_inference=average, model_seconds=round(average * len(batches), 4) if average is not None else None,
+        prompt_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("generated_tokens"),
         **extra,
     )
 
