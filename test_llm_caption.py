@@ -23,4 +23,10 @@ for _signum in (signal.SIGINT, signal.SIGTERM):
 from videocaption.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without the interpreter's teardown (torch, BMF: seconds): it first resets the signal
+    # handlers to the defaults, so a Ctrl-C or SIGTERM meanwhile would end a finished run with a
+    # signal's status. Everything is written and closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

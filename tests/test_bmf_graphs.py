@@ -13,6 +13,7 @@ from helpers import FAST, REPO_ROOT, SAMPLE_CLIP
 from videocaption.checkpoint import checkpoint_path
 from videocaption.graph import run_caption_graph
 from videocaption.options import CaptionOptions
+from videocaption.progress import Progress
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -65,6 +66,17 @@ def test_the_module_runs_twice_in_one_process(tmp_path):
 
     assert untimed(first["batches"]) == untimed(second["batches"])  # greedy decoding: the same text twice
     assert first["summary"] == second["summary"]
+
+
+def test_progress_reaches_the_caller_of_the_run(tmp_path):
+    """run_caption_graph's callback gets the module's reports (BMF builds the module: see videocaption.runs)."""
+    reports: list[Progress] = []
+    run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "r.json")),
+                      on_progress=reports.append)
+    assert reports[-1] == Progress(frames_sampled=6, batches_done=2, stage="done")
+    sampled = [report.frames_sampled for report in reports]
+    assert sampled == sorted(sampled) and sampled[0] == 1
+    assert [r.stage for r in reports if r.stage != "describing"] == ["summarizing", "titling", "done"]
 
 
 def test_a_graph_stopped_early_does_not_hang_and_keeps_its_batches_in_the_checkpoint_only(tmp_path):

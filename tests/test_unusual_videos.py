@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import FAST
+from helpers import FAST, ffmpeg
 from videocaption import bmf_module
 from videocaption.frames import FrameSampler
 from videocaption.graph import run_caption_graph
@@ -30,10 +30,6 @@ SMALL = "160x120"
 def has_encoder(name: str) -> bool:
     done = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True)
     return any(line.split()[1:2] == [name] for line in done.stdout.splitlines() if line.strip())
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
 def lavfi_source(duration: float, size: str = SMALL, rate: int = 25) -> list[str]:

@@ -114,7 +114,7 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         # graph dump) and a secret must not land in a log.
         os.environ[API_KEY_ENV] = args.api_key
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(CaptionOptions)
-              if hasattr(args, field.name)}
+              if field.metadata.get("flag", None) is not None}  # (not api_key: it went to the environment)
     values["srt_path"] = _subtitle_path(args.srt_path, args.result_path, ".srt")
     values["vtt_path"] = _subtitle_path(args.vtt_path, args.result_path, ".vtt")
     try:
