@@ -32,6 +32,19 @@ def run_cli(*args: str, cwd: Path, fast: bool = True, env: dict[str, str] | None
                           env=None if env is None else {**os.environ, **env})
 
 
+# What differs between two runs of the same video with greedy decoding: seconds, and speeds.
+TIMING_FIELDS = frozenset({"average_inference", "turnaround_time", "tokens_per_second"})
+
+
+def untimed(document):
+    """A result (or any part of one) without its timing fields, at every depth, for comparing runs."""
+    if isinstance(document, dict):
+        return {key: untimed(value) for key, value in document.items() if key not in TIMING_FIELDS}
+    if isinstance(document, list):
+        return [untimed(value) for value in document]
+    return document
+
+
 def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
     """The non-blank lines a run printed on stderr."""
     return [line for line in done.stderr.splitlines() if line.strip()]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bmf
 
-from helpers import FAST, REPO_ROOT, SAMPLE_CLIP
+from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, untimed
 from videocaption.checkpoint import checkpoint_path
 from videocaption.graph import run_caption_graph
 from videocaption.options import CaptionOptions
@@ -61,9 +61,6 @@ def test_example_caption_packet_consumer(tmp_path):
 def test_the_module_runs_twice_in_one_process(tmp_path):
     first = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "1.json")))
     second = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "2.json")))
-    def untimed(batches: list[dict]) -> list[dict]:
-        return [{**b, "usage": {k: v for k, v in b["usage"].items() if k != "tokens_per_second"}} for b in batches]
-
     assert untimed(first["batches"]) == untimed(second["batches"])  # greedy decoding: the same text twice
     assert first["summary"] == second["summary"]
 

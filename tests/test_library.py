@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 import ray
 
-from helpers import FAST, REPO_ROOT, make_clip
+from helpers import FAST, REPO_ROOT, make_clip, untimed
 from videocaption.cli import main
 from videocaption.errors import VideoInputError
 from videocaption.library.command import MANIFEST_NAME
@@ -81,8 +81,7 @@ def comparable_rows(rows: list[dict]) -> list[dict]:
 
 
 def comparable_result(path: Path) -> dict:
-    result = json.loads(path.read_text())
-    return {key: value for key, value in result.items() if key not in ("average_inference", "turnaround_time")}
+    return untimed(json.loads(path.read_text()))
 
 
 # -- the undisturbed run ----------------------------------------------------------------------

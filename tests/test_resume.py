@@ -8,24 +8,12 @@ import time
 import pytest
 
 from helpers import CLI as CLI_ALONE
-from helpers import FAST, FAST_FLAGS, SAMPLE_CLIP
+from helpers import FAST, FAST_FLAGS, SAMPLE_CLIP, untimed
 from videocaption.checkpoint import checkpoint_path
 from videocaption.graph import run_caption_graph
 from videocaption.options import CaptionOptions
 
-TIMING_FIELDS = ("average_inference", "turnaround_time")
 CLI = [*CLI_ALONE, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1"]
-
-
-def comparable(result: dict) -> dict:
-    """The result without what depends on timing: seconds, and tokens per second in ``usage``."""
-    def untimed(usage: dict) -> dict:
-        return {key: value for key, value in usage.items() if key != "tokens_per_second"}
-
-    kept = {key: value for key, value in result.items() if key not in TIMING_FIELDS}
-    kept["batches"] = [{**batch, "usage": untimed(batch["usage"])} for batch in kept["batches"]]
-    kept["usage"] = untimed(kept["usage"])
-    return kept
 
 
 def wait_for(path, timeout: float = 120) -> None:
@@ -54,7 +42,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupte
     assert done.returncode == 0, done.stderr
     assert f"resuming after {len(saved)} batches described before" in done.stderr
     resumed = json.loads((tmp_path / "result.json").read_text())
-    assert comparable(resumed) == comparable(uninterrupted)
+    assert untimed(resumed) == untimed(uninterrupted)
     assert not (tmp_path / "result.json.partial").exists()
 
 
@@ -65,7 +53,7 @@ def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
         "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
     }))
     resumed = run_caption_graph(SAMPLE_CLIP, options.replace(resume=True))
-    assert comparable(resumed) == comparable(uninterrupted)
+    assert untimed(resumed) == untimed(uninterrupted)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -82,4 +70,4 @@ def test_a_stop_signal_keeps_only_the_checkpoint_and_resume_finishes(tmp_path, u
     done = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((tmp_path / "result.json").read_text())
-    assert comparable(resumed) == comparable(uninterrupted)
+    assert untimed(resumed) == untimed(uninterrupted)
