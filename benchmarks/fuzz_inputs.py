@@ -46,6 +46,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+from videocaption.result import untimed
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "test_llm_caption.py"
@@ -197,11 +200,19 @@ def _result_problem(document: dict, returncode: int) -> str | None:
     return None
 
 
+def attempts(seconds: float, seed: int, tries: int | None) -> Iterator[tuple[int, int, random.Random]]:
+    """``(attempt, seed, rng)`` for each try: ``tries`` of them, or as many as fit in ``seconds``."""
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    while (tries is None or attempt < tries) and (tries is not None or time.monotonic() < deadline):
+        yield attempt, seed + attempt, random.Random(seed + attempt)
+        attempt += 1
+
+
 def fuzz(seconds: float, seed: int, video: Path, model: Path, run_timeout: float, tries: int | None = None,
          keep: Path | None = None, log=print) -> list[Outcome]:
     """Mutate and run until ``seconds`` pass (or ``tries`` were made); every try's outcome."""
     outcomes: list[Outcome] = []
-    deadline = time.monotonic() + seconds
     with tempfile.TemporaryDirectory(prefix="fuzz_inputs_") as temp:
         workdir = Path(temp)
         layouts = {"as-is": video.read_bytes()}
@@ -209,10 +220,7 @@ def fuzz(seconds: float, seed: int, video: Path, model: Path, run_timeout: float
         if fast is not None:
             layouts["faststart"] = fast.read_bytes()
             fast.unlink()
-        attempt = 0
-        while (tries is None or attempt < tries) and (tries is not None or time.monotonic() < deadline):
-            try_seed = seed + attempt
-            rng = random.Random(try_seed)
+        for attempt, try_seed, rng in attempts(seconds, seed, tries):
             layout = rng.choice(sorted(layouts))
             data, mutation, detail = mutate(layouts[layout], rng)
             damaged = workdir / f"damaged{video.suffix}"
@@ -227,7 +235,6 @@ def fuzz(seconds: float, seed: int, video: Path, model: Path, run_timeout: float
             if problem and keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(damaged, keep / f"seed{try_seed}{video.suffix}")
-            attempt += 1
     return outcomes
 
 
@@ -275,11 +282,7 @@ def fuzz_flags(seconds: float, seed: int, video: Path, model: Path, run_timeout:
                tries: int | None = None, log=print) -> list[Outcome]:
     """``options`` or ``paths`` mode: the clip as it is, with seeded odd flags."""
     outcomes: list[Outcome] = []
-    deadline = time.monotonic() + seconds
-    attempt = 0
-    while (tries is None or attempt < tries) and (tries is not None or time.monotonic() < deadline):
-        try_seed = seed + attempt
-        rng = random.Random(try_seed)
+    for attempt, try_seed, rng in attempts(seconds, seed, tries):
         with tempfile.TemporaryDirectory(prefix="fuzz_flags_") as temp:
             workdir = Path(temp)
             clip = workdir / f"clip{video.suffix}"
@@ -294,18 +297,16 @@ def fuzz_flags(seconds: float, seed: int, video: Path, model: Path, run_timeout:
         said = f": {stderr.strip().splitlines()[-1]}" if returncode == 2 and stderr.strip() else ""
         log(f"[{attempt + 1}] seed {try_seed} {detail}: {outcome.label} in {took:.1f} s{said}"
             f"{'  PROBLEM: ' + problem if problem else ''}")
-        attempt += 1
     return outcomes
 
 
 STOP_SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143), "SIGKILL": (signal.SIGKILL, -9)}
-TIMING_FIELDS = ("average_inference", "turnaround_time")
 
 
 def _outputs(folder: Path) -> dict[str, object]:
     """The result (timing fields aside) and subtitle files of a run in ``folder``."""
     result = json.loads((folder / "r.json").read_text(encoding="utf-8"))
-    return {"r.json": {k: v for k, v in result.items() if k not in TIMING_FIELDS},
+    return {"r.json": untimed(result),
             "r.srt": (folder / "r.srt").read_text(encoding="utf-8"),
             "r.vtt": (folder / "r.vtt").read_text(encoding="utf-8")}
 
@@ -324,11 +325,7 @@ def fuzz_signals(seconds: float, seed: int, video: Path, model: Path, run_timeou
         reference = _outputs(root / "reference")
         log(f"reference run: {reference_seconds:.1f} s, {reference['r.json']['frames_analysed']} frames")
         outcomes: list[Outcome] = []
-        deadline = time.monotonic() + seconds
-        attempt = 0
-        while (tries is None or attempt < tries) and (tries is not None or time.monotonic() < deadline):
-            try_seed = seed + attempt
-            rng = random.Random(try_seed)
+        for attempt, try_seed, rng in attempts(seconds, seed, tries):
             name = rng.choice(sorted(STOP_SIGNALS))
             at = rng.uniform(0.0, reference_seconds * 1.05)
             workdir = root / f"try{attempt}"
@@ -338,7 +335,6 @@ def fuzz_signals(seconds: float, seed: int, video: Path, model: Path, run_timeou
             log(f"[{attempt + 1}] seed {try_seed} {outcome.detail}: {outcome.label}, resumed in {outcome.seconds:.1f} s"
                 f"{'  PROBLEM: ' + outcome.problem if outcome.problem else ''}")
             shutil.rmtree(workdir)
-            attempt += 1
     return outcomes
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from videocaption.result import untimed  # noqa: F401 - re-exported for the tests
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
 SAMPLE_DURATION = 5.28  # seconds of video in the sample clip (132 frames at 25 fps)
@@ -30,19 +32,6 @@ def run_cli(*args: str, cwd: Path, fast: bool = True, env: dict[str, str] | None
     command = [*CLI, *args, *(FAST_FLAGS if fast else [])]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=None if env is None else {**os.environ, **env})
-
-
-# What differs between two runs of the same video with greedy decoding: seconds, and speeds.
-TIMING_FIELDS = frozenset({"average_inference", "turnaround_time", "tokens_per_second"})
-
-
-def untimed(document):
-    """A result (or any part of one) without its timing fields, at every depth, for comparing runs."""
-    if isinstance(document, dict):
-        return {key: untimed(value) for key, value in document.items() if key not in TIMING_FIELDS}
-    if isinstance(document, list):
-        return [untimed(value) for value in document]
-    return document
 
 
 def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:

@@ -107,3 +107,20 @@ class CaptionResult:
             return {}
         seconds = sum(batch.inference_time for batch in self.batches if batch.usage is not None)
         return {"usage": usage_dict(usage, seconds)}
+
+
+# The fields of result.json that differ between two runs of the same video and options (with
+# greedy decoding everything else is equal): seconds, and speeds.
+TIMING_FIELDS = frozenset({"average_inference", "turnaround_time", "tokens_per_second"})
+
+
+def untimed(document: Any) -> Any:
+    """A result document (or any part of one) without its timing fields, at every depth.
+
+    What a resumed or retried run is compared by, in tests and benchmarks.
+    """
+    if isinstance(document, dict):
+        return {key: untimed(value) for key, value in document.items() if key not in TIMING_FIELDS}
+    if isinstance(document, list):
+        return [untimed(value) for value in document]
+    return document
