@@ -17,6 +17,8 @@ class BatchCaption:
     description: str  # the model's answer
     inference_time: float = 0.0  # seconds the model call that produced it took
     error: str | None = None  # set when the model failed on this batch; description is then ""
+    shot: int | None = None  # adaptive sampling: the 0-based shot of its frames
+    frames_skipped: int = 0  # adaptive sampling: near-duplicates in its time span not sent
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -26,6 +28,9 @@ class BatchCaption:
             "start_time": round(self.start_time, 6),
             "end_time": round(self.end_time, 6),
         }
+        if self.shot is not None:
+            data["shot"] = self.shot
+            data["frames_skipped"] = self.frames_skipped
         if self.error is not None:
             data["error"] = self.error
         return data
@@ -53,6 +58,17 @@ class CaptionResult:
         return sum(batch.frames for batch in self.batches)
 
     @property
+    def frames_skipped(self) -> int:
+        """Sampled near-duplicates not sent to the model (adaptive sampling)."""
+        return sum(batch.frames_skipped for batch in self.batches)
+
+    @property
+    def shots(self) -> int | None:
+        """Shots found (adaptive sampling), else None."""
+        shots = [batch.shot for batch in self.batches if batch.shot is not None]
+        return max(shots) + 1 if shots else None
+
+    @property
     def average_inference(self) -> float:
         """Seconds of model time per batch (0 when there was no batch)."""
         timed = [batch.inference_time for batch in self.batches]
@@ -62,6 +78,12 @@ class CaptionResult:
     def complete(self) -> bool:
         """False when some batch could not be described."""
         return all(batch.error is None for batch in self.batches)
+
+    def _sampling_fields(self) -> dict[str, Any]:
+        """Adaptive sampling's totals; nothing for uniform runs, whose schema stays as it was."""
+        if self.shots is None:
+            return {}
+        return {"sampling": "adaptive", "shots": self.shots, "frames_skipped": self.frames_skipped}
 
     def to_dict(self) -> dict[str, Any]:
         """The result.json document: the original schema first, then the added fields."""
@@ -76,5 +98,6 @@ class CaptionResult:
             "average_inference": round(self.average_inference, 4),
             "turnaround_time": round(self.turnaround_time, 4),
             "summary_rounds": self.summary_rounds,
+            **self._sampling_fields(),
             **self.extra,
         }
