@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CaptionError, VideoInputError
-from .decoding import decode_settings
+from .decoding import decode_settings, steady_frame_rate
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error, ffmpeg_url
+from .probe import explain_decoder_error, ffmpeg_url, is_url
 from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
@@ -49,7 +49,9 @@ def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | Non
     (:func:`videocaption.decoding.decode_settings`)."""
     settings = {"input_path": ffmpeg_url(video_path), "autorotate": 1}
     if options is not None:
-        settings.update(decode_settings(options.decode_skip, options.hwaccel, options.fps))
+        # Only a local file is probed: a URL may be a live stream that a probe would wait on.
+        frame_rate = None if is_url(video_path) or options.decode_skip != "auto" else steady_frame_rate(video_path)
+        settings.update(decode_settings(options.decode_skip, options.hwaccel, options.fps, frame_rate))
     return settings
 
 

@@ -69,10 +69,11 @@ class CaptionOptions:
     # adaptive: a frame goes to the model at least this often (seconds), even on a static shot.
     max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
                                   "(default: %(default)s)")
-    # Frames the decoder may drop before decoding: auto drops non-reference frames when
-    # sampling at most 2 fps (see videocaption/decoding.py).
-    decode_skip: str = option("auto", "frames the decoder may drop: auto (nonref at fps <= 2), none, nonref, "
-                                      "bidir (default: %(default)s)", choices=DECODE_SKIPS)
+    # Frames the decoder may drop before decoding: auto drops non-reference frames when a
+    # constant-rate stream has 8 or more frames per sample (see videocaption/decoding.py).
+    decode_skip: str = option("auto", "frames the decoder may drop: auto (nonref with 8+ frames per sample at a "
+                                      "constant frame rate), none, nonref, bidir (default: %(default)s)",
+                              choices=DECODE_SKIPS)
     hwaccel: str = option("auto", "hardware decoding: auto (cuda with BabitMF-GPU and a GPU), none, cuda "
                                   "(default: %(default)s)", choices=HWACCELS)
     model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
