@@ -8,7 +8,6 @@ colours), and the batches' times in result.json with the frame times ``ffprobe``
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path

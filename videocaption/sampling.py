@@ -115,6 +115,16 @@ class AdaptiveSampler:
         return math.floor((timestamp + FrameSampler.TOLERANCE) * self._grid.fps)
 
 
+def shot_spans(batches: list[dict]) -> list[tuple[int, float, float]]:
+    """(shot, start, end) seconds of each shot, from result.json's batches (empty for uniform runs)."""
+    spans: dict[int, tuple[float, float]] = {}
+    for batch in batches:
+        if "shot" in batch:
+            start, end = spans.get(batch["shot"], (batch["start_time"], batch["end_time"]))
+            spans[batch["shot"]] = (min(start, batch["start_time"]), max(end, batch["end_time"]))
+    return [(shot, start, end) for shot, (start, end) in sorted(spans.items())]
+
+
 def make_sampler(options) -> UniformSampler | AdaptiveSampler:
     """The sampler ``options.sampling`` names (a :class:`~videocaption.options.CaptionOptions`)."""
     if options.sampling == "adaptive":
