@@ -82,7 +82,8 @@ def test_thumbnails_ignore_noise_but_see_a_small_moving_subject():
     noisy = lambda: np.clip(picture + rng.normal(0, 8, picture.shape), 0, 255).astype(np.uint8)  # noqa: E731
     a, b = luma_thumbnail(noisy()), luma_thumbnail(noisy())
     assert a.shape == (18, 32)
-    assert changed_area(a, b) == 0 and scene_change(a, b) < 2
+    # Pixel noise of 8 levels averages out: at most a stray cell, far below a near-duplicate's allowance.
+    assert changed_area(a, b) < CaptionOptions.duplicate_threshold / 2 and scene_change(a, b) < 2
     moved = picture.copy()
     moved[300:420, 600:760] = 255 - moved[300:420, 600:760]  # a subject of 2% of the picture changes
     assert changed_area(a, luma_thumbnail(moved.astype(np.uint8))) > 0.01

@@ -3,9 +3,9 @@
 ``adaptive`` keeps :class:`~videocaption.frames.FrameSampler`'s grid (the first frame of each
 ``1/fps`` interval) and then, per sampled frame:
 
-- **a hard cut** (see :func:`~videocaption.shots.scene_change`), looked for between *every* two
-  consecutive frames the module receives, so a cut between two samples is not missed, starts a
-  new shot: the batch in progress ends and the first sampled frame after the cut is always
+- **a hard cut** (see :func:`~videocaption.shots.scene_change`), looked for between the frames
+  the module receives, samples or not (every CUT_CHECK_SPACING seconds and every sample), so a
+  cut between two samples is not missed, starts a new shot: the batch in progress ends and the first sampled frame after the cut is always
   kept, so no description spans two shots;
 - **a near-duplicate** of the last frame sent (:func:`~videocaption.shots.changed_area` at most
   ``duplicate_threshold``) is not sent; the batch's time span still covers it and it is counted
@@ -29,6 +29,10 @@ from .frames import FrameSampler
 from .shots import changed_area, scene_change
 
 Thumbnail = Callable[[], np.ndarray]  # computes a frame's thumbnail, only when asked
+# Between samples, frames are looked at for cuts at most this often (seconds of video): every
+# third frame at 30 fps. A cut still shows, as a jump between two frames 0.1 s apart (motion
+# over 0.1 s moves a thumbnail by a few levels, a cut by tens), at a third of the cost.
+CUT_CHECK_SPACING = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class AdaptiveSampler:
         self.scene_threshold = scene_threshold
         self.duplicate_threshold = duplicate_threshold
         self.max_gap = max_gap
-        self._previous: np.ndarray | None = None  # the last frame seen (sampled or not)
+        self._previous: np.ndarray | None = None  # the last frame looked at (sampled or not)
+        self._checked_time = -math.inf
         self._sent: np.ndarray | None = None  # the last frame sent to the model
         self._sent_interval = -math.inf  # the grid interval of the last frame sent
         self._shot = 0
@@ -86,14 +91,17 @@ class AdaptiveSampler:
         """
         if not math.isfinite(timestamp):
             return Decision(keep=False, shot=self._shot)
-        current = thumbnail() if thumbnail is not None else None
-        if current is not None:
+        sampled = self._grid.want(timestamp)
+        current = None
+        if thumbnail is not None and (sampled or timestamp - self._checked_time >= CUT_CHECK_SPACING):
+            current = thumbnail()
+            self._checked_time = timestamp
             if self._previous is not None and scene_change(self._previous, current) > self.scene_threshold:
                 self._shot += 1
                 self._cut_pending = True
                 self.cut_times.append(timestamp)
             self._previous = current
-        if not self._grid.want(timestamp):
+        if not sampled:
             return Decision(keep=False, shot=self._shot)
         if self._is_duplicate(timestamp, current):
             return Decision(keep=False, shot=self._shot, skipped=True)

@@ -52,10 +52,12 @@ def luma_thumbnail(luma: np.ndarray) -> np.ndarray:
     # Every step-th pixel: SAMPLES_PER_CELL x SAMPLES_PER_CELL of them a cell, so the cost does
     # not grow with the resolution.
     step = max(1, min(height // (rows * SAMPLES_PER_CELL), width // (columns * SAMPLES_PER_CELL)))
-    samples = luma[::step, ::step]
-    cell_h, cell_w = samples.shape[0] // rows, samples.shape[1] // columns
-    cells = samples[:cell_h * rows, :cell_w * columns].reshape(rows, cell_h, columns, cell_w)
-    thumbnail = cells.mean(axis=(1, 3), dtype=np.float32)
+    cell_h, cell_w = (height // step) // rows, (width // step) // columns
+    # One small copy, then two sums over contiguous axes: several times faster than a mean over
+    # two strided axes of the view (it runs on every frame looked at).
+    samples = np.ascontiguousarray(luma[:cell_h * rows * step:step, :cell_w * columns * step:step], dtype=np.float32)
+    thumbnail = samples.reshape(rows, cell_h, columns * cell_w).sum(axis=1)
+    thumbnail = thumbnail.reshape(rows, columns, cell_w).sum(axis=2) * (1.0 / (cell_h * cell_w))
     if luma.dtype != np.uint8:
         thumbnail *= 255.0 / _max_value(luma)
     return thumbnail
