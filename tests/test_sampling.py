@@ -195,3 +195,45 @@ def test_a_users_graph_that_samples_before_the_module_still_finds_the_cuts(clips
     assert result["shots"] == 4
     for batch in result["batches"]:
         assert not any(batch["start_time"] < cut <= batch["end_time"] for cut in CUTS), batch
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    import tiny_vlms
+
+    return str(tiny_vlms.build_llava(tmp_path_factory.mktemp("llava") / "llava"))
+
+
+@pytest.mark.parametrize("backend", ["deepseek_vl2", "transformers"])
+def test_the_captioner_samples_the_same_way_on_every_backend(backend, request):
+    """Sampling happens before the model: the same shots and skips whatever describes the frames."""
+    from PIL import Image
+
+    from videocaption.pipeline import Captioner
+
+    model = request.getfixturevalue("tiny_llava") if backend == "transformers" else FAST["model"]
+    options = CaptionOptions(backend=backend, model=model, device="cpu", max_new_tokens=4, batch_size=2,
+                             sampling="adaptive", max_gap=3)
+    captioner = Captioner(options)
+    # 0-4 s grey (static), 5-6 s white: a cut at 5 s. Frames every 0.5 s, sampled at 1 fps.
+    for step in range(14):
+        seconds = step / 2
+        image = Image.new("RGB", (64, 48), (90, 90, 90) if seconds < 5 else (250, 250, 250))
+        if captioner.wants(seconds, lambda image=image: luma_thumbnail(np.asarray(image.convert("L")))):
+            captioner.add(image, seconds)
+    result = captioner.finish()
+    got = [(b.start_time, b.end_time, b.frames, b.frames_skipped, b.shot) for b in result.batches]
+    # 0 s sent, 1-2 s skipped, 3 s sent (max_gap), 4 s skipped; 5 s starts shot 1, 6 s skipped.
+    assert got == [(0.0, 4.0, 2, 3, 0), (5.0, 6.0, 1, 1, 1)]
+    assert result.to_dict()["frames_skipped"] == 4 and result.to_dict()["shots"] == 2
+
+
+def test_the_cli_prints_each_shots_span(capsys):
+    from videocaption.cli import print_shots
+
+    batches = [{"shot": 0, "start_time": 0.0, "end_time": 3.0}, {"shot": 0, "start_time": 3.5, "end_time": 3.9},
+               {"shot": 1, "start_time": 4.0, "end_time": 6.0}]
+    print_shots({"batches": batches, "frames_skipped": 3})
+    assert capsys.readouterr().out == "2 shots: 0:00.0-0:03.9, 0:04.0-0:06.0; 3 near-duplicate frames skipped\n"
+    print_shots({"batches": [{"batch_id": 1, "start_time": 0.0, "end_time": 3.0}]})  # uniform: nothing
+    assert capsys.readouterr().out == ""
