@@ -118,7 +118,6 @@ class AdaptiveSampler:
             return False
         return changed_area(self._sent, current) <= self.duplicate_threshold
 
-
     def _interval(self, timestamp: float) -> int:
         return math.floor((timestamp + FrameSampler.TOLERANCE) * self._grid.fps)
 
