@@ -6,10 +6,14 @@ Run from the repository root::
 
 Why: the pipeline samples inside BMF (decoder -> FFmpeg ``select`` filter -> Python module ->
 ``video_frame_to_image``) instead of piping ``ffmpeg``; this checks that doing so costs about
-what ``ffmpeg -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` costs (goal: within 10%). The BMF side is
-exactly the caption graph's decode and select (``videocaption.graph.decoder_options``,
-``videocaption.frames.select_expression``) ending in a tiny module that converts each frame as
-the caption module does and drops it. The ffmpeg side reads the raw RGB pipe into PIL images too,
+what ``ffmpeg -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` costs when both decode every frame (goal:
+within 10%), and that decoding only what sampling needs (``decode_skip``, see
+``videocaption/decoding.py``: the decoder drops non-reference frames, ``nonref``, what ``auto``
+picks at 1 fps, or every B-frame, ``bidir``) halves it (goal: CPU time <= x0.5 of the full-decode
+ffmpeg). Each skipping mode also reports how far its samples moved from the full decode's
+(goal: at most one frame interval). The BMF side is exactly the caption graph's decode and select
+(``videocaption.graph.decoder_options``, ``videocaption.frames.select_expression``) ending in a
+tiny module that converts each frame as the caption module does and drops it. The ffmpeg side reads the raw RGB pipe into PIL images too,
 so both sides end with the same objects. The clip (default 60 s, 1280x720, 30 fps H.264,
 FFmpeg's moving ``testsrc2``) is generated once into ``--workdir``. Runs alternate; medians.
 """
@@ -25,20 +29,25 @@ from benchmarks.common import (ROOT, SINK_STATS, cpu_seconds, ffmpeg_frames, mac
                                video_size)
 from videocaption.frames import select_expression
 from videocaption.graph import decoder_options, wait_for_graph
+from videocaption.options import CaptionOptions
+
+# The caption graph's decoder settings per decode_skip mode ("none": every frame, as before).
+MODES = ("none", "nonref", "bidir")
 
 
 Run = tuple[float, float, int]  # wall seconds, CPU seconds, frames
 
 
-def bmf_decode(clip: Path, fps: float, key: str) -> Run:
+def bmf_decode(clip: Path, fps: float, key: str, mode: str = "none") -> Run:
     """The caption graph's decode + select, frames converted to PIL (CPU: every BMF thread)."""
     import bmf
 
     SINK_STATS.pop(key, None)
+    settings = decoder_options(clip, CaptionOptions(fps=fps, decode_skip=mode, hwaccel="none"))
     cpu = cpu_seconds()
     with stopwatch() as elapsed, quiet_bmf():
         graph = bmf.graph()
-        video = graph.decode(decoder_options(clip))["video"]
+        video = graph.decode(settings)["video"]
         video = video.ff_filter("select", select_expression(fps))
         node = bmf.module([video], "FrameSink", {"key": key}, module_path=str(ROOT), entry="benchmarks.common.FrameSink")
         wait_for_graph(graph, node)
@@ -72,20 +81,32 @@ def main() -> None:
 
     bmf_decode(clip, args.fps, "burn-in")  # page cache, codec and filter set-up
     ffmpeg_decode(clip, args.fps)
-    runs: dict[str, list[Run]] = {"bmf": [], "ffmpeg": []}
+    runs: dict[str, list[Run]] = {mode: [] for mode in MODES} | {"ffmpeg": []}
     for i in range(args.repeats):
-        runs["bmf"].append(bmf_decode(clip, args.fps, f"run{i}"))
+        for mode in MODES:
+            runs[mode].append(bmf_decode(clip, args.fps, f"{mode}{i}", mode))
         runs["ffmpeg"].append(ffmpeg_decode(clip, args.fps))
     wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
     cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
-    names = {"bmf": "BMF decode + select + PIL (pipeline)", "ffmpeg": "ffmpeg -vf fps + rgb24 pipe + PIL"}
-    print(f"{'path':<38} {'frames':>6} {'wall s':>7} {'CPU s':>6} {'frames/s':>8}")
-    for key, name in names.items():
-        print(f"{name:<38} {runs[key][0][2]:>6} {wall[key]:>7.2f} {cpu[key]:>6.2f} {runs[key][0][2] / wall[key]:>8.1f}")
+    frame = 1 / args.rate
+    shift = {mode: max(abs(a - b) for a, b in zip(SINK_STATS[f"{mode}0"]["times"], SINK_STATS["none0"]["times"]))
+             for mode in MODES}
+    print(f"{'path':<44} {'frames':>6} {'wall s':>7} {'CPU s':>6} {'frames/s':>8} {'CPU / ffmpeg':>12} {'max shift':>9}")
+    for key in runs:
+        name = "ffmpeg -vf fps + rgb24 pipe + PIL" if key == "ffmpeg" else f"BMF decode_skip {key} + select + PIL"
+        moved = "" if key == "ffmpeg" else f"{shift[key] / frame:.1f} fr"
+        print(f"{name:<44} {runs[key][0][2]:>6} {wall[key]:>7.2f} {cpu[key]:>6.2f} {runs[key][0][2] / wall[key]:>8.1f} "
+              f"x{cpu[key] / cpu['ffmpeg']:>11.2f} {moved:>9}")
     for what, values in (("wall", wall), ("CPU", cpu)):
-        ratio = values["bmf"] / values["ffmpeg"]
+        ratio = values["none"] / values["ffmpeg"]
         verdict = "met" if ratio <= 1.10 else "missed"
-        print(f"BMF / ffmpeg {what} time: x{ratio:.2f} ({(ratio - 1) * 100:+.1f}%; goal within 10%: {verdict})")
+        print(f"BMF (every frame) / ffmpeg {what} time: x{ratio:.2f} ({(ratio - 1) * 100:+.1f}%; goal within 10%: {verdict})")
+    for mode in ("nonref", "bidir"):
+        ratio = cpu[mode] / cpu["ffmpeg"]
+        print(f"BMF decode_skip {mode} / full-decode ffmpeg CPU time: x{ratio:.2f} (goal <= x0.5: "
+              f"{'met' if ratio <= 0.5 else 'missed'}); samples moved by at most {shift[mode] / frame:.1f} frame "
+              f"intervals (goal <= 1: {'met' if shift[mode] <= frame + 1e-6 else 'missed'})")
+
 
 if __name__ == "__main__":
     main()

@@ -254,7 +254,7 @@ def _frame_sink_class() -> type:
         """Converts every frame it gets to an RGB PIL image, as the caption module does, then drops it.
 
         Option ``key`` names the :data:`SINK_STATS` entry where it counts frames and keeps the
-        first image's size and the last frame's time.
+        first image's size, every frame's time and the last one.
         """
 
         def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
@@ -274,6 +274,7 @@ def _frame_sink_class() -> type:
                         self.stats["frames"] += 1
                         self.stats.setdefault("size", image.size)
                         self.stats["last_time"] = seconds
+                        self.stats.setdefault("times", []).append(seconds)
             return ProcessResult.OK
 
     return FrameSink

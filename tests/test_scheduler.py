@@ -62,6 +62,18 @@ def test_waiting_batches_are_described_together():
     assert len(describer.calls) < 12
 
 
+def test_the_first_call_waits_for_a_full_group():
+    """The model is idle when the first batch arrives: describing it alone would leave the next
+    ones queued behind it (groups 1, 4, 3 for 8 batches instead of 4, 4)."""
+    describer = SlowDescriber(seconds=0.05)
+    scheduler = BatchScheduler(describer, max_in_flight=4)
+    for batch_id in range(1, 9):
+        scheduler.submit(batch(batch_id))
+        time.sleep(0.02)  # batches arrive at the decoder's pace, not all at once
+    scheduler.join()
+    assert scheduler.group_sizes[0] == 4
+
+
 def test_submit_blocks_while_the_queue_is_full():
     release = threading.Event()
 

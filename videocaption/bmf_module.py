@@ -24,6 +24,7 @@ from .options import CaptionOptions
 from .pipeline import Captioner
 from .result import BatchCaption, CaptionResult
 from .runs import RUN_ID_OPTION, context_for
+from .shots import frame_thumbnail
 from .writers import check_output_path, output_paths, write_outputs
 
 log = logging.getLogger("llm_caption")
@@ -109,7 +110,7 @@ class CaptionModule(Module):
     def _caption_frame(self, packet) -> None:
         frame = packet.get(VideoFrame)
         seconds = frame_timestamp(packet, frame)
-        if self._captioner.wants(seconds):
+        if self._captioner.wants(seconds, lambda: frame_thumbnail(frame)):
             self._captioner.add(video_frame_to_image(frame), seconds)
 
     def _finish(self, outputs) -> None:

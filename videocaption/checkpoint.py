@@ -29,6 +29,9 @@ log = logging.getLogger("llm_caption")
 FINGERPRINTED_OPTIONS = (
     "model", "batch_size", "fps", "prompt", "max_new_tokens", "time_aware", "dtype",
 )
+# With adaptive sampling these decide which frames are sent too (left out of uniform runs'
+# fingerprints, so their checkpoints stay valid).
+ADAPTIVE_OPTIONS = ("sampling", "scene_threshold", "duplicate_threshold", "max_gap")
 FORMAT_VERSION = 1
 
 
@@ -41,6 +44,8 @@ def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
     digest = hashlib.sha256()
     values = {name: getattr(options, name) for name in FINGERPRINTED_OPTIONS}
     values["fps"] = float(values["fps"])  # fps=1 and fps=1.0 are the same run
+    if options.sampling != "uniform":
+        values.update({name: getattr(options, name) for name in ADAPTIVE_OPTIONS})
     digest.update(json.dumps(values, sort_keys=True).encode())
     digest.update(f"{first_frame.size}".encode())
     digest.update(first_frame.convert("RGB").tobytes())

@@ -36,6 +36,8 @@ from .graph import REPO_ROOT, run_caption_graph
 from .options import DEFAULT_MODEL, CaptionOptions
 from .probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
 from .progress import Progress
+from .prompts import format_seconds
+from .sampling import shot_spans
 from .library import command as library
 
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
@@ -196,11 +198,20 @@ def report(result: dict, options: CaptionOptions) -> int:
     failed = [batch["batch_id"] for batch in result["batches"] if "error" in batch]
     print(f"{result['frames_analysed']} frames in {len(result['batches'])} batches, "
           f"{result['turnaround_time']:.1f} s; result written to {options.result_path}")
+    print_shots(result)
     if failed:
         print(f"incomplete: batches {', '.join(map(str, failed))} could not be described "
               "(see their 'error' fields)", file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def print_shots(result: dict) -> None:
+    """With adaptive sampling: each shot's time span and the near-duplicates not sent."""
+    spans = shot_spans(result["batches"])
+    if spans:
+        times = ", ".join(f"{format_seconds(start)}-{format_seconds(end)}" for _, start, end in spans)
+        print(f"{len(spans)} shots: {times}; {result.get('frames_skipped', 0)} near-duplicate frames skipped")
 
 
 def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *, verbose: bool = False) -> int:

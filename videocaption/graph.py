@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CaptionError, VideoInputError
+from .decoding import decode_settings, steady_frame_rate
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error, ffmpeg_url
+from .probe import explain_decoder_error, ffmpeg_url, is_url
 from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
@@ -41,10 +42,17 @@ def module_options(options: CaptionOptions, run_id: str | None = None) -> dict[s
     return values
 
 
-def decoder_options(video_path: str | os.PathLike) -> dict[str, Any]:
+def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | None = None) -> dict[str, Any]:
     """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
-    stays on: phone videos carry a display matrix), stamped with its own time."""
-    return {"input_path": ffmpeg_url(video_path), "autorotate": 1}
+    stays on: phone videos carry a display matrix), stamped with its own time; with
+    ``options``, only the frames sampling needs decoded, on the GPU when it can
+    (:func:`videocaption.decoding.decode_settings`)."""
+    settings = {"input_path": ffmpeg_url(video_path), "autorotate": 1}
+    if options is not None:
+        # Only a local file is probed: a URL may be a live stream that a probe would wait on.
+        frame_rate = None if is_url(video_path) or options.decode_skip != "auto" else steady_frame_rate(video_path)
+        settings.update(decode_settings(options.decode_skip, options.hwaccel, options.fps, frame_rate))
+    return settings
 
 
 def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None):
@@ -57,9 +65,12 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     import bmf
 
     graph = bmf.graph()
-    video = graph.decode(decoder_options(video_path))["video"]
-    # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
-    video = video.ff_filter("select", select_expression(options.fps))
+    video = graph.decode(decoder_options(video_path, options))["video"]
+    if options.sampling == "uniform":
+        # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
+        video = video.ff_filter("select", select_expression(options.fps))
+    # adaptive: the module sees every decoded frame, to find cuts between samples too; it
+    # converts only the frames it sends.
     node = bmf.module([video], MODULE_NAME, module_options(options, run_id),
                       module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
     return graph, node

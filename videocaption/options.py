@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .decoding import DECODE_SKIPS, HWACCELS
 from .devices import DEFAULT_MODEL, DEVICES, DTYPES
 from .errors import InvalidOptionError
 from .prompts import DEFAULT_BATCH_PROMPT, DEFAULT_SUMMARY_PROMPT, DEFAULT_TITLE_PROMPT
@@ -20,6 +21,9 @@ from .prompts import DEFAULT_BATCH_PROMPT, DEFAULT_SUMMARY_PROMPT, DEFAULT_TITLE
 # deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
 # loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
 BACKENDS = ("deepseek_vl2", "transformers", "openai")
+# uniform: every frame of the fps grid goes to the model; adaptive: only where the video
+# changes, batches ending at hard cuts (see videocaption/sampling.py).
+SAMPLINGS = ("uniform", "adaptive")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
@@ -47,6 +51,29 @@ class CaptionOptions:
         None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
     pass_through: bool = option(False, "forward every input packet unchanged on the outputs", flag=None)
     fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)")
+    sampling: str = option(
+        "uniform", "uniform: every sampled frame goes to the model; adaptive: batches end at hard cuts and "
+                   "near-duplicate frames are skipped (default: %(default)s)", choices=SAMPLINGS)
+    # adaptive: mean luma change (0-255) between consecutive frames that counts as a hard cut.
+    # Lower finds subtler cuts but splits fast motion and flashes into shots; higher misses
+    # cuts between similar-looking shots.
+    scene_threshold: float = option(30.0, "adaptive: mean luma change (0-255) between consecutive frames that "
+                                          "counts as a cut (default: %(default)s)")
+    # adaptive: changed fraction of the picture (0-1) up to which a sampled frame is a
+    # near-duplicate of the last frame sent. Higher skips more (cheaper) but can miss a small
+    # change (a gesture, a new line on a slide); 0 skips only frames with no visible change.
+    duplicate_threshold: float = option(0.02, "adaptive: changed fraction of the picture (0-1) up to which a frame "
+                                              "is a near-duplicate of the last one sent (default: %(default)s)")
+    # adaptive: a frame goes to the model at least this often (seconds), even on a static shot.
+    max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
+                                  "(default: %(default)s)")
+    # Frames the decoder may drop before decoding: auto drops non-reference frames when a
+    # constant-rate stream has 8 or more frames per sample (see videocaption/decoding.py).
+    decode_skip: str = option("auto", "frames the decoder may drop: auto (nonref with 8+ frames per sample at a "
+                                      "constant frame rate), none, nonref, bidir (default: %(default)s)",
+                              choices=DECODE_SKIPS)
+    hwaccel: str = option("auto", "hardware decoding: auto (cuda with BabitMF-GPU and a GPU), none, cuda "
+                                  "(default: %(default)s)", choices=HWACCELS)
     model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
                                        "served model name (default: %(default)s)")
     device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
@@ -108,6 +135,7 @@ class CaptionOptions:
                     "is off); set multithreading to true to describe several batches at once"
                 )
         _check_positive("fps", self.fps)
+        self._check_sampling()
         if self.video_end is not None:
             _check_positive("video_end", self.video_end)
         _check_str("model", self.model)
@@ -134,6 +162,16 @@ class CaptionOptions:
             if key in seen:
                 raise InvalidOptionError(f"{name} {path!r} is the same file as {seen[key]}; give each output its own name")
             seen[key] = name
+
+    def _check_sampling(self) -> None:
+        for name, allowed in (("sampling", SAMPLINGS), ("decode_skip", DECODE_SKIPS), ("hwaccel", HWACCELS)):
+            if getattr(self, name) not in allowed:
+                raise InvalidOptionError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        _check_positive("scene_threshold", self.scene_threshold)
+        if self.scene_threshold > 255:
+            raise InvalidOptionError(f"scene_threshold is a luma change, at most 255, got {self.scene_threshold!r}")
+        _check_fraction("duplicate_threshold", self.duplicate_threshold)
+        _check_positive("max_gap", self.max_gap, unit=" of seconds")
 
     def _check_backend(self) -> None:
         if self.backend not in BACKENDS:
@@ -185,6 +223,11 @@ def _check_positive(name: str, value: Any, *, unit: str = "") -> None:
         raise InvalidOptionError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise InvalidOptionError(f"{name} must be a positive number{unit}, got {value!r}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidOptionError(f"{name} must be a number from 0 to 1, got {value!r}")
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -19,11 +19,12 @@ from .backends import VisionLanguageModel, load_model
 from .batching import FrameBatch, FrameBatcher
 from .checkpoint import Checkpoint, fingerprint
 from .errors import CaptionError, InvalidOptionError, VideoInputError
-from .frames import FrameSampler, SampledFrame
+from .frames import SampledFrame
 from .options import CaptionOptions
 from .progress import Progress, ProgressCallback
 from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, title_prompt
 from .result import BatchCaption, CaptionResult
+from .sampling import Thumbnail, make_sampler
 from .scheduler import BatchScheduler
 from .summary import Summarizer
 from .usage import Usage, usage_of
@@ -101,8 +102,11 @@ class Captioner:
         check_batch_fits(self.model, options)
         self._summarize = Summarizer(self.model, options, self._complete)
         self._started = time.perf_counter()
-        self._sampler = FrameSampler(options.fps)
-        self._batcher = FrameBatcher(options.batch_size)
+        self._sampler = make_sampler(options)
+        self._adaptive = options.sampling == "adaptive"
+        self._batcher = FrameBatcher(options.batch_size, hold_full=self._adaptive)
+        self._shot: int | None = 0 if self._adaptive else None  # the shot of the next kept frame
+        self._new_shot = False  # the next kept frame follows a cut: it starts a batch
         # A server (the openai backend) batches requests itself: keep max_threads of them in
         # flight. A local model is fastest given the waiting batches as one batched call.
         workers = options.batches_in_flight if self.model.concurrent_calls else 1
@@ -118,9 +122,22 @@ class Captioner:
 
     # -- feeding frames ---------------------------------------------------------------------
 
-    def wants(self, timestamp: float) -> bool:
-        """Whether the frame at ``timestamp`` is sampled (ask before converting it)."""
-        return self._sampler.want(timestamp)
+    def wants(self, timestamp: float, thumbnail: Thumbnail | None = None) -> bool:
+        """Whether the frame at ``timestamp`` goes to the model (ask before converting it).
+
+        Ask for every frame, in order: with adaptive sampling, frames that are not sampled
+        still show cuts, and sampled near-duplicates are counted in their batch.
+
+        Args:
+            thumbnail: computes the frame's thumbnail
+                (:func:`videocaption.shots.frame_thumbnail`); adaptive sampling needs it.
+        """
+        decision = self._sampler.decide(timestamp, thumbnail)
+        if decision.skipped:
+            self._batcher.skip(timestamp)
+        if decision.keep and self._adaptive:
+            self._shot, self._new_shot = decision.shot, decision.new_shot
+        return decision.keep
 
     def add(self, image: Image.Image, timestamp: float) -> None:
         """Add a sampled frame; blocks while the model is ``max_threads`` batches behind."""
@@ -130,10 +147,15 @@ class Captioner:
             if self.options.resume:
                 self._restore(self._checkpoint.load(self._fingerprint))
         self._frames_sampled += 1
+        if self._new_shot:  # a cut: the batch in progress ends before this frame
+            self._new_shot = False
+            ended = self._batcher.flush()
+            if ended is not None:
+                self._submit(ended)
         if self._frames_to_skip:  # already described before the interruption
             self._frames_to_skip -= 1
             return
-        full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp))
+        full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp), shot=self._shot)
         if full is not None:
             self._submit(full)
         self._report("describing")
@@ -153,7 +175,7 @@ class Captioner:
         self._described = list(batches)
         self._undelivered = list(batches)
         self._next_id = len(batches) + 1
-        self._batcher = FrameBatcher(self.options.batch_size, first_batch_id=self._next_id)
+        self._batcher = FrameBatcher(self.options.batch_size, first_batch_id=self._next_id, hold_full=self._adaptive)
 
     def take_described(self) -> list[BatchCaption]:
         """Batches described since the last call, in video order (never blocks).
@@ -305,6 +327,8 @@ class Captioner:
             prompt_tokens=usage.prompt_tokens if usage else None,
             image_tokens=usage.image_tokens if usage else None,
             generated_tokens=usage.generated_tokens if usage else None,
+            shot=batch.shot,
+            frames_skipped=batch.frames_skipped,
         )
 
     def _complete(self, prompts: list[str]) -> list[str]:

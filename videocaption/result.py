@@ -29,6 +29,8 @@ class BatchCaption:
         if self.prompt_tokens is None or self.generated_tokens is None:
             return None
         return Usage(self.prompt_tokens, self.generated_tokens, self.image_tokens)
+    shot: int | None = None  # adaptive sampling: the 0-based shot of its frames
+    frames_skipped: int = 0  # adaptive sampling: near-duplicates in its time span not sent
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -38,6 +40,9 @@ class BatchCaption:
             "start_time": round(self.start_time, 6),
             "end_time": round(self.end_time, 6),
         }
+        if self.shot is not None:
+            data["shot"] = self.shot
+            data["frames_skipped"] = self.frames_skipped
         if self.error is not None:
             data["error"] = self.error
         if self.usage is not None:
@@ -67,6 +72,17 @@ class CaptionResult:
         return sum(batch.frames for batch in self.batches)
 
     @property
+    def frames_skipped(self) -> int:
+        """Sampled near-duplicates not sent to the model (adaptive sampling)."""
+        return sum(batch.frames_skipped for batch in self.batches)
+
+    @property
+    def shots(self) -> int | None:
+        """Shots found (adaptive sampling), else None."""
+        shots = [batch.shot for batch in self.batches if batch.shot is not None]
+        return max(shots) + 1 if shots else None
+
+    @property
     def average_inference(self) -> float:
         """Seconds of model time per batch (0 when there was no batch)."""
         timed = [batch.inference_time for batch in self.batches]
@@ -84,6 +100,12 @@ class CaptionResult:
         """False when some batch could not be described."""
         return all(batch.error is None for batch in self.batches)
 
+    def _sampling_fields(self) -> dict[str, Any]:
+        """Adaptive sampling's totals; nothing for uniform runs, whose schema stays as it was."""
+        if self.shots is None:
+            return {}
+        return {"sampling": "adaptive", "shots": self.shots, "frames_skipped": self.frames_skipped}
+
     def to_dict(self) -> dict[str, Any]:
         """The result.json document: the original schema first, then the added fields."""
         return {
@@ -98,6 +120,7 @@ class CaptionResult:
             "turnaround_time": round(self.turnaround_time, 4),
             "summary_rounds": self.summary_rounds,
             **self._usage_dict(),
+            **self._sampling_fields(),
             **self.extra,
         }
 

@@ -38,14 +38,20 @@ class BatchScheduler:
         gather_window: when fewer than ``max_in_flight`` batches wait, the worker waits up to
             this fraction of its last call's duration for more, so that steady streams form
             full groups instead of alternating small and large ones.
+        first_gather_s: before its first call the worker has no duration to go by: it waits up
+            to this many seconds for a full group. Without it the first batch went alone (the
+            model idle, nothing else decoded yet) and the rest queued behind it: groups of
+            1, 4, 3 for 8 batches instead of 4, 4, a third of batching's gain lost.
     """
 
     def __init__(
-        self, describe_group: DescribeGroup, max_in_flight: int, *, workers: int = 1, gather_window: float = 0.1
+        self, describe_group: DescribeGroup, max_in_flight: int, *, workers: int = 1, gather_window: float = 0.1,
+        first_gather_s: float = 2.0,
     ) -> None:
         self._describe_group = describe_group
         self.max_in_flight = max_in_flight
         self._gather_window = gather_window
+        self._first_gather_s = first_gather_s
         self._slots = threading.Semaphore(max_in_flight)
         self._queue: queue.Queue[FrameBatch | None] = queue.Queue()
         self._lock = threading.Condition()
@@ -157,7 +163,8 @@ class BatchScheduler:
             self._queue.put(None)
             return []
         group = [first]
-        deadline = time.perf_counter() + self._gather_window * self._last_call_seconds
+        window = self._gather_window * self._last_call_seconds if self.group_sizes else self._first_gather_s
+        deadline = time.perf_counter() + window
         while len(group) < self._group_limit:
             timeout = deadline - time.perf_counter()
             try:
