@@ -32,6 +32,7 @@ from typing import Any, Iterator, NoReturn
 from .backends.openai_backend import API_KEY_ENV
 from .checkpoint import Checkpoint
 from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from . import live
 from .graph import REPO_ROOT, run_caption_graph
 from .options import DEFAULT_MODEL, CaptionOptions
 from .probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, signal.default_int_handler)
         return library.run_library_command(args, parser, options)
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
+    if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
+        options = options_from_args(args, parser)
+        with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
+            return live.command(args.video, options)
     with stop_signals_raise():
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
