@@ -208,3 +208,54 @@ def test_an_unreachable_stream_is_one_line_and_exit_2(tmp_path, attempts):
     if attempts:
         assert lines[-1].endswith(f"after {attempts} reconnect attempts")
     assert not (tmp_path / "result.json").exists()
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_memory_stays_flat_on_a_fast_stream(tmp_path):
+    """100 frames a second for 45 s (a longer soak: benchmarks/bench_live.py --soak)."""
+    port = free_port()
+    server = serve(port, seconds=45, rate=100, size="320x240")
+    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "0")
+    samples = []
+    try:
+        # Warm: the model loaded, the stream open, a few batches described (and frames dropped).
+        wait_for(lambda: sum(r["type"] == "batch" for r in records(tmp_path)) >= 3, STARTUP_S, cli)
+        while cli.poll() is None:
+            samples.append(rss_mib(cli.pid))
+            time.sleep(1)
+        out, err = cli.communicate(timeout=60)
+    except FileNotFoundError:  # /proc/PID went away between poll() and the read: the run ended
+        out, err = cli.communicate(timeout=60)
+    finally:
+        stop(server)
+        stop(cli)
+    assert cli.returncode == 0, err
+    assert len(samples) >= 20, samples  # about 30 s of the stream measured
+    assert max(samples) - samples[0] < 25, samples  # MiB
+    assert records(tmp_path)[-1]["dropped_frames"] > 0  # the model was behind: newest frames won
+
+
+def test_a_growing_file_is_followed_until_it_stops_growing(tmp_path):
+    growing = tmp_path / "growing.ts"
+    writer = subprocess.Popen([
+        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "10",
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-f", "mpegts", str(growing),
+    ], stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: growing.exists() and growing.stat().st_size > 0, 30, writer)
+        cli = caption_live(str(growing), tmp_path, "--live", "--fps", "1", "--batch-size", "3",
+                           "--stall-timeout", "4", "--reconnect-delay", "0.5", "--max-pending-frames", "30")
+        out, err = cli.communicate(timeout=STARTUP_S + 60)
+    finally:
+        stop(writer)
+    assert cli.returncode == 0, err
+    result = json.loads((tmp_path / "result.json").read_text())
+    spans = [(b["start_time"], b["end_time"]) for b in result["batches"]]
+    assert all(start <= end for start, end in spans)
+    assert all(end < next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))  # no frame twice
+    assert result["frames_analysed"] == 10  # one a second of 10 s, every one kept (room for 30 waiting)
+    assert result["live"]["ended_by"].startswith("the file stopped growing")
