@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, FAST_FLAGS, stderr_lines
+from helpers import CLI, FAST_FLAGS, run_cli, stderr_lines
 from videocaption.errors import InvalidOptionError
 from videocaption.live import LatestFrames, LiveFrame, StreamClock, is_live_input
 from videocaption.options import CaptionOptions
@@ -128,6 +128,15 @@ def test_live_options_are_checked():
     with pytest.raises(InvalidOptionError, match="jsonl_path"):
         CaptionOptions(jsonl_path="result.json")
     assert CaptionOptions(batch_size=3).pending_frames == 6
+
+
+def test_live_only_flags_are_refused_for_a_file(tmp_path, small_clip):
+    done = run_cli(str(small_clip), "--jsonl", "x.jsonl", "--summary-every", "5", cwd=tmp_path)
+    assert done.returncode == 2
+    assert stderr_lines(done) == ["error: --jsonl, --summary-every only apply to live streams (a live URL, or "
+                                  "--live) (see --help)"]
+    done = run_cli(str(small_clip), "--live", "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 2 and len(stderr_lines(done)) == 1
 
 
 # -- the CLI on a stream ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ POLL_S = 0.1  # how often the supervising loop looks at the connection and the s
 def is_live_input(video: str | os.PathLike, live: bool = False) -> bool:
     """Whether ``video`` is captioned as a live stream: a live URL, or anything with ``live``."""
     return live or is_live_url(video)
+
+
+# Options that only a live run reads.
+LIVE_OPTIONS = ("jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
+                "max_pending_frames")
+
+
+def live_options_given(options: CaptionOptions) -> list[str]:
+    """The live-only options set to something other than their default (a file run refuses them)."""
+    defaults = CaptionOptions()
+    return [name for name in LIVE_OPTIONS if getattr(options, name) != getattr(defaults, name)]
 
 
 def wall_time(seconds: float | None = None) -> str:
@@ -298,7 +310,8 @@ class LiveRun:
         self.batches.append(caption)
         now = time.time()
         self._record({"type": "batch", **caption.to_dict(), "arrived": wall_time(frames[-1].arrived),
-                      "latency": round(now - frames[-1].arrived, 3), "dropped_frames": self.frames.dropped})
+                      "latency": round(now - frames[-1].arrived, 3),
+                      "latency_first_frame": round(now - frames[0].arrived, 3), "dropped_frames": self.frames.dropped})
         self._write_subtitles()
         if self._next_summary is not None and caption.end_time >= self._next_summary:
             self._window_summary()
@@ -401,7 +414,11 @@ class LiveCaptioner:
             VideoInputError: the stream could never be read (after the reconnect attempts).
         """
         self.run.start()
-        ended_by = self._supervise()
+        try:
+            ended_by = self._supervise()
+        except BaseException:
+            self.frames.close(drain=False)  # the model's thread ends too
+            raise
         self.frames.close(drain=self._stop is None)
         while self.run.alive:  # the model call in progress finishes; a second signal exits at once
             keep_python_signal_handlers()
@@ -490,8 +507,6 @@ def command(source: str, options: CaptionOptions) -> int:
     written. A second one exits at once (128 + its number); the JSONL and subtitles written so
     far stay whole.
     """
-    import sys
-
     try:
         captioner = LiveCaptioner(source, options)
     except CaptionError as error:
@@ -509,6 +524,13 @@ def command(source: str, options: CaptionOptions) -> int:
     except CaptionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: one line, unless asked for the traceback
+        if os.environ.get("LLM_CAPTION_DEBUG"):
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(error).__name__}: {reason} (LLM_CAPTION_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -258,9 +258,17 @@ class JsonlWriter:
             self._owned = True
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record.
+
+        Raises:
+            OutputError: it could not be written (a full disk, a closed pipe).
+        """
         file = self._file if self._file is not None else sys.stdout
-        file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        file.flush()
+        try:
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            file.flush()
+        except OSError as error:
+            raise _cannot_write(getattr(file, "name", "the JSONL output"), error) from None
 
     def close(self) -> None:
         if self._owned:
