@@ -205,6 +205,44 @@ def test_a_dropped_stream_is_reconnected_and_sigint_ends_with_a_final_summary(tm
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
 
 
+def send_udp(port: int, seconds: float) -> subprocess.Popen:
+    """ffmpeg sending a generated MPEG-TS stream in real time to a UDP port on loopback."""
+    return subprocess.Popen([
+        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", str(seconds),
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-f", "mpegts",
+        f"udp://127.0.0.1:{port}?pkt_size=1316",
+    ], stdin=subprocess.DEVNULL)
+
+
+def test_a_stalled_udp_stream_is_reconnected(tmp_path):
+    """UDP has no end of stream: the sender just stops. FFmpeg gives up after --stall-timeout, the
+    port is let go, and the next connection picks the stream up again when it resumes."""
+    port = free_port()
+    cli = caption_live(f"udp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "20",
+                       "--reconnect-delay", "0.5", "--stall-timeout", "2")
+    sender = None
+    try:
+        wait_for(lambda: records(tmp_path), STARTUP_S, cli)  # the model is loaded: the port is being read
+        sender = send_udp(port, seconds=6)
+        wait_for(lambda: any(r["type"] == "batch" for r in records(tmp_path)), 30, cli)
+        sender.wait(timeout=30)
+        first_run = max(r["end_time"] for r in records(tmp_path) if r["type"] == "batch")
+        time.sleep(4)  # the stream stalls: longer than --stall-timeout
+        sender = send_udp(port, seconds=60)
+        wait_for(lambda: any(r["type"] == "batch" and r["start_time"] > first_run + 1 for r in records(tmp_path)),
+                 60, cli)
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if sender is not None:
+            stop(sender)
+        stop(cli)
+    assert cli.returncode == 0, err
+    assert "no frame for 2 s; reconnecting" in err
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["live"]["reconnects"] >= 1 and result["live"]["ended_by"] == "SIGINT"
+
+
 @pytest.mark.parametrize("attempts", [0, 2])
 def test_an_unreachable_stream_is_one_line_and_exit_2(tmp_path, attempts):
     cli = caption_live(f"tcp://127.0.0.1:{free_port()}", tmp_path, "--reconnect", str(attempts),

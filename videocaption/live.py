@@ -50,6 +50,11 @@ from .writers import JsonlWriter, WriteSRT, WriteVTT, check_output_path, write_f
 log = logging.getLogger("llm_caption")
 
 MAX_RECONNECT_DELAY_S = 30.0
+# Protocols that bind a local port: a reader stuck in them keeps the port, and the next
+# connection could not bind it. FFmpeg is told to give up itself after stall_timeout instead.
+SELF_TIMED_SCHEMES = ("udp://", "rtp://")
+# With FFmpeg timing the reads, the stall watch waits this much longer before it steps in.
+STALL_GRACE_S = 5.0
 POLL_S = 0.1  # how often the supervising loop looks at the connection and the signals
 
 
@@ -220,9 +225,31 @@ class Connection:
         """Stop reading: a finished graph is let go, a running one force-closed and kept."""
         self._abandon.set()
         graph, self._graph = self._graph, None
-        if graph is not None and not self.done.is_set():
-            Connection._abandoned.append(graph)
-            threading.Thread(target=_force_close, args=(graph,), name="live-close", daemon=True).start()
+        if graph is None:
+            return
+        if self.done.is_set():
+            # Freed now (BMF's graph and nodes form a cycle only the collector frees): its decoder
+            # lets go of the input, so a UDP port can be bound again by the next connection.
+            del graph
+            gc.collect()
+            return
+        Connection._abandoned.append(graph)
+        threading.Thread(target=_force_close, args=(graph,), name="live-close", daemon=True).start()
+
+
+def read_url(source: str, stall_timeout: float) -> tuple[str, bool]:
+    """The URL a connection opens, and whether FFmpeg times its reads out itself.
+
+    A UDP or RTP URL without a ``timeout`` gets one of ``stall_timeout`` (FFmpeg counts it in
+    microseconds), so a stalled stream ends its connection cleanly, letting go of the port.
+    Every other URL is given to FFmpeg as it is.
+    """
+    if not source.lower().startswith(SELF_TIMED_SCHEMES):
+        return source, False
+    if "timeout=" in source:
+        return source, True
+    separator = "&" if "?" in source else "?"
+    return f"{source}{separator}timeout={round(stall_timeout * 1_000_000)}", True
 
 
 def _force_close(graph) -> None:
@@ -431,8 +458,9 @@ class LiveCaptioner:
         """Keep a connection open, reconnecting with back-off; returns why the reading ended."""
         attempts = 0  # reconnect attempts since the last connection that delivered a new frame
         while True:
-            connection = Connection(self.source, self._on_frame, self._clock.resume_at)
-            stalled = self._watch(connection)
+            url, self_timed = read_url(self.source, self.options.stall_timeout)
+            connection = Connection(url, self._on_frame, self._clock.resume_at)
+            stalled = self._watch(connection, self.options.stall_timeout + (STALL_GRACE_S if self_timed else 0))
             connection.abandon()
             if self._stop is not None:
                 return self._stop
@@ -447,7 +475,11 @@ class LiveCaptioner:
                 self._clock.reconnected()
                 continue
             attempts = 0 if connection.frames else attempts
-            reason = f"no frame for {self.options.stall_timeout:g} s" if stalled else _reason(connection)
+            # A UDP stream has no end: its connection ends when FFmpeg's read times out (EOF, or EIO
+            # when nothing came at all).
+            timed_out = stalled or (self_timed and (connection.error is None
+                                                    or "Input/output error" in str(connection.error)))
+            reason = f"no frame for {self.options.stall_timeout:g} s" if timed_out else _reason(connection)
             if attempts >= self.options.reconnect:
                 tried = f" after {attempts} reconnect attempts" if attempts else ""
                 if not self._ever_read:
@@ -463,13 +495,13 @@ class LiveCaptioner:
             self.run.reconnects += 1
             self._clock.reconnected()
 
-    def _watch(self, connection: Connection) -> bool:
+    def _watch(self, connection: Connection, stall_after: float) -> bool:
         """Wait until the connection ends (False), stalls (True), or the run is stopped."""
         while not connection.done.wait(POLL_S):
             keep_python_signal_handlers()
             if self._stop is not None or self.run.failure is not None:
                 return False
-            if connection.idle_seconds() > self.options.stall_timeout:
+            if connection.idle_seconds() > stall_after:
                 return True
         return False
 
