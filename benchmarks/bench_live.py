@@ -9,8 +9,9 @@ For each sampling rate, FFmpeg serves a generated stream (``testsrc2``, H.264, M
 loopback, in real time with ``-re``) for ``--seconds``, and the CLI captions it live with the
 tiny reference checkpoint (``--jsonl``). From the JSONL records: latency of each batch record
 (wall clock of the record minus the arrival of the batch's last frame: the model call, plus any
-wait behind earlier batches; and minus its first frame's: plus the time the batch took to fill), frames dropped because the model was behind, and the CLI's resident
-memory at the first record and at the end (a soak: ``--seconds 1800``).
+wait behind earlier batches; and minus its first frame's: plus the time the batch took to
+fill), frames dropped because the model was behind, and the CLI's resident memory at the first
+record and at the end (a soak: ``--seconds 1800 --rate 100``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import pytest
 
 from helpers import CLI, FAST_FLAGS, run_cli, stderr_lines
 from videocaption.errors import InvalidOptionError
-from videocaption.live import LatestFrames, LiveFrame, StreamClock, is_live_input
+from videocaption.live import is_live_input
+from videocaption.live_input import LatestFrames, LiveFrame, StreamClock, read_url
 from videocaption.options import CaptionOptions
 from videocaption.writers import JsonlWriter
 
@@ -110,6 +111,13 @@ def test_a_reread_growing_file_skips_the_frames_already_seen():
     clock.reconnected()  # reopened at 1.0: the decoder's times start at 0 there
     assert clock.stream_time(0.0, arrived=0.0) is None
     assert clock.stream_time(0.5, arrived=0.0) == 1.5
+
+
+def test_udp_urls_get_ffmpegs_read_timeout_and_others_pass_as_they_are():
+    assert read_url("udp://127.0.0.1:1234", 2.5) == ("udp://127.0.0.1:1234?timeout=2500000", True)
+    assert read_url("udp://h:1?pkt_size=1316", 1) == ("udp://h:1?pkt_size=1316&timeout=1000000", True)
+    assert read_url("udp://h:1?timeout=5", 1) == ("udp://h:1?timeout=5", True)
+    assert read_url("rtsp://cam/1", 1) == ("rtsp://cam/1", False)
 
 
 def test_jsonl_records_are_whole_lines_written_at_once():

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             return live.command(args.video, options)
     live_only = live.live_options_given(options_from_args(args, parser))
     if live_only:
-        flags = {field.name: _argument(field)[0] for field in dataclasses.fields(CaptionOptions) if field.name in live_only}
+        flags = {field.name: _argument(field)[0] for field in dataclasses.fields(CaptionOptions)
+                 if field.name in live_only}
         parser.error(f"{', '.join(flags.values())} only apply to live streams (a live URL, or --live)")
     with stop_signals_raise():
         options = options_from_args(args, parser)
