@@ -315,3 +315,34 @@ def test_a_growing_file_is_followed_until_it_stops_growing(tmp_path):
     assert all(end < next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))  # no frame twice
     assert result["frames_analysed"] == 10  # one a second of 10 s, every one kept (room for 30 waiting)
     assert result["live"]["ended_by"].startswith("the file stopped growing")
+
+
+def test_rolling_summaries_of_the_window_and_of_everything_so_far(tmp_path):
+    """LiveRun on its own (no stream): frames handed over as the reader would, 1 s apart; a window
+    is complete when a batch covers its end (its last frame stands for the second after it)."""
+    from PIL import Image
+
+    from helpers import FAST
+    from videocaption.live import LiveRun
+
+    options = CaptionOptions(**FAST, batch_size=3, result_path=str(tmp_path / "result.json"),
+                             jsonl_path=str(tmp_path / "live.jsonl"), summary_every=3.0, summary_all=True,
+                             srt_path=str(tmp_path / "result.srt"))
+    frames = LatestFrames(capacity=9)
+    run = LiveRun("test://frames", options, frames)
+    for second in range(9):
+        frames.put(LiveFrame(image=Image.new("RGB", (64, 48), (second * 20, 80, 160)), stream_time=float(second),
+                             arrived=time.time()))
+    frames.close(drain=True)
+    run.start()
+    run.join()
+    assert run.failure is None
+    result = run.finish("the test ended")
+    kinds = [(r["type"], r.get("scope")) for r in records(tmp_path)]
+    assert kinds == [("start", None)] + [("batch", None), ("summary", "window"), ("summary", "all")] * 3 \
+        + [("final", None)]
+    windows = [r for r in records(tmp_path) if r.get("scope") == "window"]
+    assert [(w["start_time"], w["end_time"]) for w in windows] == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0)]
+    assert [r["batches"] for r in records(tmp_path) if r.get("scope") == "all"] == [1, 2, 3]
+    assert result.to_dict()["live"]["summaries"] == [{k: v for k, v in w.items() if k != "wall_time"} for w in windows]
+    assert (tmp_path / "result.srt").read_text().count(" --> ") == 3

@@ -143,10 +143,13 @@ class LiveRun:
                       "latency": round(now - frames[-1].arrived, 3),
                       "latency_first_frame": round(now - frames[0].arrived, 3), "dropped_frames": self.frames.dropped})
         self._write_subtitles()
-        if self._next_summary is not None and caption.end_time >= self._next_summary:
+        # A batch covers its stream up to one sampling interval after its last frame (as its cue
+        # does): a window is complete once a batch reaches its end.
+        covered = caption.end_time + 1.0 / self.options.fps
+        if self._next_summary is not None and covered >= self._next_summary - 1e-6:
             self._window_summary()
             every = self.options.summary_every
-            self._next_summary = (math.floor(caption.end_time / every) + 1) * every
+            self._next_summary = (math.floor(covered / every + 1e-6) + 1) * every
 
     def _window_summary(self) -> None:
         window = self.batches[self._window_start:]
