@@ -32,6 +32,7 @@ from typing import Any, Iterator, NoReturn
 from .backends.openai_backend import API_KEY_ENV
 from .checkpoint import Checkpoint
 from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from . import live
 from .graph import REPO_ROOT, run_caption_graph
 from .options import DEFAULT_MODEL, CaptionOptions
 from .probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     library.check_library_arguments(args, parser)
+    if library.library_requested(args) and args.live:
+        parser.error("--live captions one stream; it does not go with --workers or --ray-address")
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -144,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, signal.default_int_handler)
         return library.run_library_command(args, parser, options)
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
+    if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
+        options = options_from_args(args, parser)
+        with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
+            return live.command(args.video, options)
+    live_only = live.live_options_given(options_from_args(args, parser))
+    if live_only:
+        flags = {field.name: _argument(field)[0] for field in dataclasses.fields(CaptionOptions)
+                 if field.name in live_only}
+        parser.error(f"{', '.join(flags.values())} only apply to live streams (a live URL, or --live)")
     with stop_signals_raise():
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):

@@ -106,6 +106,24 @@ class CaptionOptions:
     # last subtitle cue ends there at the latest. Unset, it ends one sampling interval after
     # its last frame.
     video_end: float | None = option(None, "seconds where the video stream ends", flag=None)
+    # Live streams (videocaption/live.py): a URL FFmpeg reads live (rtsp, rtmp, srt, udp, tcp,
+    # HLS .m3u8), or any input with --live, is captioned as it plays until it ends or is stopped.
+    live: bool = option(False, "caption the input as a live stream: a file that is still growing (live URLs are "
+                               "always live)")
+    jsonl_path: str | None = option(None, "live: append each described batch and summary to this JSONL file as "
+                                          "it happens ('-': stdout)", flag="--jsonl", metavar="PATH")
+    summary_every: float | None = option(None, "live: every SECONDS of stream, a summary of that window as its "
+                                                "own record", metavar="SECONDS", type=float)
+    summary_all: bool = option(False, "live: with each --summary-every summary, also summarise everything so far")
+    reconnect: int = option(3, "live: reconnect attempts (with backoff) when the stream drops, stalls or cannot be "
+                               "reached, before giving up (default: %(default)s)")
+    reconnect_delay: float = option(1.0, "live: seconds before the first reconnect attempt, doubling each time up "
+                                         "to 30 (default: %(default)s)")
+    stall_timeout: float = option(15.0, "live: seconds without a frame before the stream counts as stalled "
+                                        "(default: %(default)s)")
+    max_pending_frames: int | None = option(
+        None, "live: sampled frames waiting for the model at most; when more arrive the oldest are dropped "
+              "(default: twice --batch-size)", type=int)
 
     @property
     def batches_in_flight(self) -> int:
@@ -150,13 +168,14 @@ class CaptionOptions:
         for name in ("prompt", "summary_prompt", "title_prompt"):
             _check_str(name, getattr(self, name))
         self._check_backend()
+        self._check_live()
 
     def _check_distinct_outputs(self) -> None:
-        """result_path, srt_path, vtt_path and the checkpoint beside the result: four different files."""
+        """result_path, srt_path, vtt_path, jsonl_path and the checkpoint beside the result: different files."""
         seen = {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
-        for name in ("result_path", "srt_path", "vtt_path"):
+        for name in ("result_path", "srt_path", "vtt_path", "jsonl_path"):
             path = getattr(self, name)
-            if path is None:
+            if path is None or path == "-":
                 continue
             key = os.path.abspath(path)
             if key in seen:
@@ -172,6 +191,26 @@ class CaptionOptions:
             raise InvalidOptionError(f"scene_threshold is a luma change, at most 255, got {self.scene_threshold!r}")
         _check_fraction("duplicate_threshold", self.duplicate_threshold)
         _check_positive("max_gap", self.max_gap, unit=" of seconds")
+
+    def _check_live(self) -> None:
+        _check_bool("live", self.live)
+        _check_bool("summary_all", self.summary_all)
+        if self.jsonl_path is not None:
+            _check_str("jsonl_path", self.jsonl_path)
+        if self.summary_every is not None:
+            _check_positive("summary_every", self.summary_every, unit=" of seconds")
+        elif self.summary_all:
+            raise InvalidOptionError("summary_all needs summary_every (how often to summarise)")
+        _check_int("reconnect", self.reconnect, minimum=0)
+        _check_positive("reconnect_delay", self.reconnect_delay, unit=" of seconds")
+        _check_positive("stall_timeout", self.stall_timeout, unit=" of seconds")
+        if self.max_pending_frames is not None:
+            _check_int("max_pending_frames", self.max_pending_frames, minimum=self.batch_size)
+
+    @property
+    def pending_frames(self) -> int:
+        """``max_pending_frames`` as given, else two batches."""
+        return self.max_pending_frames if self.max_pending_frames is not None else 2 * self.batch_size
 
     def _check_backend(self) -> None:
         if self.backend not in BACKENDS:

@@ -37,12 +37,23 @@ class VideoInfo:
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
 })
+# Protocols of live streams: such an input plays until it is stopped (videocaption/live.py).
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "udp://", "rtp://", "tcp://")
 # Inputs read over a network protocol rather than from a local file.
-URL_SCHEMES = ("http://", "https://", "rtmp://", "rtsp://", "s3://", "gs://")
+URL_SCHEMES = ("http://", "https://", "s3://", "gs://") + LIVE_SCHEMES
 
 
 def is_url(text: str | os.PathLike) -> bool:
     return os.fspath(text).lower().startswith(URL_SCHEMES)
+
+
+def is_live_url(text: str | os.PathLike) -> bool:
+    """A live stream's URL: a live protocol, or an HLS playlist (``http(s)://.../x.m3u8``)."""
+    text = os.fspath(text).lower()
+    if text.startswith(LIVE_SCHEMES):
+        return True
+    path = text.split("?", 1)[0].split("#", 1)[0]
+    return text.startswith(("http://", "https://")) and path.endswith(".m3u8")
 
 
 def ffmpeg_url(path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, TextIO
@@ -225,3 +226,50 @@ def write_outputs(result: CaptionResult, options) -> list[Path]:
     texts = {Path(path): writer.render(result) for writer, path in targets if path}
     write_files_atomic(texts)
     return list(texts)
+
+
+class JsonlWriter:
+    """Appends records, one JSON object a line, each written and flushed at once (live runs).
+
+    Each record is one ``write`` of a whole line, so a reader following the file (``tail -f``)
+    never sees half a record, and a run that is killed loses at most the line being written.
+    The file is opened for appending: a restarted run continues the same log.
+
+    Args:
+        target: a path, ``"-"`` for standard output, or an open text handle (tests pass ``io.StringIO``).
+
+    Raises:
+        OutputError: the file cannot be opened.
+    """
+
+    def __init__(self, target: str | os.PathLike | TextIO) -> None:
+        self._owned = False
+        if hasattr(target, "write"):
+            self._file = target
+        elif os.fspath(target) == "-":
+            self._file = None  # sys.stdout as it is when writing (the CLI swaps it)
+        else:
+            check_output_path(target)
+            try:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(target, "a", encoding="utf-8")
+            except OSError as error:
+                raise _cannot_write(target, error) from None
+            self._owned = True
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record.
+
+        Raises:
+            OutputError: it could not be written (a full disk, a closed pipe).
+        """
+        file = self._file if self._file is not None else sys.stdout
+        try:
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            file.flush()
+        except OSError as error:
+            raise _cannot_write(getattr(file, "name", "the JSONL output"), error) from None
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()

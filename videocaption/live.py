@@ -1,0 +1,383 @@
+"""Live streams: caption a feed as it plays, for hours, through drops, until it is stopped.
+
+A live input (an ``rtsp``/``rtmp``/``srt``/``udp``/``tcp`` URL, an HLS playlist, or a growing
+file with ``live``) has no end: the run writes as it goes and stopping it is its normal end.
+
+- **Reading** (:mod:`videocaption.live_input`): one BMF decode graph per connection
+  (:class:`Connection`), run as a generator on its own thread. When it ends (the stream
+  dropped), fails (refused) or delivers nothing for ``stall_timeout`` seconds, it is abandoned
+  and a new one is made after a back-off (``reconnect`` attempts, ``reconnect_delay`` doubling
+  up to :data:`MAX_RECONNECT_DELAY_S`).
+- **Sampling**: by presentation time (:class:`~videocaption.frames.FrameSampler`) on one
+  stream clock that keeps going up across reconnections (:class:`StreamClock`).
+- **Falling behind**: sampled frames wait in :class:`LatestFrames`, which holds at most
+  ``pending_frames``; when the model is slower than the stream, the oldest are dropped (and
+  counted), so memory stays flat and what is described is the newest.
+- **Writing as it happens** (:class:`LiveRun`, on the model's thread): a JSONL record per batch
+  and per ``summary_every`` window, subtitles rewritten atomically after each cue, and at the
+  end (stream over, Ctrl-C or SIGTERM) a final summary and result.json of everything described.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .backends import load_model
+from .errors import CaptionError, VideoInputError
+from .frames import FrameSampler, frame_timestamp, video_frame_to_image
+from .graph import keep_python_signal_handlers
+from .live_input import STALL_GRACE_S, Connection, LatestFrames, LiveFrame, StreamClock, connection_failure, read_url
+from .options import CaptionOptions
+from .pipeline import check_batch_fits
+from .probe import check_readable, is_live_url, is_url
+from .prompts import batch_prompt, clean_title, title_prompt
+from .result import BatchCaption, CaptionResult
+from .summary import Summarizer
+from .writers import JsonlWriter, WriteSRT, WriteVTT, check_output_path, write_files_atomic, write_outputs
+
+log = logging.getLogger("llm_caption")
+
+MAX_RECONNECT_DELAY_S = 30.0
+POLL_S = 0.1  # how often the supervising loop looks at the connection and the signals
+
+
+def is_live_input(video: str | os.PathLike, live: bool = False) -> bool:
+    """Whether ``video`` is captioned as a live stream: a live URL, or anything with ``live``."""
+    return live or is_live_url(video)
+
+
+# Options that only a live run reads.
+LIVE_OPTIONS = ("jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
+                "max_pending_frames")
+
+
+def live_options_given(options: CaptionOptions) -> list[str]:
+    """The live-only options set to something other than their default (a file run refuses them)."""
+    defaults = CaptionOptions()
+    return [name for name in LIVE_OPTIONS if getattr(options, name) != getattr(defaults, name)]
+
+
+def wall_time(seconds: float | None = None) -> str:
+    """A wall-clock time as ISO 8601 in UTC, to the millisecond (``2026-11-30T21:04:05.123Z``)."""
+    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LiveRun:
+    """The model's side of a live run: batches from :class:`LatestFrames`, records out as they happen.
+
+    Args:
+        source: the input, as given (recorded in the result).
+        options: validated options (``jsonl_path``, ``summary_every``, subtitles, ...).
+        frames: where the reader puts sampled frames.
+    """
+
+    def __init__(self, source: str, options: CaptionOptions, frames: LatestFrames, model=None) -> None:
+        self.source = source
+        self.options = options
+        self.frames = frames
+        self.model = model if model is not None else load_model(options)
+        check_batch_fits(self.model, options)
+        self._summarize = Summarizer(self.model, options, self._complete)
+        self.batches: list[BatchCaption] = []
+        self.summaries: list[dict[str, Any]] = []
+        self.reconnects = 0
+        self._window_start = 0  # index of the first batch not yet in a window summary
+        self._next_summary = options.summary_every
+        self._jsonl = JsonlWriter(options.jsonl_path) if options.jsonl_path else None
+        self._started = time.perf_counter()
+        self.failure: BaseException | None = None
+        self._worker = threading.Thread(target=self._work, name="live-model", daemon=True)
+
+    def start(self) -> None:
+        self._record({"type": "start", "input": self.source, "model": self.model.name, "fps": self.options.fps,
+                      "batch_size": self.options.batch_size})
+        self._worker.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._worker.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def _work(self) -> None:
+        try:
+            while frames := self.frames.take(self.options.batch_size):
+                self._described(self._describe(frames), frames)
+        except BaseException as error:  # noqa: BLE001 - the supervisor ends the run with it
+            self.failure = error
+
+    def _describe(self, frames: list[LiveFrame]) -> BatchCaption:
+        times = [frame.stream_time for frame in frames]
+        prompt = batch_prompt(self.options.prompt, times, time_aware=self.options.time_aware)
+        images = [self.model.prepare_image(frame.image.convert("RGB"), self.options.batch_size) for frame in frames]
+        started = time.perf_counter()
+        text, error = "", None
+        try:
+            text = self.model.describe_batch([(images, prompt)], max_new_tokens=self.options.max_new_tokens)[0]
+        except CaptionError:
+            raise
+        except Exception as failure:  # out of memory, a server that went away: recorded, the stream goes on
+            log.error("batch %d could not be described: %s", len(self.batches) + 1, failure)
+            error = f"{type(failure).__name__}: {failure}"
+        return BatchCaption(batch_id=len(self.batches) + 1, frames=len(frames), start_time=times[0],
+                            end_time=times[-1], description=text, inference_time=time.perf_counter() - started,
+                            error=error)
+
+    def _described(self, caption: BatchCaption, frames: list[LiveFrame]) -> None:
+        """Everything that follows a described batch, at once: its record, the subtitles, a summary."""
+        self.batches.append(caption)
+        now = time.time()
+        self._record({"type": "batch", **caption.to_dict(), "arrived": wall_time(frames[-1].arrived),
+                      "latency": round(now - frames[-1].arrived, 3),
+                      "latency_first_frame": round(now - frames[0].arrived, 3), "dropped_frames": self.frames.dropped})
+        self._write_subtitles()
+        # A batch covers its stream up to one sampling interval after its last frame (as its cue
+        # does): a window is complete once a batch reaches its end.
+        covered = caption.end_time + 1.0 / self.options.fps
+        if self._next_summary is not None and covered >= self._next_summary - 1e-6:
+            self._window_summary()
+            every = self.options.summary_every
+            self._next_summary = (math.floor(covered / every + 1e-6) + 1) * every
+
+    def _window_summary(self) -> None:
+        window = self.batches[self._window_start:]
+        self._window_start = len(self.batches)
+        summary, _ = self._summarize([(b.start_time, b.end_time, b.description) for b in window if b.error is None])
+        record = {"type": "summary", "scope": "window", "start_time": round(window[0].start_time, 6),
+                  "end_time": round(window[-1].end_time, 6), "batches": len(window), "summary": summary}
+        self.summaries.append(record)
+        self._record(record)
+        if self.options.summary_all:
+            summary, rounds = self._summary_of_all()
+            self._record({"type": "summary", "scope": "all", "start_time": round(self.batches[0].start_time, 6),
+                          "end_time": round(self.batches[-1].end_time, 6), "batches": len(self.batches),
+                          "summary": summary, "summary_rounds": rounds})
+
+    def _summary_of_all(self) -> tuple[str, int]:
+        return self._summarize([(b.start_time, b.end_time, b.description) for b in self.batches if b.error is None])
+
+    def _write_subtitles(self) -> None:
+        """Rewrite the subtitle files with every cue so far, atomically: a player or a reader
+        always finds a whole, valid file."""
+        result = self._result("", "", 0)
+        texts = {Path(path): writer.render(result) for writer, path in
+                 ((WriteSRT(), self.options.srt_path), (WriteVTT(), self.options.vtt_path)) if path}
+        if texts:
+            write_files_atomic(texts)
+
+    def finish(self, ended_by: str) -> CaptionResult:
+        """The final summary and title, the final record, and result.json (with the subtitles)."""
+        summary, rounds = self._summary_of_all()
+        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) if summary else ""
+        result = self._result(title, summary, rounds, ended_by=ended_by)
+        write_outputs(result, self.options)
+        self._record({"type": "final", "video_title": title, "summary": summary, "summary_rounds": rounds,
+                      "frames_analysed": result.frames_analysed, "batches": len(self.batches),
+                      "dropped_frames": self.frames.dropped, "reconnects": self.reconnects, "ended_by": ended_by})
+        if self._jsonl is not None:
+            self._jsonl.close()
+        return result
+
+    def _result(self, title: str, summary: str, rounds: int, ended_by: str | None = None) -> CaptionResult:
+        live = {"input": self.source, "dropped_frames": self.frames.dropped, "reconnects": self.reconnects,
+                "summaries": self.summaries}
+        if ended_by is not None:
+            live["ended_by"] = ended_by
+        return CaptionResult(video_title=title, summary=summary, batch_size=self.options.batch_size,
+                             batches=list(self.batches), model=self.model.name, fps=float(self.options.fps),
+                             turnaround_time=time.perf_counter() - self._started, summary_rounds=rounds,
+                             extra={"live": live})
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write({**record, "wall_time": wall_time()})
+
+    def _complete(self, prompts: list[str]) -> list[str]:
+        return self.model.complete_batch(prompts, max_new_tokens=self.options.max_new_tokens)
+
+
+class LiveCaptioner:
+    """Reads a live input and captions it until it ends for good or :meth:`stop` is called.
+
+    Args:
+        source: a live URL, or a growing file.
+        options: validated options.
+
+    Raises:
+        OutputError: an output cannot be written (before anything is read).
+    """
+
+    def __init__(self, source: str | os.PathLike, options: CaptionOptions, model=None) -> None:
+        self.source = os.fspath(source)
+        self.options = options
+        for path in (options.result_path, options.srt_path, options.vtt_path):
+            if path:
+                check_output_path(path)
+        self._growing_file = not is_url(self.source)
+        if self._growing_file and not Path(self.source).is_file():
+            check_readable(Path(self.source))  # says why (missing, a directory, a pipe); a growing file may be empty
+        self.frames = LatestFrames(options.pending_frames)
+        self.run = LiveRun(self.source, options, self.frames, model)
+        self._clock = StreamClock(options.fps, same_timeline=self._growing_file)
+        self._sampler = FrameSampler(options.fps)
+        self._stop: str | None = None
+        self._ever_read = False
+        self._last_new_frame = time.monotonic()
+
+    def stop(self, reason: str) -> None:
+        """End the run at the next look (from a signal handler: it only sets a flag)."""
+        self._stop = self._stop or reason
+
+    def caption(self) -> CaptionResult:
+        """Read and caption until the stream is gone for good or :meth:`stop`; returns the result.
+
+        Raises:
+            VideoInputError: the stream could never be read (after the reconnect attempts).
+        """
+        self.run.start()
+        try:
+            ended_by = self._supervise()
+        except BaseException:
+            self.frames.close(drain=False)  # the model's thread ends too
+            raise
+        self.frames.close(drain=self._stop is None)
+        while self.run.alive:  # the model call in progress finishes; a second signal exits at once
+            keep_python_signal_handlers()
+            self.run.join(POLL_S)
+        if self.run.failure is not None:
+            raise self.run.failure
+        return self.run.finish(ended_by)
+
+    def _supervise(self) -> str:
+        """Keep a connection open, reconnecting with back-off; returns why the reading ended."""
+        attempts = 0  # reconnect attempts since the last connection that delivered a new frame
+        while True:
+            url, self_timed = read_url(self.source, self.options.stall_timeout)
+            connection = Connection(url, self._on_frame, self._clock.resume_at)
+            stalled = self._watch(connection, self.options.stall_timeout + (STALL_GRACE_S if self_timed else 0))
+            connection.abandon()
+            if self._stop is not None:
+                return self._stop
+            if self.run.failure is not None:
+                raise self.run.failure
+            if self._growing_file and self._ever_read:
+                # End of what was written so far: look again soon, until nothing new comes for stall_timeout.
+                if time.monotonic() - self._last_new_frame > self.options.stall_timeout:
+                    return f"the file stopped growing (no new frame for {self.options.stall_timeout:g} s)"
+                if not self._sleep(self.options.reconnect_delay):
+                    return self._stop
+                self._clock.reconnected()
+                continue
+            attempts = 0 if connection.frames else attempts
+            # A UDP stream has no end: its connection ends when FFmpeg's read times out (EOF, or EIO
+            # when nothing came at all).
+            timed_out = stalled or (self_timed and (connection.error is None
+                                                    or "Input/output error" in str(connection.error)))
+            reason = f"no frame for {self.options.stall_timeout:g} s" if timed_out else connection_failure(connection)
+            if attempts >= self.options.reconnect:
+                tried = f" after {attempts} reconnect attempts" if attempts else ""
+                if not self._ever_read:
+                    raise VideoInputError(f"{self.source}: cannot be read ({reason}){tried}")
+                log.warning("%s: %s; ending the run%s", self.source, reason, tried)
+                return f"{reason}{tried}"
+            attempts += 1
+            delay = min(self.options.reconnect_delay * 2 ** (attempts - 1), MAX_RECONNECT_DELAY_S)
+            log.warning("%s: %s; reconnecting in %g s (attempt %d of %d)", self.source, reason, delay, attempts,
+                        self.options.reconnect)
+            if not self._sleep(delay):
+                return self._stop
+            self.run.reconnects += 1
+            self._clock.reconnected()
+
+    def _watch(self, connection: Connection, stall_after: float) -> bool:
+        """Wait until the connection ends (False), stalls (True), or the run is stopped."""
+        while not connection.done.wait(POLL_S):
+            keep_python_signal_handlers()
+            if self._stop is not None or self.run.failure is not None:
+                return False
+            if connection.idle_seconds() > stall_after:
+                return True
+        return False
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, looking at the stop flag; False when stopped meanwhile."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            keep_python_signal_handlers()
+            if self._stop is not None:
+                return False
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return self._stop is None
+
+    def _on_frame(self, packet, frame) -> bool:
+        """On the reader's thread: sample by presentation time, convert, hand to the model's side.
+
+        Returns whether the frame was new (not one of a reread file's frames already seen)."""
+        arrived = time.time()
+        stream_time = self._clock.stream_time(frame_timestamp(packet, frame), arrived)
+        if stream_time is None:
+            return False
+        self._ever_read = True
+        self._last_new_frame = time.monotonic()
+        if not self._sampler.want(stream_time):
+            return True
+        self.frames.put(LiveFrame(image=video_frame_to_image(frame), stream_time=stream_time, arrived=arrived))
+        return True
+
+
+def command(source: str, options: CaptionOptions) -> int:
+    """The CLI's live mode: caption until the stream is over or Ctrl-C / SIGTERM; exit 0.
+
+    The first Ctrl-C or SIGTERM ends the run normally (a live stream has no end: stopping it is
+    its end): the model call in progress finishes, then the final summary and result.json are
+    written. A second one exits at once (128 + its number); the JSONL and subtitles written so
+    far stay whole.
+    """
+    try:
+        captioner = LiveCaptioner(source, options)
+    except CaptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: object) -> None:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, lambda number, _: os._exit(128 + number))
+        captioner.stop("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = captioner.caption()
+    except CaptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug: one line, unless asked for the traceback
+        if os.environ.get("LLM_CAPTION_DEBUG"):
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(error).__name__}: {reason} (LLM_CAPTION_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        gc.collect()  # free the finished graphs now, while their shutdown log is still hidden
+    live = result.extra["live"]
+    out = sys.stderr if options.jsonl_path == "-" else sys.stdout  # stdout carries the records then
+    print(f"Title: {result.video_title}", file=out)
+    print(f"Summary: {result.summary}", file=out)
+    print(f"{result.frames_analysed} frames in {len(result.batches)} batches, {live['dropped_frames']} dropped, "
+          f"{live['reconnects']} reconnects; ended by {live['ended_by']}; result written to {options.result_path}",
+          file=out)
+    return 0
