@@ -72,8 +72,9 @@ class CaptionOptions:
     decode_skip: str = option("auto", "frames the decoder may drop: auto (nonref with 8+ frames per sample at a "
                                       "constant frame rate), none, nonref, bidir (default: %(default)s)",
                               choices=DECODE_SKIPS)
-    hwaccel: str = option("auto", "hardware decoding: auto (cuda with BabitMF-GPU and a GPU), none, cuda "
-                                  "(default: %(default)s)", choices=HWACCELS)
+    # none by default until the NVDEC path has run once: it is written but untested (no GPU here).
+    hwaccel: str = option("none", "hardware decoding: none, cuda, or auto (cuda with BabitMF-GPU and a GPU; "
+                                  "untested) (default: %(default)s)", choices=HWACCELS)
     model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
                                        "served model name (default: %(default)s)")
     device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
