@@ -17,10 +17,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .audio.samples import SAMPLE_RATE
 from .errors import CaptionError, VideoInputError
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error, ffmpeg_url
+from .probe import explain_decoder_error, ffmpeg_url, has_audio
 from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
@@ -57,10 +58,13 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     import bmf
 
     graph = bmf.graph()
-    video = graph.decode(decoder_options(video_path))["video"]
+    decoded = graph.decode(decoder_options(video_path))
     # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
-    video = video.ff_filter("select", select_expression(options.fps))
-    node = bmf.module([video], MODULE_NAME, module_options(options, run_id),
+    streams = [decoded["video"].ff_filter("select", select_expression(options.fps))]
+    if options.transcribe and has_audio(video_path):  # as the VAD and the recogniser take it: 16 kHz mono float
+        streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
+                       .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"))
+    node = bmf.module(streams, MODULE_NAME, module_options(options, run_id),
                       module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
     return graph, node
 

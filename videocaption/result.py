@@ -23,6 +23,8 @@ class BatchCaption:
     prompt_tokens: int | None = None  # image tokens included
     image_tokens: int | None = None
     generated_tokens: int | None = None
+    # With transcribe: what is said during the batch's span ("" for none); None without.
+    speech: str | None = None
 
     @property
     def usage(self) -> Usage | None:
@@ -38,6 +40,8 @@ class BatchCaption:
             "start_time": round(self.start_time, 6),
             "end_time": round(self.end_time, 6),
         }
+        if self.speech is not None:
+            data["speech"] = self.speech
         if self.error is not None:
             data["error"] = self.error
         if self.usage is not None:
@@ -61,6 +65,8 @@ class CaptionResult:
     # latest. Not part of result.json (its end_time fields are frame times).
     video_end: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the input path
+    # With transcribe: every speech segment, [{start, end, text}] in seconds; None without.
+    transcript: list[dict[str, Any]] | None = None
 
     @property
     def frames_analysed(self) -> int:
@@ -98,6 +104,7 @@ class CaptionResult:
             "turnaround_time": round(self.turnaround_time, 4),
             "summary_rounds": self.summary_rounds,
             **self._usage_dict(),
+            **({"transcript": self.transcript} if self.transcript is not None else {}),
             **self.extra,
         }
 
