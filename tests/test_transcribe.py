@@ -192,3 +192,17 @@ def test_speech_subtitles_come_from_the_transcript(tmp_path):
     both = WriteSRT("both").render(result)
     assert "hello there" in both and result.batches[0].description in both
     assert WriteSRT().render(result) == WriteSRT("captions").render(make_result())
+
+
+def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_path):
+    """A real OpenAI-compatible /v1/audio/transcriptions endpoint (``transformers serve``, serving
+    the tiny Whisper by path, decoding our WAV uploads itself) transcribes the segments the VAD found."""
+    pytest.importorskip("multipart", reason="transformers serve needs python-multipart for uploads")
+    pytest.importorskip("soundfile", reason="transformers serve decodes uploads with soundfile")
+    from tiny_server import transformers_serve
+
+    clip, placed = speech
+    with transformers_serve(tmp_path / "serve.log") as base_url:
+        served = caption(clip, tmp_path, whisper, asr_backend="openai", asr_api_base=base_url)
+    assert [round(s["start"]) for s in served["transcript"]] == [round(start) for start, _ in placed]
+    assert all(s["text"] for s in served["transcript"])
