@@ -206,3 +206,15 @@ def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_p
         served = caption(clip, tmp_path, whisper, asr_backend="openai", asr_api_base=base_url)
     assert [round(s["start"]) for s in served["transcript"]] == [round(start) for start, _ in placed]
     assert all(s["text"] for s in served["transcript"])
+
+
+def test_the_cli_writes_speech_subtitles(speech, whisper, tmp_path):
+    from helpers import run_cli
+
+    clip, placed = speech
+    done = run_cli(str(clip), "--transcribe", "--asr-model", str(whisper), "--batch-size", "2",
+                   "--srt", "speech.srt", "--subtitles", "speech", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cues = (tmp_path / "speech.srt").read_text().strip().split("\n\n")
+    assert len(cues) == len(placed)
+    assert len(json.loads((tmp_path / "result.json").read_text())["transcript"]) == len(placed)
