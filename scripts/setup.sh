@@ -7,6 +7,7 @@
 #   2. A Python 3.11 virtual environment in .venv (BabitMF 0.2.0 ships cp311 wheels only).
 #   3. torch, then BabitMF-GPU where an NVIDIA driver is present (BabitMF otherwise), then
 #      requirements.txt (and requirements-test.txt with --test).
+#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests.
 #
 # Environment: PYTHON (interpreter to use), TORCH_SPEC (default torch==2.13.0),
 # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu for a CPU-only torch).
@@ -80,5 +81,15 @@ install_python_packages() {
     echo "$stamp" >>"$VENV/.setup-stamp"
 }
 
+install_test_tools() {
+    # espeak-ng speaks the sentences the transcription tests place under their videos.
+    [ "$WITH_TEST" = 1 ] || return 0
+    command -v espeak-ng >/dev/null 2>&1 && return
+    say "installing espeak-ng (speech for the tests)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+}
+
 install_system_libs
+install_test_tools
 install_python_packages

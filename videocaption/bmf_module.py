@@ -2,7 +2,8 @@
 
 Streams (fixed positions, so a graph can wire them without guessing):
 
-- input 0: video frames (required); input 1: audio (optional, only passed through).
+- input 0: video frames (required); input 1: audio (optional: passed through, and with
+  ``transcribe`` heard; the caption graph resamples it to 16 kHz mono first).
 - output 0: the input video, packet for packet, when ``pass_through`` is on.
 - output 1: captions: one packet per batch as it is described (in video order, timestamped at
   the batch's first frame), then one ``summary`` packet before EOF. Payloads are dicts
@@ -15,8 +16,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bmf import Module, Packet, ProcessResult, Timestamp, VideoFrame
+from bmf import AudioFrame, Module, Packet, ProcessResult, Timestamp, VideoFrame
 
+from .audio import audio_frame_samples
 from .checkpoint import checkpoint_path
 from .errors import CaptionError
 from .frames import frame_timestamp, video_frame_to_image
@@ -91,14 +93,20 @@ class CaptionModule(Module):
     def _process(self, task) -> int:
         inputs = task.get_inputs()
         outputs = task.get_outputs()
+        if AUDIO_IN not in inputs:
+            self._captioner.end_audio("transcribe: no audio stream; captioning the frames only")
         for stream_id, packets in inputs.items():
             while not packets.empty():
                 packet = packets.get()
                 if packet.timestamp == Timestamp.EOF:
                     self._eof_inputs.add(stream_id)
+                    if stream_id == AUDIO_IN:
+                        self._captioner.end_audio()
                     continue
                 if stream_id == VIDEO_IN and packet.is_(VideoFrame):
                     self._caption_frame(packet)
+                elif stream_id == AUDIO_IN and self.options.transcribe and packet.is_(AudioFrame):
+                    self._hear(packet)
                 if self.options.pass_through:
                     self._put(outputs, PASS_THROUGH_OUT.get(stream_id), packet)
         self._emit_captions(outputs, self._captioner.take_described())
@@ -112,6 +120,15 @@ class CaptionModule(Module):
         seconds = frame_timestamp(packet, frame)
         if self._captioner.wants(seconds, lambda: frame_thumbnail(frame)):
             self._captioner.add(video_frame_to_image(frame), seconds)
+
+    def _hear(self, packet) -> None:
+        frame = packet.get(AudioFrame)
+        try:
+            samples = audio_frame_samples(frame)
+        except Exception as error:  # noqa: BLE001 - a damaged frame costs its samples, not the run
+            log.warning("skipping an audio frame that cannot be read (%s)", error)
+            return
+        self._captioner.add_audio(samples, frame_timestamp(packet, frame))
 
     def _finish(self, outputs) -> None:
         self._done = True

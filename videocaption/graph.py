@@ -17,11 +17,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .audio.samples import SAMPLE_RATE
 from .errors import CaptionError, VideoInputError
 from .decoding import decode_settings, steady_frame_rate
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error, ffmpeg_url, is_url
+from .probe import explain_decoder_error, ffmpeg_url, has_audio, is_url
 from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
@@ -65,13 +66,18 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     import bmf
 
     graph = bmf.graph()
-    video = graph.decode(decoder_options(video_path, options))["video"]
+    decoded = graph.decode(decoder_options(video_path, options))
+    video = decoded["video"]
     if options.sampling == "uniform":
         # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
         video = video.ff_filter("select", select_expression(options.fps))
     # adaptive: the module sees every decoded frame, to find cuts between samples too; it
     # converts only the frames it sends.
-    node = bmf.module([video], MODULE_NAME, module_options(options, run_id),
+    streams = [video]
+    if options.transcribe and has_audio(video_path):  # as the VAD and the recogniser take it: 16 kHz mono float
+        streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
+                       .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"))
+    node = bmf.module(streams, MODULE_NAME, module_options(options, run_id),
                       module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
     return graph, node
 

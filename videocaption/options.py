@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .audio.recognizers import ASR_BACKENDS, DEFAULT_ASR_MODEL
 from .decoding import DECODE_SKIPS, HWACCELS
 from .devices import DEFAULT_MODEL, DEVICES, DTYPES
 from .errors import InvalidOptionError
@@ -24,6 +25,8 @@ BACKENDS = ("deepseek_vl2", "transformers", "openai")
 # uniform: every frame of the fps grid goes to the model; adaptive: only where the video
 # changes, batches ending at hard cuts (see videocaption/sampling.py).
 SAMPLINGS = ("uniform", "adaptive")
+# What --srt/--vtt cues hold: the batch captions, the transcript's speech, or both.
+SUBTITLES = ("captions", "speech", "both")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
@@ -101,6 +104,16 @@ class CaptionOptions:
                                   nargs="?", metavar="PATH")
     vtt_path: str | None = option(None, "also write WebVTT subtitles (alone: beside the result file)", flag="--vtt",
                                   nargs="?", metavar="PATH")
+    # Speech: found by Silero VAD in the audio (input 1), transcribed, merged into the prompts.
+    transcribe: bool = option(False, "transcribe the speech in the audio and give it to the prompts")
+    asr_backend: str = option("whisper", "whisper: a Whisper checkpoint in this process; openai: an "
+                                         "OpenAI-compatible /v1/audio/transcriptions endpoint (default: %(default)s)",
+                              choices=ASR_BACKENDS)
+    asr_model: str = option(DEFAULT_ASR_MODEL, "Whisper hub id or local directory; with --asr-backend openai, the "
+                                               "served model name (default: %(default)s)")
+    asr_api_base: str | None = option(None, "asr openai backend: the server's URL (default: --api-base)")
+    language: str | None = option(None, "spoken language (ISO code, e.g. en); default: detected")
+    subtitles: str = option("captions", "what --srt/--vtt cues hold (default: %(default)s)", choices=SUBTITLES)
     summary_max_prompt_tokens: int | None = option(None, "cap on summary prompts (default: what fits)", flag=None)
     resume: bool = option(False, "continue an interrupted run from its checkpoint (RESULT.partial)")
     # Where the video stream ends (seconds), when the caller knows it (the CLI probes it): the
@@ -170,6 +183,20 @@ class CaptionOptions:
             _check_str(name, getattr(self, name))
         self._check_backend()
         self._check_live()
+        self._check_speech()
+
+    def _check_speech(self) -> None:
+        _check_bool("transcribe", self.transcribe)
+        if self.asr_backend not in ASR_BACKENDS:
+            raise InvalidOptionError(f"asr_backend must be one of {', '.join(ASR_BACKENDS)}, got {self.asr_backend!r}")
+        _check_str("asr_model", self.asr_model)
+        for name in ("asr_api_base", "language"):
+            if getattr(self, name) is not None:
+                _check_str(name, getattr(self, name))
+        if self.transcribe and self.asr_backend == "openai" and not (self.asr_api_base or self.api_base):
+            raise InvalidOptionError("the openai asr_backend needs asr_api_base (or api_base), the server's URL")
+        if self.subtitles not in SUBTITLES:
+            raise InvalidOptionError(f"subtitles must be one of {', '.join(SUBTITLES)}, got {self.subtitles!r}")
 
     def _check_distinct_outputs(self) -> None:
         """result_path, srt_path, vtt_path, jsonl_path and the checkpoint beside the result: different files."""

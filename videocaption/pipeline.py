@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
+from .audio import Transcriber
+from .audio.merge import SpeechGate
+from .audio.recognizers import load_recognizer
 from .backends import VisionLanguageModel, load_model
 from .batching import FrameBatch, FrameBatcher
 from .checkpoint import Checkpoint, fingerprint
@@ -22,7 +27,7 @@ from .errors import CaptionError, InvalidOptionError, VideoInputError
 from .frames import SampledFrame
 from .options import CaptionOptions
 from .progress import Progress, ProgressCallback
-from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, title_prompt
+from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
 from .result import BatchCaption, CaptionResult
 from .sampling import Thumbnail, make_sampler
 from .scheduler import BatchScheduler
@@ -33,6 +38,10 @@ log = logging.getLogger("llm_caption")
 
 # The largest batch size considered when looking for the largest one that fits the context.
 MAX_BATCH_SIZE_SEARCHED = 256
+# With transcribe: prompt tokens kept for a batch's speech (longer speech is cut to fit).
+SPEECH_PROMPT_TOKENS = 160
+# With transcribe: seconds of video whose batches may wait for their audio.
+MAX_AUDIO_LAG_S = 60.0
 
 
 def batch_tokens(model: VisionLanguageModel, options: CaptionOptions, num_frames: int) -> int:
@@ -40,7 +49,7 @@ def batch_tokens(model: VisionLanguageModel, options: CaptionOptions, num_frames
     text = batch_prompt(options.prompt, [0.0] * num_frames, time_aware=options.time_aware)
     text_tokens = model.count_tokens(text.replace(IMAGE_PLACEHOLDER, ""))
     # Times in the prompt grow with the video ("1:23.0" vs "0:00.0"): keep a few tokens spare.
-    spare = 4 * num_frames + 8
+    spare = 4 * num_frames + 8 + (SPEECH_PROMPT_TOKENS if options.transcribe else 0)
     return text_tokens + spare + model.max_image_tokens(num_frames) + options.max_new_tokens
 
 
@@ -111,6 +120,8 @@ class Captioner:
         # flight. A local model is fastest given the waiting batches as one batched call.
         workers = options.batches_in_flight if self.model.concurrent_calls else 1
         self._scheduler = BatchScheduler(self._describe_group, options.batches_in_flight, workers=workers)
+        self._speech_gate = self._speech_gate_for(options) if options.transcribe else None
+        self._speech: dict[int, str] = {}  # batch id -> what is said during its span
         self._checkpoint = Checkpoint(options.result_path)
         self._fingerprint: str | None = None
         self._next_id = 1
@@ -157,8 +168,67 @@ class Captioner:
             return
         full = self._batcher.add(SampledFrame(image=image, timestamp=timestamp), shot=self._shot)
         if full is not None:
-            self._submit(full)
+            self._submit_heard(full)
         self._report("describing")
+
+    # -- feeding audio (with transcribe) ----------------------------------------------------
+
+    def _speech_gate_for(self, options: CaptionOptions) -> SpeechGate:
+        transcriber = Transcriber(load_recognizer(options), options.language)
+        held = math.ceil(MAX_AUDIO_LAG_S * options.fps / options.batch_size) + options.batches_in_flight
+        return SpeechGate(transcriber, 1.0 / options.fps, held)
+
+    def add_audio(self, samples: np.ndarray, start_time: float) -> None:
+        """Add 16 kHz mono samples starting at ``start_time`` s; speech is transcribed as it ends.
+
+        A failing detector or recogniser ends the transcript there (one warning); the visual
+        captions go on.
+        """
+        if self._speech_gate is not None:
+            self._transcribing(lambda: self._speech_gate.transcriber.add(samples, start_time))
+
+    def end_audio(self, note: str | None = None) -> None:
+        """No more audio (its end of stream, or ``note`` says why there is none)."""
+        if self._speech_gate is None or self._speech_gate.transcriber.ended:
+            return
+        if note:
+            log.info(note)
+        self._transcribing(self._speech_gate.transcriber.end)
+
+    def _transcribing(self, step: Callable[[], None]) -> None:
+        transcriber = self._speech_gate.transcriber
+        try:
+            step()
+        except CaptionError:
+            raise
+        except Exception as error:  # damaged audio, a recogniser that failed
+            log.warning("transcription stopped at %.1f s (%s: %s); the captions go on without further speech",
+                        max(transcriber.covered_until(), 0.0), type(error).__name__, error)
+            transcriber.ended = True
+        for batch, speech in self._speech_gate.release():
+            self._submit_heard(batch, speech)
+
+    def _submit_heard(self, batch: FrameBatch, speech: str | None = None) -> None:
+        """Submit a batch once its speech is known (at once without transcribe)."""
+        if self._speech_gate is None:
+            return self._submit(batch)
+        if speech is None:
+            self._speech_gate.hold(batch)
+            ready = self._speech_gate.release()
+        else:
+            ready = [(batch, speech)]
+        for held, text in ready:
+            self._speech[held.batch_id] = text
+            self._submit(held)
+
+    def _prompt(self, timestamps: list[float], batch_id: int) -> str:
+        speech = self._speech.get(batch_id)
+        if speech:  # cut to the tokens kept for it
+            words = speech.split()
+            while len(words) > 1 and self.model.count_tokens(speech_line(" ".join(words))) > SPEECH_PROMPT_TOKENS:
+                words = words[: len(words) * 3 // 4]
+            speech = " ".join(words)
+        return batch_prompt(self.options.prompt, timestamps, time_aware=self.options.time_aware, speech=speech)
 
     def _submit(self, batch: FrameBatch) -> None:
         try:
@@ -206,9 +276,13 @@ class Captioner:
         """Describe the last, possibly short, batch and wait for all; return the rest in order."""
         if not self._input_done:
             self._input_done = True
+            if self._speech_gate is not None:
+                self.end_audio()
+                for batch, speech in self._speech_gate.release(everything=True):
+                    self._submit_heard(batch, speech)
             last = self._batcher.flush()
             if last is not None:
-                self._submit(last)
+                self._submit_heard(last, self._speech_gate.speech(last) if self._speech_gate else None)
             try:
                 self._scheduler.join()
             except BaseException:
@@ -233,7 +307,8 @@ class Captioner:
                                   "frames are damaged)")
         self._report("summarizing")
         summary, rounds = self._summarize(
-            [(b.start_time, b.end_time, b.description) for b in self._described if b.error is None]
+            [(b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
+             for b in self._described if b.error is None]
         )
         self._report("titling")
         title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
@@ -247,6 +322,8 @@ class Captioner:
             turnaround_time=time.perf_counter() - self._started,
             summary_rounds=rounds,
             video_end=self.options.video_end,
+            transcript=(None if self._speech_gate is None
+                        else [segment.to_dict() for segment in self._speech_gate.transcriber.segments]),
         )
         if write is not None:
             write(result)
@@ -275,8 +352,7 @@ class Captioner:
     def _describe_group(self, batches: list[FrameBatch]) -> list[BatchCaption]:
         """Describe batches in one model call; on failure isolate, then split, then record."""
         requests = [
-            ([f.image for f in b.frames], batch_prompt(self.options.prompt, b.timestamps, time_aware=self.options.time_aware))
-            for b in batches
+            ([f.image for f in b.frames], self._prompt(b.timestamps, b.batch_id)) for b in batches
         ]
         started = time.perf_counter()
         try:
@@ -298,8 +374,7 @@ class Captioner:
         half = max(1, len(batch.frames) // 2)
         parts = [batch.frames[:half], batch.frames[half:]] if len(batch.frames) > 1 else [batch.frames]
         requests = [
-            ([f.image for f in part], batch_prompt(self.options.prompt, [f.timestamp for f in part], time_aware=self.options.time_aware))
-            for part in parts
+            ([f.image for f in part], self._prompt([f.timestamp for f in part], batch.batch_id)) for part in parts
         ]
         started = time.perf_counter()
         try:
@@ -313,8 +388,7 @@ class Captioner:
         usage = None if None in parts else sum(parts[1:], parts[0])
         return self._caption(batch, " ".join(texts), time.perf_counter() - started, usage=usage)
 
-    @staticmethod
-    def _caption(batch: FrameBatch, text: str, seconds: float, error: str | None = None,
+    def _caption(self, batch: FrameBatch, text: str, seconds: float, error: str | None = None,
                  usage: Usage | None = None) -> BatchCaption:
         return BatchCaption(
             batch_id=batch.batch_id,
@@ -329,6 +403,7 @@ class Captioner:
             generated_tokens=usage.generated_tokens if usage else None,
             shot=batch.shot,
             frames_skipped=batch.frames_skipped,
+            speech=self._speech.pop(batch.batch_id, None) if self._speech_gate is not None else None,
         )
 
     def _complete(self, prompts: list[str]) -> list[str]:

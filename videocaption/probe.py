@@ -209,3 +209,19 @@ def _file_kind(path: Path) -> str:
 
 def _strip_path(reason: str, path: Path) -> str:
     return reason.replace(f"{ffmpeg_url(path)}: ", "").replace(f"{path}: ", "").strip()
+
+
+def has_audio(path: str | os.PathLike) -> bool:
+    """Whether the input has an audio stream (False when it cannot be probed).
+
+    BMF's decoder fails the whole graph when an ``audio`` stream is asked of an input without
+    one, so the caption graph asks only when this says there is one.
+    """
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return False
+    try:
+        streams = _ffprobe(ffprobe, Path(path) if not is_url(path) else path, "stream=codec_type").get("streams", [])
+    except VideoInputError:
+        return False
+    return any(stream.get("codec_type") == "audio" for stream in streams)

@@ -35,7 +35,7 @@ def format_seconds(seconds: float) -> str:
     return f"{int(minutes)}:{rest:04.1f}"
 
 
-def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: bool) -> str:
+def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: bool, speech: str | None = None) -> str:
     """The prompt for one batch: an image placeholder per frame, then the instruction.
 
     Args:
@@ -43,6 +43,7 @@ def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: b
         timestamps: each frame's time in seconds, in order; one placeholder is made per entry.
         time_aware: label every frame with its time and say which span the frames cover, so
             the descriptions (and the summary built from them) can refer to moments in the video.
+        speech: what is said while the frames are shown (with ``transcribe``), or None.
     """
     lines = []
     for index, seconds in enumerate(timestamps, start=1):
@@ -53,8 +54,15 @@ def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: b
             f"The frames cover {format_seconds(timestamps[0])} to "
             f"{format_seconds(timestamps[-1])} of the video."
         )
+    if speech:
+        lines.append(speech_line(speech))
     lines.append(instruction)
     return "\n".join(lines)
+
+
+def speech_line(speech: str) -> str:
+    """How the transcript of a batch's span is put to the model."""
+    return f'Speech during these frames: "{" ".join(speech.split())}"'
 
 
 def summary_prompt(

@@ -23,6 +23,8 @@ class BatchCaption:
     prompt_tokens: int | None = None  # image tokens included
     image_tokens: int | None = None
     generated_tokens: int | None = None
+    # With transcribe: what is said during the batch's span ("" for none); None without.
+    speech: str | None = None
 
     @property
     def usage(self) -> Usage | None:
@@ -43,6 +45,8 @@ class BatchCaption:
         if self.shot is not None:
             data["shot"] = self.shot
             data["frames_skipped"] = self.frames_skipped
+        if self.speech is not None:
+            data["speech"] = self.speech
         if self.error is not None:
             data["error"] = self.error
         if self.usage is not None:
@@ -66,6 +70,8 @@ class CaptionResult:
     # latest. Not part of result.json (its end_time fields are frame times).
     video_end: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the input path
+    # With transcribe: every speech segment, [{start, end, text}] in seconds; None without.
+    transcript: list[dict[str, Any]] | None = None
 
     @property
     def frames_analysed(self) -> int:
@@ -121,6 +127,7 @@ class CaptionResult:
             "summary_rounds": self.summary_rounds,
             **self._usage_dict(),
             **self._sampling_fields(),
+            **({"transcript": self.transcript} if self.transcript is not None else {}),
             **self.extra,
         }
 

@@ -173,17 +173,34 @@ def cue_spans(result: CaptionResult) -> list[tuple[float, float, BatchCaption]]:
     return spans
 
 
+def subtitle_cues(result: CaptionResult, subtitles: str = "captions") -> list[tuple[float, float, str]]:
+    """The cues ``(start, end, text)`` in time order: a caption per batch (see :func:`cue_spans`),
+    a speech cue per transcript segment (``subtitles`` "speech"), or both interleaved."""
+    cues = []
+    if subtitles in ("captions", "both"):
+        cues += [(start, end, _caption_text(batch)) for start, end, batch in cue_spans(result)]
+    if subtitles in ("speech", "both"):
+        cues += [(seg["start"], max(seg["end"], seg["start"] + 0.001), seg["text"]) for seg in result.transcript or []]
+    return sorted(cues, key=lambda cue: cue[0])
+
+
+def _caption_text(batch: BatchCaption) -> str:
+    return batch.description if batch.error is None else f"[not described: {batch.error}]"
+
+
 class SubtitlesWriter(ResultWriter):
     always_include_hours: bool
     decimal_marker: str
+
+    def __init__(self, subtitles: str = "captions") -> None:
+        self.subtitles = subtitles  # captions, speech or both (see subtitle_cues)
 
     def timestamp(self, seconds: float) -> str:
         return format_timestamp(
             seconds, always_include_hours=self.always_include_hours, decimal_marker=self.decimal_marker
         )
 
-    def cue_text(self, batch: BatchCaption) -> str:
-        text = batch.description if batch.error is None else f"[not described: {batch.error}]"
+    def cue_text(self, text: str) -> str:
         # A blank line would end the cue early in both formats, and an arrow starts a new cue.
         text = text.replace("-->", "->")
         return "\n".join(line for line in text.splitlines() if line.strip()) or "..."
@@ -195,9 +212,9 @@ class WriteSRT(SubtitlesWriter):
     decimal_marker = ","
 
     def write_result(self, result: CaptionResult, file: TextIO) -> None:
-        for number, (start, end, batch) in enumerate(cue_spans(result), start=1):
+        for number, (start, end, text) in enumerate(subtitle_cues(result, self.subtitles), start=1):
             file.write(f"{number}\n{self.timestamp(start)} --> {self.timestamp(end)}\n")
-            file.write(f"{self.cue_text(batch)}\n\n")
+            file.write(f"{self.cue_text(text)}\n\n")
 
 
 class WriteVTT(SubtitlesWriter):
@@ -207,8 +224,8 @@ class WriteVTT(SubtitlesWriter):
 
     def write_result(self, result: CaptionResult, file: TextIO) -> None:
         file.write("WEBVTT\n\n")
-        for start, end, batch in cue_spans(result):
-            file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{self.cue_text(batch)}\n\n")
+        for start, end, text in subtitle_cues(result, self.subtitles):
+            file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{self.cue_text(text)}\n\n")
 
 
 def output_paths(options) -> list[str]:
@@ -222,7 +239,9 @@ def write_outputs(result: CaptionResult, options) -> list[Path]:
     Raises:
         OutputError: a file could not be written; none of them was then replaced.
     """
-    targets = [(WriteJSON(), options.result_path), (WriteSRT(), options.srt_path), (WriteVTT(), options.vtt_path)]
+    subtitles = getattr(options, "subtitles", "captions")
+    targets = [(WriteJSON(), options.result_path), (WriteSRT(subtitles), options.srt_path),
+               (WriteVTT(subtitles), options.vtt_path)]
     texts = {Path(path): writer.render(result) for writer, path in targets if path}
     write_files_atomic(texts)
     return list(texts)
