@@ -275,7 +275,9 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
     """100 frames a second for 30 s, the model behind all along (a longer soak: benchmarks/bench_live.py)."""
     port = free_port()
     server = serve(port, seconds=120, rate=100, size="320x240")
-    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "0")
+    # 25 sampled frames a second: far more than the model describes, however idle the machine.
+    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "25", "--batch-size", "3",
+                       "--max-pending-frames", "3", "--reconnect", "0")
     samples = []
     try:
         # Warm: the model loaded, the stream open, a few batches described (and frames dropped).
