@@ -231,8 +231,8 @@ def test_a_stalled_udp_stream_is_reconnected(tmp_path):
     sender = None
     try:
         wait_for(lambda: records(tmp_path), STARTUP_S, cli)  # the model is loaded: the port is being read
-        sender = send_udp(port, seconds=6)
-        wait_for(lambda: any(r["type"] == "batch" for r in records(tmp_path)), 30, cli)
+        sender = send_udp(port, seconds=10)  # FFmpeg probes a new stream for about 5 s
+        wait_for(lambda: any(r["type"] == "batch" for r in records(tmp_path)), 60, cli)
         sender.wait(timeout=30)
         first_run = max(r["end_time"] for r in records(tmp_path) if r["type"] == "batch")
         time.sleep(4)  # the stream stalls: longer than --stall-timeout
@@ -246,7 +246,8 @@ def test_a_stalled_udp_stream_is_reconnected(tmp_path):
             stop(sender)
         stop(cli)
     assert cli.returncode == 0, err
-    assert "no frame for 2 s; reconnecting" in err
+    notes = [line for line in err.splitlines() if "reconnecting in" in line]
+    assert notes and all(line.startswith(f"WARNING: udp://127.0.0.1:{port}") for line in notes)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["live"]["reconnects"] >= 1 and result["live"]["ended_by"] == "SIGINT"
 
@@ -274,7 +275,9 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
     """100 frames a second for 30 s, the model behind all along (a longer soak: benchmarks/bench_live.py)."""
     port = free_port()
     server = serve(port, seconds=120, rate=100, size="320x240")
-    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "0")
+    # 25 sampled frames a second: far more than the model describes, however idle the machine.
+    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "25", "--batch-size", "3",
+                       "--max-pending-frames", "3", "--reconnect", "0")
     samples = []
     try:
         # Warm: the model loaded, the stream open, a few batches described (and frames dropped).
