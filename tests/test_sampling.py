@@ -25,7 +25,7 @@ SIZE = "160x120"
 SHOTS = [("testsrc2", 4), ("smptebars", 3), ("mandelbrot", 5), ("life=mold=10:ratio=0.1:life_color=#00ff00", 6)]
 CUTS = [4.0, 7.0, 12.0]
 ADAPTIVE = dict(FAST, max_new_tokens=4, sampling="adaptive")
-RESULT_KEYS = {"batch_id", "frames", "description", "start_time", "end_time", "shot", "frames_skipped"}
+RESULT_KEYS = {"batch_id", "frames", "description", "start_time", "end_time", "shot", "frames_skipped", "usage"}
 
 
 def source(spec: str, seconds: float) -> list[str]:
