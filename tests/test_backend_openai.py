@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+import helpers
 import tiny_vlms
 from tiny_server import free_port, transformers_serve
 from videocaption.backends import VisionLanguageModel, load_model
@@ -329,8 +329,8 @@ SAMPLE_CLIP = Path(__file__).resolve().parent.parent / "big_bunny_5s_25fps.mp4" 
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, str(SAMPLE_CLIP), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    """The CLI on the sample clip with the served model (not the tiny checkpoint), never reaching a hub."""
+    return helpers.run_cli(str(SAMPLE_CLIP), *args, cwd=cwd, fast=False, env={"HF_HUB_OFFLINE": "1"})
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -7,17 +7,15 @@ greedy ids must be identical, also when some rows stop at eos while the others g
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from helpers import FIXTURES
 from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 LOGIT_TOL = 1e-4
 STEPS = 10
 

@@ -1,13 +1,11 @@
 """DeepSeek-VL2's image arithmetic, as every backend takes it from ``deepseek_vl2/geometry.py``."""
 
-import os
-from pathlib import Path
 
 import pytest
 
+from helpers import FIXTURES
 from videocaption.deepseek_vl2 import HUB_GEOMETRY, PAIR_TEXT_RESERVE, ImageGeometry
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 
 
 def tiles(geometry: ImageGeometry, resolution: tuple[int, int]) -> int:

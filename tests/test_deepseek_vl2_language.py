@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from helpers import FIXTURES
 from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config, DeepseekVL2Model, LanguageConfig, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.deepseek_vl2.language import DeepseekV2ForCausalLM, KVCache, MoE, MoEGate, attention_mask
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 TOL = 1e-5
 
 MLA = dict(

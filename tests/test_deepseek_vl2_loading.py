@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import FIXTURES
 from videocaption.backends import VisionLanguageModel
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.errors import ModelLoadError
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 MODEL = FIXTURES / "model"
 PROMPT = "Write a short title for a video about a rabbit."
 CONFIG = json.loads((MODEL / "config.json").read_text())  # as written, before our parsing

@@ -10,7 +10,6 @@ Another device or dtype: see ``accelerator`` (bfloat16 compares relative to the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import FIXTURES
 from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 CASES = sorted((FIXTURES / "cases").glob("*.json"))
 
 EMBED_TOL = 1e-5

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from helpers import FIXTURES
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Processor, select_best_resolution
 from videocaption.errors import ContextOverflowError
 
-FIXTURES = Path(os.environ.get("PARITY_FIXTURES", Path(__file__).parent / "fixtures" / "deepseek_vl2_reference"))
 
 
 @pytest.fixture(scope="module")

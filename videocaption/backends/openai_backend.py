@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..deepseek_vl2.geometry import HUB_GEOMETRY, ImageGeometry
 from ..errors import BackendError
+from ..options import CaptionOptions
 from ..prompts import IMAGE_PLACEHOLDER
 from ..usage import Answers, Usage
 from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
@@ -85,8 +86,8 @@ class OpenAIVLM:
         api_base: str,
         *,
         api_key: str | None = None,
-        request_timeout: float = 120.0,
-        max_retries: int = 3,
+        request_timeout: float = CaptionOptions.request_timeout,
+        max_retries: int = CaptionOptions.max_retries,
         retry_backoff: float = 1.0,
         context_length: int | None = None,
         max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
