@@ -39,6 +39,22 @@ def checkpoint_path(result_path: str | os.PathLike) -> Path:
     return Path(f"{result_path}.partial")
 
 
+def finished_result(result_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The result document at ``result_path`` if its run finished, else None.
+
+    An interrupted run leaves its checkpoint beside the result (and older versions wrote a
+    partial result marked ``complete: false``); either means the video is not done yet.
+    """
+    path = Path(result_path)
+    if checkpoint_path(path).exists() or not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if result.get("complete", True) is not False else None
+
+
 def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
     """A digest of the answer-shaping options and the first sampled frame."""
     digest = hashlib.sha256()

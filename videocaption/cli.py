@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
 from .backends.openai_backend import API_KEY_ENV
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, finished_result
 from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from . import live
 from .graph import REPO_ROOT, run_caption_graph
@@ -267,12 +266,7 @@ def find_videos(folder: Path) -> list[Path]:
 
 def is_done(result_path: Path) -> bool:
     """A finished result exists (an interrupted run leaves a checkpoint and no result)."""
-    if Checkpoint(result_path).path.exists() or not result_path.exists():
-        return False
-    try:
-        return json.loads(result_path.read_text(encoding="utf-8")).get("complete", True) is not False
-    except (OSError, ValueError):
-        return False
+    return finished_result(result_path) is not None
 
 
 def resume_hint(options: CaptionOptions, error: BaseException) -> str:

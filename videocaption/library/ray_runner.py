@@ -12,7 +12,6 @@ would add its start-up, block bookkeeping and retry policy for rows that are jus
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends.openai_backend import API_KEY_ENV
-from ..checkpoint import checkpoint_path
+from ..checkpoint import finished_result
 from ..errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
 from ..graph import REPO_ROOT
 from ..options import CaptionOptions
@@ -96,17 +95,6 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
         else:
             todo.append(item)
     return known, todo
-
-
-def finished_result(path: Path) -> dict[str, Any] | None:
-    """A complete result.json (not the partial one an interrupted run leaves), else None."""
-    if checkpoint_path(path).exists() or not path.exists():
-        return None
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return result if result.get("complete", True) is not False else None
 
 
 def run_library(config: LibraryConfig, options: CaptionOptions,
