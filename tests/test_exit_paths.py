@@ -120,6 +120,7 @@ def test_a_signal_keeps_the_checkpoint_and_never_touches_a_finished_result(tmp_p
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted"), lines
     assert "described batches are saved in result.json.partial" in lines[0] and "--resume" in lines[0]
+    assert stderr.splitlines() == lines  # one line, not a blank one before it (stderr is no terminal here)
     assert json.loads((tmp_path / "result.json").read_text()) == FINISHED
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "result.json.partial", "tmp"]
     assert not temporary_logs(tmp)

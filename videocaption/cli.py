@@ -295,7 +295,8 @@ def leave_interrupted(stop: Interrupted, options: CaptionOptions) -> NoReturn:
     else:
         kept = "no batch was described yet, so nothing was saved"
     name = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
-    print(f"\ninterrupted ({name}): {kept}", file=sys.stderr)
+    lead = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line on a terminal
+    print(f"{lead}interrupted ({name}): {kept}", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
