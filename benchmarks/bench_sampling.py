@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks.common import (ROOT, SAMPLE_CLIP, SINK_STATS, TINY_MODEL, cpu_seconds, machine, make_clip, quiet_bmf,
                                recording_model_calls)
-from videocaption.decoding import steady_frame_rate
+from videocaption.decoding import probe_timing
 from videocaption.graph import decoder_options, run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
 from videocaption.sampling import CUT_CHECK_SPACING
@@ -93,7 +93,7 @@ def detector_cost_720p(clip: Path, repeats: int = 1000) -> tuple[float, float, f
                 measure(previous, current)
         return (time.thread_time() - started) / repeats
 
-    return cpu_per_frame((scene_change, changed_area)), cpu_per_frame((scene_change,)), steady_frame_rate(clip) or 30.0
+    return cpu_per_frame((scene_change, changed_area)), cpu_per_frame((scene_change,)), probe_timing(clip).frame_rate or 30.0
 
 
 def decode_cpu_per_sample(clip: Path, options: CaptionOptions) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -254,11 +255,13 @@ def _frame_sink_class() -> type:
         """Converts every frame it gets to an RGB PIL image, as the caption module does, then drops it.
 
         Option ``key`` names the :data:`SINK_STATS` entry where it counts frames and keeps the
-        first image's size, every frame's time and the last one.
+        first image's size, every frame's time and the last one; with option ``digest`` true it
+        also keeps a hash of each picture (``digests``), to compare decodes (off when timing).
         """
 
         def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
             self.stats = SINK_STATS.setdefault((option or {})["key"], {"frames": 0})
+            self.digest = bool((option or {}).get("digest"))
 
         def process(self, task) -> int:
             for packets in task.get_inputs().values():
@@ -275,6 +278,8 @@ def _frame_sink_class() -> type:
                         self.stats.setdefault("size", image.size)
                         self.stats["last_time"] = seconds
                         self.stats.setdefault("times", []).append(seconds)
+                        if self.digest:
+                            self.stats.setdefault("digests", []).append(hashlib.sha1(image.tobytes()).hexdigest())
             return ProcessResult.OK
 
     return FrameSink

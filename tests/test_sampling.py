@@ -13,7 +13,6 @@ import pytest
 from helpers import FAST, REPO_ROOT, ffmpeg, untimed
 from videocaption.batching import FrameBatcher
 from videocaption.checkpoint import Checkpoint, checkpoint_path
-from videocaption.decoding import skip_frame, steady_frame_rate
 from videocaption.frames import SampledFrame, select_expression
 from videocaption.graph import module_options, run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
@@ -119,14 +118,6 @@ def test_skipped_frames_stretch_a_held_full_batch():
     full = batcher.add(frame(4.0), shot=0)
     assert (full.start_time, full.end_time, full.frames_skipped, full.shot) == (0.0, 3.0, 2, 0)
     assert full.timestamps == [0.0, 1.0]  # the model is told the times of the frames it sees
-
-
-def test_decode_skip_auto_only_on_steady_dense_streams(clips):
-    assert steady_frame_rate(clips["motion"]) == 25.0
-    assert skip_frame("auto", 1.0, 25.0) == 8  # nonref
-    assert skip_frame("auto", 5.0, 25.0) is None  # 5 frames a sample: too few to drop any
-    assert skip_frame("auto", 1.0, None) is None  # variable frame rate, a live input
-    assert skip_frame("bidir", 5.0, None) == 16 and skip_frame("none", 1.0, 25.0) is None
 
 
 # -- whole runs ---------------------------------------------------------------------------

@@ -117,6 +117,17 @@ def test_speech_is_found_where_it_was_placed_and_reaches_its_batches(speech, whi
     assert all(segment["text"].split()[0] in srt for segment in transcript)
 
 
+def test_seeking_to_sparse_samples_still_hears_all_the_speech(speech, whisper, tmp_path):
+    """A seeking decoder reads only spans of the video; the audio comes whole from a second one."""
+    clip, placed = speech
+    result = caption(clip, tmp_path, whisper, fps=0.25, decode_skip="seek")
+    assert [b["frames"] for b in result["batches"]] == [2, 1]  # samples at 0, 4 and 8 s
+    assert len(result["transcript"]) == len(placed)
+    for segment, (start, end) in zip(result["transcript"], placed):
+        assert segment["start"] == pytest.approx(start, abs=TOLERANCE)
+        assert segment["end"] == pytest.approx(end, abs=TOLERANCE)
+
+
 def test_silence_gives_no_segments(whisper, prompts, tmp_path):
     clip = tmp_path / "silent.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=4", "-f", "lavfi", "-i",

@@ -1,19 +1,26 @@
 """What BMF's decoder is asked to decode: only the frames sampling can use, on the GPU when it can.
 
-Sampling one frame a second out of 25-60 does not need every frame decoded. FFmpeg's
-``skip_frame`` (an ``AVCodecContext`` field, ``ffmpeg -skip_frame``) lets the codec drop frames
-before decoding them: ``nonref`` drops frames no other frame refers to, ``bidir`` every B-frame.
-BMF 0.2.0's decoder passes it through as its own integer option ``skip_frame`` (an
-``AVDiscard`` value; measured: 60 s of 720p30 H.264 sampled at 1 fps, 4.5 CPU s decoding all,
-2.9 with ``nonref``, 2.2 with ``bidir``). The generic ``dec_params`` dict does not do it: given
-``{"skip_frame": "nonref"}`` the 0.2.0 decoder fails to open the input. A dropped frame never reaches the
-``select`` filter, so a sample that would have landed on it lands on the next decoded frame:
-later by the run of dropped frames, at most one frame interval with ``nonref`` on x264's
-default B-pyramid, two or three with ``bidir`` (measured in ``benchmarks/bench_decode.py``).
+Sampling one frame a second out of 25-60 does not need every frame decoded. Two mechanisms
+work through BMF 0.2.0's own decoder, and both keep every sampled picture exact:
 
-Seeking (for very sparse rates such as one frame in ten seconds of a long video) is not done:
-BMF's decoder seeks only once, to ``start_time``, so a seek per sample would need a graph per
-sample or a module of our own that drives libavformat.
+- ``nonref``: FFmpeg's ``skip_frame`` (an ``AVCodecContext`` field, ``ffmpeg -skip_frame``),
+  which BMF's decoder takes as its own integer option (an ``AVDiscard`` value), drops the frames
+  no other frame refers to before decoding them. Nothing decoded depends on them, so the frames
+  left are bit-identical to a full decode's; a sample that would have landed on a dropped frame
+  lands on the next decoded one, at most one frame interval later on x264's B-pyramid
+  (``benchmarks/bench_decode.py`` measures both). Dropping every B-frame (``bidir``) would save
+  more, but H.264 B-frames are often references: on an x264 ``medium`` encode 214 of its 220
+  P-frames then decoded differently from a full decode (a damaged picture for the model), so
+  that mode is not offered.
+- ``seek``: for sparse rates (``--fps 0.1`` on a long video), BMF's ``durations`` option (a list
+  of [start, end] pairs) decodes only those spans: at the end of each it seeks to the keyframe
+  before the next start and decodes from there, trimming to the span. One short span per
+  sample gives exactly the frame uniform sampling takes, for the cost of decoding from the
+  keyframe before it: cheaper than decoding everything once samples lie farther apart than
+  keyframes do.
+
+The generic ``dec_params`` dict reaches ``avcodec_open2`` too, but only with FFmpeg's option
+names (``noref``, not ``nonref``): given ``{"skip_frame": "nonref"}`` the decoder fails to open.
 """
 
 from __future__ import annotations
@@ -21,56 +28,130 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
+
+from .probe import ffmpeg_url
 
 log = logging.getLogger("llm_caption")
 
 # FFmpeg's AVDiscard values (libavcodec/defs.h), as BMF's decoder takes them.
-AVDISCARD = {"none": 0, "nonref": 8, "bidir": 16}
-DECODE_SKIPS = ("auto", "none", "nonref", "bidir")
+AVDISCARD_NONREF = 8
+AVDISCARD_ALL = 48
+DECODE_SKIPS = ("auto", "none", "nonref", "seek")
 HWACCELS = ("auto", "none", "cuda")
 # ``auto`` drops frames only when every sampling interval holds at least this many frames of a
 # constant-rate stream: then the frames left (every reference frame) still fill each interval.
 # On variable-frame-rate video a sparse stretch could lose its only frame, and a sample with it.
 MIN_FRAMES_PER_SAMPLE = 8
+# Seconds of packets read to measure the keyframe interval (demuxing only, ~0.15 s for 60 s of 720p).
+KEYFRAME_PROBE_S = 60
+# A seek span lasts this many frame intervals, so that it holds at least one frame.
+SEEK_SPAN_FRAMES = 1.5
 
 
-def skip_frame(decode_skip: str, fps: float, frame_rate: float | None) -> int | None:
-    """The decoder's ``skip_frame`` value (None: decode every frame).
+@dataclass(frozen=True)
+class StreamTiming:
+    """What choosing a decode mode needs to know about a file's video stream.
 
-    Args:
-        decode_skip: the option: ``auto`` is ``nonref`` when the stream has a constant
-            ``frame_rate`` of at least MIN_FRAMES_PER_SAMPLE frames per sample, else ``none``.
-        fps: the sampling rate.
-        frame_rate: the stream's constant frame rate (:func:`steady_frame_rate`), or None.
+    Attributes:
+        frame_rate: the constant frame rate (r_frame_rate equal to avg_frame_rate), or None.
+        duration: the container's duration in seconds, or None.
+        start_time: the container's first timestamp; seeking spans are only planned from 0.
+        keyframe_interval: the longest gap between keyframes in the first KEYFRAME_PROBE_S
+            seconds, or None when fewer than two keyframes were seen.
     """
-    if decode_skip == "auto":
-        sparse = frame_rate is not None and frame_rate >= MIN_FRAMES_PER_SAMPLE * fps
-        decode_skip = "nonref" if sparse else "none"
-    return AVDISCARD[decode_skip] or None
+
+    frame_rate: float | None = None
+    duration: float | None = None
+    start_time: float = 0.0
+    keyframe_interval: float | None = None
 
 
-def steady_frame_rate(path: str | os.PathLike) -> float | None:
-    """The video stream's frame rate when it is constant (ffprobe's r_frame_rate equals its
-    avg_frame_rate), else None (variable frame rate, a live input, no ffprobe, unreadable)."""
+def probe_timing(path: str | os.PathLike) -> StreamTiming:
+    """One ffprobe call (stream rates, format times, the first minute's packet flags); an
+    unknown :class:`StreamTiming` when ffprobe is absent or cannot read the file (the decoder
+    then reports the problem itself)."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
-        return None
+        return StreamTiming()
+    command = [ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+{KEYFRAME_PROBE_S}",
+               "-show_entries", "stream=r_frame_rate,avg_frame_rate:format=start_time,duration:packet=pts_time,flags",
+               "-of", "json", ffmpeg_url(path)]
     try:
-        done = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-                               "stream=r_frame_rate,avg_frame_rate", "-of", "json", os.fspath(path)],
-                              capture_output=True, text=True, timeout=30, check=True)
-        stream = json.loads(done.stdout)["streams"][0]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+        info = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return StreamTiming()
+    streams, fmt = info.get("streams") or [{}], info.get("format") or {}
+    keyframes = sorted(t for p in info.get("packets", []) if "K" in p.get("flags", "")
+                       and (t := _number(p.get("pts_time"))) is not None)
+    gaps = [b - a for a, b in zip(keyframes, keyframes[1:])]
+    return StreamTiming(
+        frame_rate=_constant_rate(streams[0]),
+        duration=_number(fmt.get("duration")),
+        start_time=_number(fmt.get("start_time")) or 0.0,
+        keyframe_interval=max(gaps) if gaps else None,
+    )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # None, "N/A"
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _constant_rate(stream: dict) -> float | None:
+    try:
         nominal, average = Fraction(stream["r_frame_rate"]), Fraction(stream["avg_frame_rate"])
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, ZeroDivisionError):
+    except (KeyError, ValueError, ZeroDivisionError):
         return None
     if nominal <= 0 or average <= 0 or abs(nominal - average) > nominal / 100:
         return None
     return float(average)
+
+
+def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_seek: bool) -> str:
+    """The decode mode to use: ``none``, ``nonref`` or ``seek``.
+
+    ``auto`` seeks when samples lie at least a keyframe interval apart (so decoding from the
+    keyframe before each costs at most half of decoding everything, on average) in a file that
+    starts at 0 and states its duration; else it drops non-reference frames when a constant
+    rate gives MIN_FRAMES_PER_SAMPLE or more frames per sample; else it decodes everything.
+
+    Args:
+        can_seek: the caller allows seeking: a local file, sampled uniformly (adaptive sampling
+            looks at every frame).
+    """
+    if decode_skip != "auto":
+        return decode_skip
+    seekable = can_seek and timing.duration is not None and abs(timing.start_time) < 1e-3
+    if seekable and timing.keyframe_interval is not None and 1 / fps >= timing.keyframe_interval:
+        return "seek"
+    if timing.frame_rate is not None and timing.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
+        return "nonref"
+    return "none"
+
+
+def seek_spans(fps: float, duration: float, frame_rate: float | None) -> list[float]:
+    """BMF's ``durations`` for one sample per ``1/fps`` seconds: ``[t0, t0 + span, t1, ...]``.
+
+    Each span starts on uniform sampling's grid and lasts SEEK_SPAN_FRAMES frame intervals, so
+    the first frame in it is the one uniform sampling takes; without a known constant rate it
+    lasts a fifth of the sampling interval, at most 1 s (a longer decode after each seek).
+    """
+    interval = 1 / fps
+    span = SEEK_SPAN_FRAMES / frame_rate if frame_rate else 0.2 * interval
+    span = min(span, 1.0, interval / 2)
+    count = max(1, math.ceil(duration * fps - 1e-9))
+    return [round(value, 6) for k in range(count) for value in (k * interval, k * interval + span)]
 
 
 def cuda_decoding_available() -> bool:
@@ -87,17 +168,23 @@ def cuda_decoding_available() -> bool:
         return False
 
 
-def decode_settings(decode_skip: str, hwaccel: str, fps: float, frame_rate: float | None) -> dict[str, Any]:
-    """The decoder options (beside ``input_path``) that ``decode_skip`` and ``hwaccel`` ask for.
+def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -> dict[str, Any]:
+    """The decoder options (beside ``input_path``) for a :func:`choose_decode` mode and ``hwaccel``.
 
     ``hwaccel`` ``cuda`` (or ``auto`` with :func:`cuda_decoding_available`) decodes on NVDEC;
     frames then arrive on the GPU and are copied back for conversion. Untested here: this
     machine has neither BabitMF-GPU nor a GPU.
+
+    Raises:
+        ValueError: ``seek`` without a known duration.
     """
     settings: dict[str, Any] = {}
-    value = skip_frame(decode_skip, fps, frame_rate)
-    if value is not None:
-        settings["skip_frame"] = value
+    if mode == "nonref":
+        settings["skip_frame"] = AVDISCARD_NONREF
+    elif mode == "seek":
+        if timing.duration is None:
+            raise ValueError("decode_skip seek needs the video's duration, and ffprobe could not tell it")
+        settings["durations"] = seek_spans(fps, timing.duration, timing.frame_rate)
     if hwaccel == "cuda" or (hwaccel == "auto" and cuda_decoding_available()):
         settings["hwaccel"] = "cuda"
     return settings

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .audio.samples import SAMPLE_RATE
-from .errors import CaptionError, VideoInputError
-from .decoding import decode_settings, steady_frame_rate
+from .errors import CaptionError, InvalidOptionError, VideoInputError
+from .decoding import AVDISCARD_ALL, StreamTiming, choose_decode, decode_settings, probe_timing
 from .frames import select_expression
 from .options import CaptionOptions
 from .probe import explain_decoder_error, ffmpeg_url, has_audio, is_url
@@ -46,14 +46,38 @@ def module_options(options: CaptionOptions, run_id: str | None = None) -> dict[s
 def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | None = None) -> dict[str, Any]:
     """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
     stays on: phone videos carry a display matrix), stamped with its own time; with
-    ``options``, only the frames sampling needs decoded, on the GPU when it can
-    (:func:`videocaption.decoding.decode_settings`)."""
+    ``options``, only the frames sampling needs decoded (:func:`decode_mode`), on the GPU
+    when it can (:func:`videocaption.decoding.decode_settings`)."""
     settings = {"input_path": ffmpeg_url(video_path), "autorotate": 1}
     if options is not None:
-        # Only a local file is probed: a URL may be a live stream that a probe would wait on.
-        frame_rate = None if is_url(video_path) or options.decode_skip != "auto" else steady_frame_rate(video_path)
-        settings.update(decode_settings(options.decode_skip, options.hwaccel, options.fps, frame_rate))
+        mode, timing = decode_mode(video_path, options)
+        try:
+            settings.update(decode_settings(mode, options.hwaccel, options.fps, timing))
+        except ValueError as error:
+            raise InvalidOptionError(f"{video_path}: {error}") from None
     return settings
+
+
+def decode_mode(video_path: str | os.PathLike, options: CaptionOptions) -> tuple[str, StreamTiming]:
+    """The decode mode ``options.decode_skip`` comes to for this input, and what it was chosen by.
+
+    Only a local file is probed (a URL may be a live stream that a probe would wait on) and
+    only a local file sampled uniformly may seek (adaptive sampling looks at every frame).
+
+    Raises:
+        InvalidOptionError: ``seek`` asked for where it cannot be done.
+    """
+    local = not is_url(video_path)
+    timing = probe_timing(video_path) if local and options.decode_skip in ("auto", "seek") else StreamTiming()
+    can_seek = local and options.sampling == "uniform"
+    if options.decode_skip == "seek":
+        if not can_seek:
+            raise InvalidOptionError("decode_skip seek needs uniform sampling of a local file "
+                                     "(adaptive sampling looks at every frame)")
+        if abs(timing.start_time) >= 1e-3:
+            raise InvalidOptionError(f"{video_path}: decode_skip seek needs a file whose timestamps start at 0 "
+                                     f"(this one starts at {timing.start_time:g} s)")
+    return choose_decode(options.decode_skip, options.fps, timing, can_seek=can_seek), timing
 
 
 def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None):
@@ -66,7 +90,8 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     import bmf
 
     graph = bmf.graph()
-    decoded = graph.decode(decoder_options(video_path, options))
+    settings = decoder_options(video_path, options)
+    decoded = graph.decode(settings)
     video = decoded["video"]
     if options.sampling == "uniform":
         # Sampling happens in BMF's FFmpeg filter, before any frame reaches Python.
@@ -75,6 +100,8 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     # converts only the frames it sends.
     streams = [video]
     if options.transcribe and has_audio(video_path):  # as the VAD and the recogniser take it: 16 kHz mono float
+        if "durations" in settings:  # a seeking decoder trims the audio to its spans too: read it whole
+            decoded = graph.decode({"input_path": settings["input_path"], "skip_frame": AVDISCARD_ALL})
         streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
                        .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"))
     node = bmf.module(streams, MODULE_NAME, module_options(options, run_id),
