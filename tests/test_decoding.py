@@ -105,3 +105,16 @@ def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, conve
         for (start, end, frames), (full_start, full_end, full_frames) in zip(batches, full_batches):
             assert frames == full_frames
             assert 0 <= start - full_start <= 0.1 + 1e-6 and 0 <= end - full_end <= 0.1 + 1e-6
+
+
+def test_asking_for_cuda_decoding_without_it_says_so(gop_clip, caplog):
+    """BMF's decoder falls back to the CPU silently when NVDEC cannot be had."""
+    from videocaption.decoding import cuda_decoding_available
+
+    if cuda_decoding_available():
+        pytest.skip("this machine can decode on the GPU")
+    settings = decoder_options(gop_clip, CaptionOptions(hwaccel="cuda"))
+    assert settings["hwaccel"] == "cuda"
+    assert "hwaccel cuda" in caplog.text and "decodes on the CPU" in caplog.text
+    caplog.clear()
+    assert "hwaccel" not in decoder_options(gop_clip, CaptionOptions(hwaccel="auto")) and not caplog.text

@@ -154,11 +154,17 @@ def seek_spans(fps: float, duration: float, frame_rate: float | None) -> list[fl
     return [round(value, 6) for k in range(count) for value in (k * interval, k * interval + span)]
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def cuda_decoding_available() -> bool:
     """BabitMF-GPU (BMF built with CUDA) is installed and torch sees a CUDA device."""
-    try:
-        importlib.metadata.distribution("BabitMF-GPU")
-    except importlib.metadata.PackageNotFoundError:
+    if not _installed("BabitMF-GPU"):
         return False
     try:
         import torch
@@ -186,5 +192,9 @@ def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -
             raise ValueError("decode_skip seek needs the video's duration, and ffprobe could not tell it")
         settings["durations"] = seek_spans(fps, timing.duration, timing.frame_rate)
     if hwaccel == "cuda" or (hwaccel == "auto" and cuda_decoding_available()):
+        if hwaccel == "cuda" and not cuda_decoding_available():
+            # BMF's decoder then falls back to the CPU without a word: say it once here.
+            log.warning("hwaccel cuda: %s, so FFmpeg decodes on the CPU",
+                        "BabitMF-GPU is not installed" if not _installed("BabitMF-GPU") else "torch sees no CUDA device")
         settings["hwaccel"] = "cuda"
     return settings

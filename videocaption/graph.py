@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 import signal
 import threading
@@ -27,6 +28,7 @@ from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
 
+log = logging.getLogger("llm_caption")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_NAME = "llm_caption"
 MODULE_ENTRY = "llm_caption.llm_caption"
@@ -51,6 +53,7 @@ def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | Non
     settings = {"input_path": ffmpeg_url(video_path), "autorotate": 1}
     if options is not None:
         mode, timing = decode_mode(video_path, options)
+        log.info("decoding: %s (decode_skip %s; %s)", mode, options.decode_skip, timing)
         try:
             settings.update(decode_settings(mode, options.hwaccel, options.fps, timing))
         except ValueError as error:
