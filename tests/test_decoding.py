@@ -36,7 +36,8 @@ def test_probe_reads_rate_duration_and_keyframe_interval(gop_clip):
     (0.25, StreamTiming(10.0, 24.0, 0.0, 2.0), False, "nonref"),  # adaptive sampling or a URL: no seeking
     (1.0, StreamTiming(10.0, 24.0, 0.0, 2.0), True, "nonref"),  # keyframes farther apart than samples
     (1.0, StreamTiming(5.0, 24.0, 0.0, 2.0), True, "none"),  # 5 frames a sample: too few to drop any
-    (0.25, StreamTiming(None, 24.0, 0.0, None), True, "none"),  # variable rate, keyframes unknown
+    (0.25, StreamTiming(None, 24.0, 0.0, 2.0), True, "none"),  # variable rate: a span may hold no frame
+    (0.25, StreamTiming(10.0, 24.0, 0.0, None), True, "nonref"),  # one keyframe in the first minute
     (0.25, StreamTiming(10.0, None, 0.0, 2.0), True, "nonref"),  # no duration: no spans to plan
     (0.25, StreamTiming(10.0, 24.0, 1.4, 2.0), True, "nonref"),  # timestamps not from 0 (MPEG-TS)
 ])

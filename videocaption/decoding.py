@@ -122,9 +122,11 @@ def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_see
     """The decode mode to use: ``none``, ``nonref`` or ``seek``.
 
     ``auto`` seeks when samples lie at least a keyframe interval apart (so decoding from the
-    keyframe before each costs at most half of decoding everything, on average) in a file that
-    starts at 0 and states its duration; else it drops non-reference frames when a constant
-    rate gives MIN_FRAMES_PER_SAMPLE or more frames per sample; else it decodes everything.
+    keyframe before each costs at most half of decoding everything, on average) in a
+    constant-frame-rate file that starts at 0 and states its duration (a variable-rate one, such
+    as a screen recording, may have no frame in a short span after a sample time, and lose that
+    sample); else it drops non-reference frames when a constant rate gives
+    MIN_FRAMES_PER_SAMPLE or more frames per sample; else it decodes everything.
 
     Args:
         can_seek: the caller allows seeking: a local file, sampled uniformly (adaptive sampling
@@ -132,7 +134,8 @@ def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_see
     """
     if decode_skip != "auto":
         return decode_skip
-    seekable = can_seek and timing.duration is not None and abs(timing.start_time) < 1e-3
+    seekable = (can_seek and timing.frame_rate is not None and timing.duration is not None
+                and abs(timing.start_time) < 1e-3)
     if seekable and timing.keyframe_interval is not None and 1 / fps >= timing.keyframe_interval:
         return "seek"
     if timing.frame_rate is not None and timing.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
@@ -144,8 +147,9 @@ def seek_spans(fps: float, duration: float, frame_rate: float | None) -> list[fl
     """BMF's ``durations`` for one sample per ``1/fps`` seconds: ``[t0, t0 + span, t1, ...]``.
 
     Each span starts on uniform sampling's grid and lasts SEEK_SPAN_FRAMES frame intervals, so
-    the first frame in it is the one uniform sampling takes; without a known constant rate it
-    lasts a fifth of the sampling interval, at most 1 s (a longer decode after each seek).
+    the first frame in it is the one uniform sampling takes; without a known constant rate
+    (``seek`` asked for on variable-rate video) it lasts a fifth of the sampling interval, at
+    most 1 s: a sample whose interval has no frame in that span is lost.
     """
     interval = 1 / fps
     span = SEEK_SPAN_FRAMES / frame_rate if frame_rate else 0.2 * interval

@@ -70,12 +70,12 @@ class CaptionOptions:
     # adaptive: a frame goes to the model at least this often (seconds), even on a static shot.
     max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
                                   "(default: %(default)s)")
-    # What the decoder may leave undecoded (see videocaption/decoding.py): seek to each sample
-    # when samples lie a keyframe interval or more apart, else drop non-reference frames when a
-    # constant-rate stream has 8 or more frames per sample. Sampled pictures stay exact.
-    decode_skip: str = option("auto", "frames the decoder may leave undecoded: auto (seek when samples lie a "
-                                      "keyframe interval apart, else nonref with 8+ frames per sample at a constant "
-                                      "frame rate), none, nonref, seek (default: %(default)s)",
+    # What the decoder may leave undecoded (see videocaption/decoding.py): on a constant-rate
+    # stream, seek to each sample when samples lie a keyframe interval or more apart, else drop
+    # non-reference frames when there are 8 or more frames per sample. Sampled pictures stay exact.
+    decode_skip: str = option("auto", "frames the decoder may leave undecoded: auto (at a constant frame rate: "
+                                      "seek when samples lie a keyframe interval apart, else nonref with 8+ frames "
+                                      "per sample), none, nonref, seek (default: %(default)s)",
                               choices=DECODE_SKIPS)
     # none by default until the NVDEC path has run once: it is written but untested (no GPU here).
     hwaccel: str = option("none", "hardware decoding: none, cuda, or auto (cuda with BabitMF-GPU and a GPU; "
