@@ -7,6 +7,7 @@ import io
 import json
 import signal
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -291,7 +292,11 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
         stop(server)
         stop(cli)
     assert cli.returncode == 0, err
-    assert max(samples) - samples[0] < 25, samples  # MiB
+    # The picture being converted and the model's activations come and go (RSS swings by about
+    # 20 MiB from one second to the next); a leak raises the floor. Keeping every frame would
+    # add about 170 MiB over the 30 s.
+    first, last = statistics.median(samples[:10]), statistics.median(samples[-10:])
+    assert last - first < 20, samples  # MiB
     final = records(tmp_path)[-1]
     assert final["type"] == "final" and final["ended_by"] == "SIGTERM"
     assert final["dropped_frames"] > 0  # the model was behind: the newest frames won
