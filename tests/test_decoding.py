@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FAST, make_clip
+from helpers import FAST, ffmpeg, make_clip
 from videocaption import bmf_module
 from videocaption.decoding import AVDISCARD_NONREF, StreamTiming, choose_decode, probe_timing, seek_spans
 from videocaption.errors import InvalidOptionError
@@ -91,7 +91,8 @@ def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, conve
     sample at most one frame later, and every picture equals the full decode's of that frame."""
     def run(decode_skip: str) -> tuple[list[tuple[float, float, int]], list]:
         converted.clear()
-        options = CaptionOptions(**FAST, fps=fps, decode_skip=decode_skip, result_path=str(tmp_path / f"{decode_skip}.json"))
+        options = CaptionOptions(**FAST, fps=fps, decode_skip=decode_skip,
+                                 result_path=str(tmp_path / f"{decode_skip}.json"))
         result = run_caption_graph(gop_clip, options)
         return [(b["start_time"], b["end_time"], b["frames"]) for b in result["batches"]], list(converted)
 
@@ -107,6 +108,20 @@ def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, conve
             assert frames == full_frames
             assert 0 <= start - full_start <= 0.1 + 1e-6 and 0 <= end - full_end <= 0.1 + 1e-6
 
+
+
+def test_each_seek_span_is_turned_upright_too(gop_clip, tmp_path, converted):
+    """BMF rebuilds its rotation filter after every seek: a phone video stays upright throughout."""
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-i", str(gop_clip), "-c", "copy", "-metadata:s:v", "rotate=90", str(rotated))
+    pictures = {}
+    for mode in ("none", "seek"):
+        converted.clear()
+        options = CaptionOptions(**FAST, fps=0.25, decode_skip=mode, result_path=str(tmp_path / f"{mode}.json"))
+        run_caption_graph(rotated, options)
+        pictures[mode] = list(converted)
+    assert [p.shape for p in pictures["seek"]] == [(160, 120, 3)] * 6
+    assert all(np.array_equal(a, b) for a, b in zip(pictures["seek"], pictures["none"]))
 
 def test_asking_for_cuda_decoding_without_it_says_so(gop_clip, caplog):
     """BMF's decoder falls back to the CPU silently when NVDEC cannot be had."""

@@ -198,7 +198,7 @@ def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -
     if hwaccel == "cuda" or (hwaccel == "auto" and cuda_decoding_available()):
         if hwaccel == "cuda" and not cuda_decoding_available():
             # BMF's decoder then falls back to the CPU without a word: say it once here.
-            log.warning("hwaccel cuda: %s, so FFmpeg decodes on the CPU",
-                        "BabitMF-GPU is not installed" if not _installed("BabitMF-GPU") else "torch sees no CUDA device")
+            missing = "BabitMF-GPU is not installed" if not _installed("BabitMF-GPU") else "torch sees no CUDA device"
+            log.warning("hwaccel cuda: %s, so FFmpeg decodes on the CPU", missing)
         settings["hwaccel"] = "cuda"
     return settings
