@@ -29,9 +29,9 @@ import numpy as np
 
 from benchmarks.common import (ROOT, SAMPLE_CLIP, SINK_STATS, TINY_MODEL, cpu_seconds, machine, make_clip, quiet_bmf,
                                recording_model_calls)
-from videocaption.decoding import probe_timing
 from videocaption.graph import decoder_options, run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
+from videocaption.probe import probe_timing
 from videocaption.sampling import CUT_CHECK_SPACING
 from videocaption.shots import changed_area, frame_thumbnail, scene_change
 

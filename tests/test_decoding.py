@@ -9,10 +9,11 @@ import pytest
 
 from helpers import FAST, ffmpeg, make_clip
 from videocaption import bmf_module
-from videocaption.decoding import AVDISCARD_NONREF, StreamTiming, choose_decode, probe_timing, seek_spans
+from videocaption.decoding import AVDISCARD_NONREF, choose_decode, seek_spans
 from videocaption.errors import InvalidOptionError
 from videocaption.graph import decode_mode, decoder_options, run_caption_graph
 from videocaption.options import CaptionOptions
+from videocaption.probe import StreamTiming, probe_timing
 
 # 10 fps, a keyframe every 2 s, B-frames that other frames refer to (x264's default preset).
 GOP_CLIP = dict(duration=24.0, size="160x120", rate=10)
@@ -47,7 +48,9 @@ def test_auto_seeks_only_where_it_saves_and_is_safe(fps, timing, can_seek, mode)
 
 def test_explicit_modes_are_kept():
     for mode in ("none", "nonref", "seek"):
-        assert choose_decode(mode, 1.0, StreamTiming(), can_seek=True) == mode
+        assert choose_decode(mode, 1.0, StreamTiming(duration=24.0), can_seek=True) == mode
+    with pytest.raises(ValueError, match="duration"):
+        choose_decode("seek", 1.0, StreamTiming(), can_seek=True)
 
 
 def test_seek_spans_start_on_the_sampling_grid_and_hold_a_frame():

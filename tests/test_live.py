@@ -3,6 +3,7 @@ CLI captions it with the tiny checkpoint, as a user would run it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -11,6 +12,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -65,6 +67,16 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
     process.communicate()
+
+
+@contextlib.contextmanager
+def stopped_afterwards(*processes: subprocess.Popen) -> Iterator[None]:
+    """Kill whichever of ``processes`` still run when the block ends, passed or failed."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            stop(process)
 
 
 # -- the parts --------------------------------------------------------------------------------
@@ -156,11 +168,8 @@ def test_a_stream_is_captioned_as_it_plays_in_stream_order(tmp_path):
     server = serve(port, seconds=12)
     cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "0",
                        "--summary-every", "3", "--srt", "--vtt")
-    try:
+    with stopped_afterwards(server, cli):
         out, err = cli.communicate(timeout=STARTUP_S + 60)
-    finally:
-        stop(server)
-        stop(cli)
     assert cli.returncode == 0, err
     lines = records(tmp_path)
     assert lines[0]["type"] == "start" and lines[-1]["type"] == "final"
@@ -188,7 +197,7 @@ def test_a_dropped_stream_is_reconnected_and_sigint_ends_with_a_final_summary(tm
     server = serve(port, seconds=7)
     cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3",
                        "--reconnect", "10", "--reconnect-delay", "0.5", "--srt")
-    try:
+    with stopped_afterwards(server, cli):
         wait_for(lambda: any(r["type"] == "batch" for r in records(tmp_path)), STARTUP_S, cli)
         server.wait(timeout=30)  # the stream stops...
         first_run = max(r["end_time"] for r in records(tmp_path) if r["type"] == "batch")
@@ -200,9 +209,6 @@ def test_a_dropped_stream_is_reconnected_and_sigint_ends_with_a_final_summary(tm
         assert (tmp_path / "result.srt").read_text().startswith("1\n00:00:00,000 --> ")
         cli.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=60)
-    finally:
-        stop(server)
-        stop(cli)
     assert cli.returncode == 0, err
     notes = [line for line in stderr_lines(subprocess.CompletedProcess([], 0, out, err)) if "reconnecting" in line]
     assert notes and all(line.startswith("WARNING: tcp://127.0.0.1") for line in notes)
@@ -280,7 +286,7 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
     cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "25", "--batch-size", "3",
                        "--max-pending-frames", "3", "--reconnect", "0")
     samples = []
-    try:
+    with stopped_afterwards(server, cli):
         # Warm: the model loaded, the stream open, a few batches described (and frames dropped).
         wait_for(lambda: sum(r["type"] == "batch" for r in records(tmp_path)) >= 3, STARTUP_S, cli)
         for _ in range(30):
@@ -288,9 +294,6 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
             time.sleep(1)
         cli.send_signal(signal.SIGTERM)
         out, err = cli.communicate(timeout=60)
-    finally:
-        stop(server)
-        stop(cli)
     assert cli.returncode == 0, err
     # The picture being converted and the model's activations come and go (RSS swings by about
     # 20 MiB from one second to the next); a leak raises the floor. Keeping every frame would

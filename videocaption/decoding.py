@@ -26,17 +26,11 @@ names (``noref``, not ``nonref``): given ``{"skip_frame": "nonref"}`` the decode
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import math
-import os
-import shutil
-import subprocess
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
-from .probe import ffmpeg_url
+from .probe import StreamTiming
 
 log = logging.getLogger("llm_caption")
 
@@ -49,73 +43,8 @@ HWACCELS = ("auto", "none", "cuda")
 # constant-rate stream: then the frames left (every reference frame) still fill each interval.
 # On variable-frame-rate video a sparse stretch could lose its only frame, and a sample with it.
 MIN_FRAMES_PER_SAMPLE = 8
-# Seconds of packets read to measure the keyframe interval (demuxing only, ~0.15 s for 60 s of 720p).
-KEYFRAME_PROBE_S = 60
 # A seek span lasts this many frame intervals, so that it holds at least one frame.
 SEEK_SPAN_FRAMES = 1.5
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    """What choosing a decode mode needs to know about a file's video stream.
-
-    Attributes:
-        frame_rate: the constant frame rate (r_frame_rate equal to avg_frame_rate), or None.
-        duration: the container's duration in seconds, or None.
-        start_time: the container's first timestamp; seeking spans are only planned from 0.
-        keyframe_interval: the longest gap between keyframes in the first KEYFRAME_PROBE_S
-            seconds, or None when fewer than two keyframes were seen.
-    """
-
-    frame_rate: float | None = None
-    duration: float | None = None
-    start_time: float = 0.0
-    keyframe_interval: float | None = None
-
-
-def probe_timing(path: str | os.PathLike) -> StreamTiming:
-    """One ffprobe call (stream rates, format times, the first minute's packet flags); an
-    unknown :class:`StreamTiming` when ffprobe is absent or cannot read the file (the decoder
-    then reports the problem itself)."""
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return StreamTiming()
-    command = [ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+{KEYFRAME_PROBE_S}",
-               "-show_entries", "stream=r_frame_rate,avg_frame_rate:format=start_time,duration:packet=pts_time,flags",
-               "-of", "json", ffmpeg_url(path)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
-        info = json.loads(done.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return StreamTiming()
-    streams, fmt = info.get("streams") or [{}], info.get("format") or {}
-    keyframes = sorted(t for p in info.get("packets", []) if "K" in p.get("flags", "")
-                       and (t := _number(p.get("pts_time"))) is not None)
-    gaps = [b - a for a, b in zip(keyframes, keyframes[1:])]
-    return StreamTiming(
-        frame_rate=_constant_rate(streams[0]),
-        duration=_number(fmt.get("duration")),
-        start_time=_number(fmt.get("start_time")) or 0.0,
-        keyframe_interval=max(gaps) if gaps else None,
-    )
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):  # None, "N/A"
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _constant_rate(stream: dict) -> float | None:
-    try:
-        nominal, average = Fraction(stream["r_frame_rate"]), Fraction(stream["avg_frame_rate"])
-    except (KeyError, ValueError, ZeroDivisionError):
-        return None
-    if nominal <= 0 or average <= 0 or abs(nominal - average) > nominal / 100:
-        return None
-    return float(average)
 
 
 def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_seek: bool) -> str:
@@ -123,24 +52,40 @@ def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_see
 
     ``auto`` seeks when samples lie at least a keyframe interval apart (so decoding from the
     keyframe before each costs at most half of decoding everything, on average) in a
-    constant-frame-rate file that starts at 0 and states its duration (a variable-rate one, such
-    as a screen recording, may have no frame in a short span after a sample time, and lose that
-    sample); else it drops non-reference frames when a constant rate gives
+    constant-frame-rate file that can seek (:func:`seek_problem`); a variable-rate one, such as a
+    screen recording, may have no frame in a short span after a sample time, and lose that
+    sample. Else it drops non-reference frames when a constant rate gives
     MIN_FRAMES_PER_SAMPLE or more frames per sample; else it decodes everything.
 
     Args:
         can_seek: the caller allows seeking: a local file, sampled uniformly (adaptive sampling
             looks at every frame).
+
+    Raises:
+        ValueError: ``seek`` asked for where it cannot work (the message says why).
     """
+    problem = seek_problem(timing, can_seek)
+    if decode_skip == "seek" and problem:
+        raise ValueError(f"decode_skip seek needs {problem}")
     if decode_skip != "auto":
         return decode_skip
-    seekable = (can_seek and timing.frame_rate is not None and timing.duration is not None
-                and abs(timing.start_time) < 1e-3)
-    if seekable and timing.keyframe_interval is not None and 1 / fps >= timing.keyframe_interval:
+    if (not problem and timing.frame_rate is not None and timing.keyframe_interval is not None
+            and 1 / fps >= timing.keyframe_interval):
         return "seek"
     if timing.frame_rate is not None and timing.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
         return "nonref"
     return "none"
+
+
+def seek_problem(timing: StreamTiming, can_seek: bool) -> str | None:
+    """Why seeking to each sample cannot work here (completing "seek needs ..."), or None."""
+    if not can_seek:
+        return "uniform sampling of a local file (adaptive sampling looks at every frame)"
+    if timing.duration is None:
+        return "the video's duration, and ffprobe could not tell it"
+    if abs(timing.start_time) >= 1e-3:  # BMF plans its spans from the file's start
+        return f"a file whose timestamps start at 0 (this one starts at {timing.start_time:g} s)"
+    return None
 
 
 def seek_spans(fps: float, duration: float, frame_rate: float | None) -> list[float]:
@@ -184,21 +129,17 @@ def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -
     ``hwaccel`` ``cuda`` (or ``auto`` with :func:`cuda_decoding_available`) decodes on NVDEC;
     frames then arrive on the GPU and are copied back for conversion. Untested here: this
     machine has neither BabitMF-GPU nor a GPU.
-
-    Raises:
-        ValueError: ``seek`` without a known duration.
     """
     settings: dict[str, Any] = {}
     if mode == "nonref":
         settings["skip_frame"] = AVDISCARD_NONREF
     elif mode == "seek":
-        if timing.duration is None:
-            raise ValueError("decode_skip seek needs the video's duration, and ffprobe could not tell it")
         settings["durations"] = seek_spans(fps, timing.duration, timing.frame_rate)
-    if hwaccel == "cuda" or (hwaccel == "auto" and cuda_decoding_available()):
-        if hwaccel == "cuda" and not cuda_decoding_available():
-            # BMF's decoder then falls back to the CPU without a word: say it once here.
-            missing = "BabitMF-GPU is not installed" if not _installed("BabitMF-GPU") else "torch sees no CUDA device"
-            log.warning("hwaccel cuda: %s, so FFmpeg decodes on the CPU", missing)
+    available = hwaccel != "none" and cuda_decoding_available()
+    if hwaccel == "cuda" and not available:
+        # BMF's decoder then falls back to the CPU without a word: say it once here.
+        missing = "BabitMF-GPU is not installed" if not _installed("BabitMF-GPU") else "torch sees no CUDA device"
+        log.warning("hwaccel cuda: %s, so FFmpeg decodes on the CPU", missing)
+    if hwaccel == "cuda" or available:
         settings["hwaccel"] = "cuda"
     return settings

@@ -20,10 +20,10 @@ from typing import Any
 
 from .audio.samples import SAMPLE_RATE
 from .errors import CaptionError, InvalidOptionError, VideoInputError
-from .decoding import AVDISCARD_ALL, StreamTiming, choose_decode, decode_settings, probe_timing
+from .decoding import AVDISCARD_ALL, choose_decode, decode_settings
 from .frames import select_expression
 from .options import CaptionOptions
-from .probe import explain_decoder_error, ffmpeg_url, has_audio, is_url
+from .probe import StreamTiming, explain_decoder_error, ffmpeg_url, has_audio, is_url, probe_timing
 from .progress import ProgressCallback
 from .runs import RUN_ID_OPTION, RunContext, registered
 from .watchdog import Activity
@@ -54,10 +54,7 @@ def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | Non
     if options is not None:
         mode, timing = decode_mode(video_path, options)
         log.info("decoding: %s (decode_skip %s; %s)", mode, options.decode_skip, timing)
-        try:
-            settings.update(decode_settings(mode, options.hwaccel, options.fps, timing))
-        except ValueError as error:
-            raise InvalidOptionError(f"{video_path}: {error}") from None
+        settings.update(decode_settings(mode, options.hwaccel, options.fps, timing))
     return settings
 
 
@@ -72,15 +69,11 @@ def decode_mode(video_path: str | os.PathLike, options: CaptionOptions) -> tuple
     """
     local = not is_url(video_path)
     timing = probe_timing(video_path) if local and options.decode_skip in ("auto", "seek") else StreamTiming()
-    can_seek = local and options.sampling == "uniform"
-    if options.decode_skip == "seek":
-        if not can_seek:
-            raise InvalidOptionError("decode_skip seek needs uniform sampling of a local file "
-                                     "(adaptive sampling looks at every frame)")
-        if abs(timing.start_time) >= 1e-3:
-            raise InvalidOptionError(f"{video_path}: decode_skip seek needs a file whose timestamps start at 0 "
-                                     f"(this one starts at {timing.start_time:g} s)")
-    return choose_decode(options.decode_skip, options.fps, timing, can_seek=can_seek), timing
+    try:
+        return choose_decode(options.decode_skip, options.fps, timing,
+                             can_seek=local and options.sampling == "uniform"), timing
+    except ValueError as error:
+        raise InvalidOptionError(f"{video_path}: {error}") from None
 
 
 def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None):

@@ -1,7 +1,8 @@
 """Checking an input file before decoding it, so that bad input fails with one clear line.
 
-``ffprobe`` (installed with FFmpeg by the set-up script) tells whether the file is a video
-and how long it is (for the progress bar). Without it, only the file-system checks run and
+``ffprobe`` (installed with FFmpeg by the set-up script) tells whether the file is a video,
+how long it is (for the progress bar) and how its frames and keyframes are timed (for what the
+decoder may skip, :mod:`videocaption.decoding`). Without it, only the file-system checks run and
 BMF's own errors are translated by :func:`explain_decoder_error`.
 """
 
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from .errors import VideoInputError
@@ -123,6 +125,63 @@ def _video_end(ffprobe: str, path: Path, duration: float | None) -> float | None
     ends = [_seconds(p.get("pts_time")) for p in packets]
     ends = [end + (_seconds(p.get("duration_time")) or 0.0) for end, p in zip(ends, packets) if end is not None]
     return max(ends) if ends and max(ends) > 0 else None
+
+
+# Seconds of packets read to measure the keyframe interval (demuxing only, ~0.15 s for 60 s of 720p).
+KEYFRAME_PROBE_S = 60
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """What choosing a decode mode (:mod:`videocaption.decoding`) needs to know about a file.
+
+    Attributes:
+        frame_rate: the video stream's constant frame rate (r_frame_rate equal to
+            avg_frame_rate), or None.
+        duration: the container's duration in seconds, or None.
+        start_time: the container's first timestamp.
+        keyframe_interval: the longest gap between keyframes in the first KEYFRAME_PROBE_S
+            seconds, or None when fewer than two keyframes were seen.
+    """
+
+    frame_rate: float | None = None
+    duration: float | None = None
+    start_time: float = 0.0
+    keyframe_interval: float | None = None
+
+
+def probe_timing(path: str | os.PathLike) -> StreamTiming:
+    """One ffprobe call (stream rates, format times, the first minute's packet flags); an
+    unknown :class:`StreamTiming` when ffprobe is absent or cannot read the file (the decoder
+    then reports the problem itself)."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return StreamTiming()
+    try:
+        info = _ffprobe(ffprobe, path, "stream=r_frame_rate,avg_frame_rate:format=start_time,duration:packet=pts_time,flags",
+                        "-select_streams", "v:0", "-read_intervals", f"%+{KEYFRAME_PROBE_S}")
+    except VideoInputError:
+        return StreamTiming()
+    streams, fmt = info.get("streams") or [{}], info.get("format") or {}
+    keyframes = sorted(t for p in info.get("packets", []) if "K" in p.get("flags", "")
+                       and (t := _seconds(p.get("pts_time"))) is not None)
+    gaps = [b - a for a, b in zip(keyframes, keyframes[1:])]
+    return StreamTiming(
+        frame_rate=_constant_rate(streams[0]),
+        duration=_seconds(fmt.get("duration")),
+        start_time=_seconds(fmt.get("start_time")) or 0.0,
+        keyframe_interval=max(gaps) if gaps else None,
+    )
+
+
+def _constant_rate(stream: dict) -> float | None:
+    try:
+        nominal, average = Fraction(stream["r_frame_rate"]), Fraction(stream["avg_frame_rate"])
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    if nominal <= 0 or average <= 0 or abs(nominal - average) > nominal / 100:
+        return None
+    return float(average)
 
 
 def _ffprobe(ffprobe: str, path: Path, entries: str, *extra: str) -> dict:
