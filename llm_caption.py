@@ -15,8 +15,8 @@ import sys
 # BMF imports this file by path; make the package beside it importable wherever the graph runs.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from videocaption.bmf_module import CaptionModule  # noqa: E402
+from videocaption.graph.module import CaptionModule  # noqa: E402
 
 
 class llm_caption(CaptionModule):  # noqa: N801 - BMF finds the module by this entry name
-    """The BMF entry point; see :class:`videocaption.bmf_module.CaptionModule`."""
+    """The BMF entry point; see :class:`videocaption.graph.module.CaptionModule`."""

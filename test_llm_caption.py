@@ -20,7 +20,7 @@ def _stopped_while_starting(signum, frame):
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, _stopped_while_starting)
 
-from videocaption.cli import main  # noqa: E402
+from videocaption.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     code = main()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ROOT, TINY_MODEL, machine
+from benchmarks.common import ROOT, TINY_MODEL, machine
 
 SENTENCES = [
     "Welcome to the kitchen. Today we are making fresh bread from scratch.",
@@ -113,7 +113,7 @@ def time_recognizer(path: Path, segments) -> float:
 
 
 def time_run(clip: Path, folder: Path, whisper: Path, transcribe: bool, repeats: int) -> float:
-    from videocaption.graph import run_caption_graph
+    from videocaption.graph.runner import run_caption_graph
     from videocaption.options import CaptionOptions
 
     options = CaptionOptions(model=str(TINY_MODEL), device="cpu", max_new_tokens=32, fps=1.0, batch_size=4,

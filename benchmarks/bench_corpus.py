@@ -41,8 +41,8 @@ def plain_loop(clips: list[Path], options: CaptionOptions, output: Path) -> dict
     import torch
 
     from videocaption.backends import load_model
-    from videocaption.graph import run_caption_graph
-    from videocaption.probe import probe_video
+    from videocaption.graph.runner import run_caption_graph
+    from videocaption.media.probe import probe_video
 
     torch.set_num_threads(1)
     with stopwatch() as loading:

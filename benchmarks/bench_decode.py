@@ -9,7 +9,7 @@ Why: the pipeline samples inside BMF (decoder -> FFmpeg ``select`` filter -> Pyt
 ``video_frame_to_image``) instead of piping ``ffmpeg``; this checks that doing so costs about
 what ``ffmpeg -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` costs when both decode every frame (goal:
 within 10%), and what decoding only what sampling needs saves (``decode_skip``, see
-``videocaption/decoding.py``): at ``--fps`` the decoder drops non-reference frames (``nonref``,
+``videocaption/media/decoding.py``): at ``--fps`` the decoder drops non-reference frames (``nonref``,
 what ``auto`` picks at 1 fps); at ``--sparse-fps`` it seeks to each sample (``seek``, what
 ``auto`` picks once samples lie a keyframe interval apart). Goal: CPU time <= x0.5 of the
 full-decode ffmpeg, with samples at most one frame interval from a full decode's. Each mode's
@@ -18,7 +18,7 @@ and dropping every B-frame (``skip_frame`` ``bidir``, which the pipeline does no
 tried on an x264 ``medium`` encode to show why: its P-frames refer to B-frames.
 
 The BMF side is exactly the caption graph's decode and select
-(``videocaption.graph.decoder_options``, ``videocaption.frames.select_expression``) ending in a
+(``videocaption.graph.build.decoder_options``, ``videocaption.sampling.grid.select_expression``) ending in a
 tiny module that converts each frame as the caption module does and drops it. The ffmpeg side
 reads the raw RGB pipe into PIL images too, so both sides end with the same objects. The clips
 (default 60 s, 1280x720, 30 fps H.264, FFmpeg's moving ``testsrc2``) are generated once into
@@ -34,8 +34,9 @@ from pathlib import Path
 
 from benchmarks.common import (ROOT, SINK_STATS, cpu_seconds, ffmpeg_frames, machine, make_clip, quiet_bmf, stopwatch,
                                video_size)
-from videocaption.frames import select_expression
-from videocaption.graph import decoder_options, wait_for_graph
+from videocaption.sampling.grid import select_expression
+from videocaption.graph.build import decoder_options
+from videocaption.graph.runner import wait_for_graph
 from videocaption.options import CaptionOptions
 
 # FFmpeg's AVDISCARD_BIDIR: every B-frame dropped (not a pipeline mode; see the docstring).

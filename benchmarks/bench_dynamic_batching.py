@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, TINY_MODEL, machine, make_clip, quiet_bmf, recording_model_calls, stopwatch
 from videocaption.backends import load_model
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 

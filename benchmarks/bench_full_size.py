@@ -65,7 +65,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
     from videocaption.deepseek_vl2 import DeepseekVL2
     from videocaption.deepseek_vl2.model import DeepseekVL2Model
     from videocaption.deepseek_vl2.processor import DeepseekVL2Processor
-    from videocaption.devices import resolve_device, resolve_dtype
+    from videocaption.backends.devices import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -88,7 +88,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
 def largest_batch(new_tokens: int) -> int:
     """The largest batch_size the pipeline accepts for this model (``check_batch_fits``'s rule)."""
     from videocaption.options import CaptionOptions
-    from videocaption.pipeline import fitting_batch_sizes
+    from videocaption.captioning.captioner import fitting_batch_sizes
 
     runtime = build_runtime("cpu", "float32", weights=False)
     options = CaptionOptions(model=str(TINY_MODEL), max_new_tokens=new_tokens, device="cpu")
@@ -103,7 +103,8 @@ def sample_frames(count: int) -> list[tuple[Image.Image, float]]:
 
 def child(batch_size: int, device: str, dtype: str, new_tokens: int, warmup: int) -> None:
     """In a fresh process: build, describe one batch (after ``warmup`` untimed ones), report."""
-    from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
+    from videocaption.prompts import batch_prompt
+    from videocaption.options import DEFAULT_BATCH_PROMPT
 
     start = time.perf_counter()
     runtime = build_runtime(device, dtype, weights=True)

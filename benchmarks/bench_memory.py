@@ -29,7 +29,7 @@ from benchmarks.common import (ROOT, TINY_MODEL, machine, make_clip, peak_rss_mi
 
 def child(clip: Path, result_path: Path, new_tokens: int, max_threads: int, model: str) -> None:
     """In a fresh process: caption ``clip`` and report peak RSS, frames and seconds to the parent."""
-    from videocaption.graph import run_caption_graph
+    from videocaption.graph.runner import run_caption_graph
     from videocaption.options import CaptionOptions
 
     options = CaptionOptions(model=model, device="cpu", max_new_tokens=new_tokens,

@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_vlms, for --serve-tiny
 
 from videocaption.backends.openai_backend import API_KEY_ENV, OpenAIVLM  # noqa: E402
-from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt  # noqa: E402
+from videocaption.prompts import batch_prompt  # noqa: E402
+from videocaption.options import DEFAULT_BATCH_PROMPT
 
 
 

@@ -36,7 +36,7 @@ from benchmarks.common import (ROOT, SAMPLE_CLIP, TINY_MODEL, cpu_seconds, machi
                                replay, stopwatch)
 from videocaption import backends
 from videocaption.backends import load_model
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 

@@ -11,7 +11,7 @@ and the whole run. The clips (generated once into ``--workdir``, 320x240 25 fps 
 still picture with light noise (a slide, a static camera), four lavfi sources of 3-6 s joined
 (three hard cuts), and the bundled Big Buck Bunny sample.
 
-Then the detector's cost at 720p: :func:`videocaption.shots.frame_thumbnail` on a decoded
+Then the detector's cost at 720p: :func:`videocaption.graph.frames.frame_thumbnail` on a decoded
 1280x720 yuv420p frame and both comparisons, per sampled frame (adaptive also looks at frames
 between samples for cuts, one every ``CUT_CHECK_SPACING`` s: ten a 1 fps sample), against the decoder's CPU time per
 sampled frame for 1 fps sampling of the 60 s 720p30 H.264 clip of ``bench_decode`` (goal: < 1%).
@@ -29,11 +29,13 @@ import numpy as np
 
 from benchmarks.common import (ROOT, SAMPLE_CLIP, SINK_STATS, TINY_MODEL, cpu_seconds, machine, make_clip, quiet_bmf,
                                recording_model_calls)
-from videocaption.graph import decoder_options, run_caption_graph, wait_for_graph
+from videocaption.graph.build import decoder_options
+from videocaption.graph.runner import run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
-from videocaption.probe import probe_timing
-from videocaption.sampling import CUT_CHECK_SPACING
-from videocaption.shots import changed_area, frame_thumbnail, scene_change
+from videocaption.media.probe import probe_timing
+from videocaption.sampling.samplers import CUT_CHECK_SPACING
+from videocaption.sampling.shots import changed_area, scene_change
+from videocaption.graph.frames import frame_thumbnail
 
 SHOTS = [("testsrc2", 4), ("smptebars", 3), ("mandelbrot", 5), ("life=mold=10:ratio=0.1:life_color=#00ff00", 6)]
 
@@ -100,7 +102,7 @@ def decode_cpu_per_sample(clip: Path, options: CaptionOptions) -> float:
     """CPU seconds BMF's decoder spends per 1 fps sample of ``clip`` (frames handed to a sink)."""
     import bmf
 
-    from videocaption.frames import select_expression
+    from videocaption.sampling.grid import select_expression
 
     cpu = cpu_seconds()
     with quiet_bmf():

@@ -71,7 +71,7 @@ def make_clip(path: Path, *, duration: float, size: str = "320x240", rate: int =
 
 def video_size(clip: Path) -> tuple[int, int]:
     """(width, height) of the clip's video stream, from the pipeline's own probe."""
-    from videocaption.probe import probe_video
+    from videocaption.media.probe import probe_video
 
     info = probe_video(clip)
     return info.width, info.height
@@ -249,7 +249,7 @@ SINK_STATS: dict[str, dict[str, Any]] = {}
 def _frame_sink_class() -> type:
     from bmf import Module, ProcessResult, Timestamp, VideoFrame
 
-    from videocaption.frames import frame_timestamp, video_frame_to_image
+    from videocaption.graph.frames import frame_timestamp, video_frame_to_image
 
     class FrameSink(Module):
         """Converts every frame it gets to an RGB PIL image, as the caption module does, then drops it.

@@ -133,7 +133,9 @@ def requests_for(model, batch_size: int, count: int) -> list[tuple[list, str]]:
     """``count`` batch prompts of ``batch_size`` consecutive frames, prepared as the pipeline does."""
     from PIL import Image
 
-    from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
+    from videocaption.prompts import batch_prompt
+
+    from videocaption.options import DEFAULT_BATCH_PROMPT
 
     images = [Image.open(path).convert("RGB") for path in FRAMES]
     requests = []

@@ -30,7 +30,7 @@ from videocaption.backends.openai_backend import DEFAULT_CONTEXT_LENGTH, OpenAIV
 from videocaption.backends.transformers_backend import TransformersVLM
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError
 from videocaption.options import CaptionOptions
-from videocaption.pipeline import Captioner
+from videocaption.captioning.captioner import Captioner
 from videocaption.result import CaptionResult
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
@@ -259,7 +259,7 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
                                        [Image.new("RGB", shrunk)] * 2).num_image_tokens
         assert sum(tokens) <= served.max_image_tokens(2), (size, shrunk)
     # every batch_size from 1 to 8 fits the tiny model's 4096 tokens, as with the in-process runtime
-    from videocaption.pipeline import check_batch_fits
+    from videocaption.captioning.captioner import check_batch_fits
     for batch_size in range(1, 9):
         check_batch_fits(served, CaptionOptions(backend="openai", api_base=server, batch_size=batch_size))
     with pytest.raises(InvalidOptionError, match="largest batch that fits is 8"):
@@ -310,7 +310,7 @@ def test_api_key_never_reaches_result_json() -> None:
 
 
 def test_cli_flags() -> None:
-    from videocaption.cli import build_parser, options_from_args
+    from videocaption.cli.main import build_parser, options_from_args
 
     parser = build_parser()
     args = parser.parse_args(["--backend", "openai", "--api-base", "http://h:8000/v1", "--model", "m",

@@ -17,7 +17,7 @@ from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.backends.transformers_backend import TransformersVLM
 from videocaption.errors import InvalidOptionError, ModelLoadError
 from videocaption.options import CaptionOptions
-from videocaption.pipeline import Captioner
+from videocaption.captioning.captioner import Captioner
 
 FAMILIES = [
     "idefics3",

@@ -1,7 +1,7 @@
 from PIL import Image
 
-from videocaption.batching import FrameBatcher
-from videocaption.frames import FrameSampler, SampledFrame
+from videocaption.captioning.batching import FrameBatcher
+from videocaption.sampling.grid import FrameSampler, SampledFrame
 
 
 def frames(count: int):

@@ -10,10 +10,10 @@ from pathlib import Path
 import bmf
 
 from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, untimed
-from videocaption.checkpoint import checkpoint_path
-from videocaption.graph import run_caption_graph
+from videocaption.captioning.checkpoint import checkpoint_path
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.progress import Progress
+from videocaption.captioning.progress import Progress
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -66,7 +66,7 @@ def test_the_module_runs_twice_in_one_process(tmp_path):
 
 
 def test_progress_reaches_the_caller_of_the_run(tmp_path):
-    """run_caption_graph's callback gets the module's reports (BMF builds the module: see videocaption.runs)."""
+    """run_caption_graph's callback gets the module's reports (BMF builds the module: see videocaption.graph.context)."""
     reports: list[Progress] = []
     run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "r.json")),
                       on_progress=reports.append)

@@ -12,7 +12,7 @@ from bmf import Packet, Task, Timestamp, VideoFrame
 
 from helpers import FAST, video_frame_packet
 from videocaption import backends
-from videocaption.bmf_module import CAPTIONS_OUT, VIDEO_OUT
+from videocaption.graph.module import CAPTIONS_OUT, VIDEO_OUT
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError
 
@@ -108,7 +108,7 @@ def test_one_model_instance_per_process(tmp_path):
 def test_a_4k_frame_waits_in_its_batch_at_the_model_input_size(tmp_path, monkeypatch):
     # With batch_size >= 3 every frame becomes one 384 px tile; it is shrunk when it arrives,
     # not kept as a 3840x2160 image until its batch is described.
-    from videocaption.pipeline import Captioner
+    from videocaption.captioning.captioner import Captioner
 
     stored = []
     original = Captioner.add

@@ -18,8 +18,8 @@ import pytest
 from helpers import CLI_TIMEOUT_S as RUN_TIMEOUT_S
 from helpers import FAST, ffmpeg, make_clip, run_cli
 from videocaption.errors import VideoInputError
-from videocaption.graph import wait_for_graph
-from videocaption.watchdog import Activity
+from videocaption.graph.runner import wait_for_graph
+from videocaption.graph.watchdog import Activity
 
 
 

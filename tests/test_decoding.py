@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from helpers import FAST, ffmpeg, make_clip
-from videocaption import bmf_module
-from videocaption.decoding import AVDISCARD_NONREF, choose_decode, seek_spans
+from videocaption.graph import module as bmf_module
+from videocaption.media.decoding import AVDISCARD_NONREF, choose_decode, seek_spans
 from videocaption.errors import InvalidOptionError
-from videocaption.graph import decode_mode, decoder_options, run_caption_graph
+from videocaption.graph.build import decode_mode, decoder_options
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.probe import StreamTiming, probe_timing
+from videocaption.media.probe import StreamTiming, probe_timing
 
 # 10 fps, a keyframe every 2 s, B-frames that other frames refer to (x264's default preset).
 GOP_CLIP = dict(duration=24.0, size="160x120", rate=10)
@@ -128,7 +129,7 @@ def test_each_seek_span_is_turned_upright_too(gop_clip, tmp_path, converted):
 
 def test_asking_for_cuda_decoding_without_it_says_so(gop_clip, caplog):
     """BMF's decoder falls back to the CPU silently when NVDEC cannot be had."""
-    from videocaption.decoding import cuda_decoding_available
+    from videocaption.media.decoding import cuda_decoding_available
 
     if cuda_decoding_available():
         pytest.skip("this machine can decode on the GPU")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videocaption.devices import resolve_device, resolve_dtype
+from videocaption.backends.devices import resolve_device, resolve_dtype
 from videocaption.errors import InvalidOptionError
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, SAMPLE_DURATION
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 ORIGINAL_SCHEMA = ["video_title", "batch_size", "batches", "frames_analysed", "summary"]

@@ -130,7 +130,7 @@ SLOW_MODEL = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from videocaption.deepseek_vl2 import DeepseekVL2
-    from videocaption.cli import main
+    from videocaption.cli.main import main
 
     def describe_batch(self, requests, **kwargs):  # never answers in time: the run is stopped first
         Path("describing").touch()
@@ -156,7 +156,7 @@ def test_interrupted_before_any_batch_says_nothing_was_saved(tmp_path):
 
 SECOND_SIGNAL = textwrap.dedent("""
     import os, signal, time
-    from videocaption.cli import Interrupted, stop_signals_raise
+    from videocaption.cli.main import Interrupted, stop_signals_raise
 
     with stop_signals_raise():
         try:
@@ -221,10 +221,10 @@ def test_stderr_of_a_finished_run_is_quiet(tmp_path):
 def test_the_progress_bar_of_a_finished_run_ends_at_100_percent():
     import io
 
-    from videocaption.cli import ProgressBar
+    from videocaption.cli.main import ProgressBar
     from videocaption.options import CaptionOptions
-    from videocaption.probe import VideoInfo
-    from videocaption.progress import Progress
+    from videocaption.media.probe import VideoInfo
+    from videocaption.captioning.progress import Progress
 
     # A 60.5 s container suggests 61 frames at 1 fps; the video stream gives 60.
     console = io.StringIO()

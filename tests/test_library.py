@@ -23,14 +23,14 @@ import pytest
 import ray
 
 from helpers import FAST, REPO_ROOT, make_clip, untimed
-from videocaption.cli import main
+from videocaption.cli.main import main
 from videocaption.errors import VideoInputError
 from videocaption.library.command import MANIFEST_NAME
 from videocaption.library.inputs import expand_inputs
 from videocaption.library.manifest import TIMING_COLUMNS, Manifest, read_manifest
 from videocaption.library.ray_runner import LibraryConfig, run_library
 from videocaption.options import CaptionOptions
-from videocaption.probe import probe_video
+from videocaption.media.probe import probe_video
 
 OPTIONS = dict(FAST, batch_size=1)
 LONG = "b/long.mp4"  # enough batches to kill its worker midway
@@ -323,6 +323,6 @@ def test_bad_library_options_are_one_line_and_exit_2(arguments: list[str], messa
 
 
 def test_single_video_mode_does_not_import_ray() -> None:
-    code = ("import sys; from videocaption.cli import build_parser, main; build_parser(); "
+    code = ("import sys; from videocaption.cli.main import build_parser, main; build_parser(); "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)

@@ -1,4 +1,4 @@
-"""Live streams (videocaption/live.py): ffmpeg serves a generated MPEG-TS stream on loopback and the
+"""Live streams (videocaption/live/captioner.py): ffmpeg serves a generated MPEG-TS stream on loopback and the
 CLI captions it with the tiny checkpoint, as a user would run it."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 
 from helpers import CLI, FAST_FLAGS, run_cli, stderr_lines
 from videocaption.errors import InvalidOptionError
-from videocaption.live import is_live_input
-from videocaption.live_input import LatestFrames, LiveFrame, StreamClock, read_url
+from videocaption.live.captioner import is_live_input
+from videocaption.live.stream import LatestFrames, LiveFrame, StreamClock, read_url
 from videocaption.options import CaptionOptions
-from videocaption.writers import JsonlWriter
+from videocaption.outputs.writers import JsonlWriter
 
 STARTUP_S = 60  # model load and FFmpeg's stream probing (about 5 s) on a loaded machine
 
@@ -334,7 +334,7 @@ def test_rolling_summaries_of_the_window_and_of_everything_so_far(tmp_path):
     from PIL import Image
 
     from helpers import FAST
-    from videocaption.live import LiveRun
+    from videocaption.live.captioner import LiveRun
 
     options = CaptionOptions(**FAST, batch_size=3, result_path=str(tmp_path / "result.json"),
                              jsonl_path=str(tmp_path / "live.jsonl"), summary_every=3.0, summary_all=True,

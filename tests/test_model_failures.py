@@ -20,7 +20,7 @@ from helpers import FAST, REPO_ROOT, make_clip
 from videocaption.backends import load_model
 from videocaption.errors import ContextOverflowError
 from videocaption.options import CaptionOptions
-from videocaption.pipeline import Captioner
+from videocaption.captioning.captioner import Captioner
 
 POISON = (255, 0, 0)  # frames of this colour make the model fail
 
@@ -127,7 +127,7 @@ CLI_WITH_FAILING_MODEL = textwrap.dedent("""
     import sys
     import torch
     from videocaption.deepseek_vl2 import DeepseekVL2
-    from videocaption.cli import main
+    from videocaption.cli.main import main
 
     real = DeepseekVL2.describe_batch
 

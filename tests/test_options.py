@@ -59,7 +59,7 @@ def test_cuda_index_is_accepted():
 def test_an_integer_fps_is_the_same_run_as_a_float_one():
     from PIL import Image
 
-    from videocaption.checkpoint import fingerprint
+    from videocaption.captioning.checkpoint import fingerprint
 
     frame = Image.new("RGB", (8, 8))
     assert fingerprint(CaptionOptions(fps=2), frame) == fingerprint(CaptionOptions(fps=2.0), frame)
@@ -68,7 +68,7 @@ def test_an_integer_fps_is_the_same_run_as_a_float_one():
 def test_every_option_with_a_flag_has_help_and_a_default_the_cli_uses():
     import dataclasses
 
-    from videocaption.cli import build_parser
+    from videocaption.cli.main import build_parser
 
     defaults = vars(build_parser().parse_args([]))
     for field in dataclasses.fields(CaptionOptions):

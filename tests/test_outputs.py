@@ -11,7 +11,7 @@ import webvtt
 
 from helpers import FAST, SAMPLE_CLIP, SAMPLE_DURATION, make_clip, run_cli
 from videocaption.deepseek_vl2 import DeepseekVL2
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from helpers import CLI as CLI_ALONE
 from helpers import FAST, FAST_FLAGS, SAMPLE_CLIP, untimed
-from videocaption.checkpoint import checkpoint_path
-from videocaption.graph import run_caption_graph
+from videocaption.captioning.checkpoint import checkpoint_path
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 CLI = [*CLI_ALONE, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1"]

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from helpers import FAST, REPO_ROOT, ffmpeg, untimed
-from videocaption.batching import FrameBatcher
-from videocaption.checkpoint import Checkpoint, checkpoint_path
-from videocaption.frames import SampledFrame, select_expression
-from videocaption.graph import module_options, run_caption_graph, wait_for_graph
+from videocaption.captioning.batching import FrameBatcher
+from videocaption.captioning.checkpoint import Checkpoint, checkpoint_path
+from videocaption.sampling.grid import SampledFrame, select_expression
+from videocaption.graph.build import module_options
+from videocaption.graph.runner import run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
-from videocaption.sampling import AdaptiveSampler, shot_spans
-from videocaption.shots import changed_area, luma_thumbnail, scene_change
+from videocaption.sampling.samplers import AdaptiveSampler, shot_spans
+from videocaption.sampling.shots import changed_area, luma_thumbnail, scene_change
 
 SIZE = "160x120"
 # Four different lavfi sources joined: hard cuts at 4, 7 and 12 s (18 s in all).
@@ -200,7 +201,7 @@ def test_the_captioner_samples_the_same_way_on_every_backend(backend, request):
     """Sampling happens before the model: the same shots and skips whatever describes the frames."""
     from PIL import Image
 
-    from videocaption.pipeline import Captioner
+    from videocaption.captioning.captioner import Captioner
 
     model = request.getfixturevalue("tiny_llava") if backend == "transformers" else FAST["model"]
     options = CaptionOptions(backend=backend, model=model, device="cpu", max_new_tokens=4, batch_size=2,
@@ -220,7 +221,7 @@ def test_the_captioner_samples_the_same_way_on_every_backend(backend, request):
 
 
 def test_the_cli_prints_each_shots_span(capsys):
-    from videocaption.cli import print_shots
+    from videocaption.cli.main import print_shots
 
     batches = [{"shot": 0, "start_time": 0.0, "end_time": 3.0}, {"shot": 0, "start_time": 3.5, "end_time": 3.9},
                {"shot": 1, "start_time": 4.0, "end_time": 6.0}]

@@ -4,10 +4,10 @@ import time
 import pytest
 from PIL import Image
 
-from videocaption.batching import FrameBatch
-from videocaption.frames import SampledFrame
+from videocaption.captioning.batching import FrameBatch
+from videocaption.sampling.grid import SampledFrame
 from videocaption.result import BatchCaption
-from videocaption.scheduler import BatchScheduler
+from videocaption.captioning.scheduler import BatchScheduler
 
 
 def batch(batch_id: int) -> FrameBatch:

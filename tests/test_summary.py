@@ -8,9 +8,9 @@ from helpers import FAST, make_clip
 from videocaption.backends import load_model
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.summary import Summarizer
+from videocaption.captioning.summary import Summarizer
 
 WORDS = "a rabbit walks slowly across the green meadow while birds fly over the old oak tree".split()
 

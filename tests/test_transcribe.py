@@ -22,10 +22,10 @@ from tiny_whisper import build_tiny_whisper
 from videocaption.audio.samples import to_mono_16k
 from videocaption.audio.vad import SpeechDetector
 from videocaption.deepseek_vl2 import DeepseekVL2
-from videocaption.graph import run_caption_graph
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 from videocaption.result import CaptionResult
-from videocaption.writers import WriteSRT
+from videocaption.outputs.writers import WriteSRT
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from helpers import FAST, ffmpeg
-from videocaption import bmf_module
-from videocaption.frames import FrameSampler
-from videocaption.graph import run_caption_graph
+from videocaption.graph import module as bmf_module
+from videocaption.sampling.grid import FrameSampler
+from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 BATCH_SIZE = 4

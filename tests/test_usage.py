@@ -6,7 +6,7 @@ from PIL import Image
 from helpers import FAST
 from videocaption.backends import load_model
 from videocaption.options import CaptionOptions
-from videocaption.pipeline import Captioner
+from videocaption.captioning.captioner import Captioner
 from videocaption.prompts import batch_prompt
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.usage import Answers, Usage, usage_of

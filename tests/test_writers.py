@@ -10,7 +10,8 @@ import webvtt
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.errors import OutputError
 from videocaption.options import CaptionOptions
-from videocaption.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, write_atomic, write_outputs
+from videocaption.outputs.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, write_outputs
+from videocaption.outputs.files import write_atomic
 
 
 def make_result() -> CaptionResult:

@@ -13,17 +13,39 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .audio.recognizers import ASR_BACKENDS, DEFAULT_ASR_MODEL
-from .decoding import DECODE_SKIPS, HWACCELS
-from .devices import DEFAULT_MODEL, DEVICES, DTYPES
-from .errors import InvalidOptionError
-from .prompts import DEFAULT_BATCH_PROMPT, DEFAULT_SUMMARY_PROMPT, DEFAULT_TITLE_PROMPT
+from videocaption.errors import InvalidOptionError
+
+# -- Allowed values and defaults, defined here once: the modules that act on them import them.
+
+# The checkpoint a run uses unless told otherwise (a hub id; a local directory works too).
+DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What the decoder may leave undecoded (videocaption/media/decoding.py) and hardware decoding.
+DECODE_SKIPS = ("auto", "none", "nonref", "seek")
+HWACCELS = ("auto", "none", "cuda")
+# Speech recognisers (videocaption/audio/recognizers.py) and the default Whisper checkpoint.
+ASR_BACKENDS = ("whisper", "openai")
+DEFAULT_ASR_MODEL = "openai/whisper-small"
+DEFAULT_BATCH_PROMPT = (
+
+    "These are frames sampled in order from a video. "
+    "Describe what happens in them in two or three sentences."
+)
+DEFAULT_SUMMARY_PROMPT = (
+    "Above are descriptions of consecutive parts of one video, in order. "
+    "Summarize what happens in the whole video in one paragraph."
+)
+DEFAULT_TITLE_PROMPT = (
+    "Give the video described above a short title of at most ten words. "
+    "Answer with the title only."
+)
 
 # deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
 # loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
 BACKENDS = ("deepseek_vl2", "transformers", "openai")
 # uniform: every frame of the fps grid goes to the model; adaptive: only where the video
-# changes, batches ending at hard cuts (see videocaption/sampling.py).
+# changes, batches ending at hard cuts (see videocaption/sampling/samplers.py).
 SAMPLINGS = ("uniform", "adaptive")
 # What --srt/--vtt cues hold: the batch captions, the transcript's speech, or both.
 SUBTITLES = ("captions", "speech", "both")
@@ -70,7 +92,7 @@ class CaptionOptions:
     # adaptive: a frame goes to the model at least this often (seconds), even on a static shot.
     max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
                                   "(default: %(default)s)")
-    # What the decoder may leave undecoded (see videocaption/decoding.py): on a constant-rate
+    # What the decoder may leave undecoded (see videocaption/media/decoding.py): on a constant-rate
     # stream, seek to each sample when samples lie a keyframe interval or more apart, else drop
     # non-reference frames when there are 8 or more frames per sample. Sampled pictures stay exact.
     decode_skip: str = option("auto", "frames the decoder may leave undecoded: auto (at a constant frame rate: "
@@ -122,7 +144,7 @@ class CaptionOptions:
     # last subtitle cue ends there at the latest. Unset, it ends one sampling interval after
     # its last frame.
     video_end: float | None = option(None, "seconds where the video stream ends", flag=None)
-    # Live streams (videocaption/live.py): a URL FFmpeg reads live (rtsp, rtmp, srt, udp, tcp,
+    # Live streams (videocaption/live/captioner.py): a URL FFmpeg reads live (rtsp, rtmp, srt, udp, tcp,
     # HLS .m3u8), or any input with --live, is captioned as it plays until it ends or is stopped.
     live: bool = option(False, "caption the input as a live stream: a file that is still growing (live URLs are "
                                "always live)")

@@ -8,24 +8,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+
 IMAGE_PLACEHOLDER = "<image>"
 
-DEFAULT_BATCH_PROMPT = (
-    "These are frames sampled in order from a video. "
-    "Describe what happens in them in two or three sentences."
-)
-DEFAULT_SUMMARY_PROMPT = (
-    "Above are descriptions of consecutive parts of one video, in order. "
-    "Summarize what happens in the whole video in one paragraph."
-)
 # Used for the intermediate rounds when a long video's descriptions do not fit one prompt.
 PART_SUMMARY_PROMPT = (
     "Above are descriptions of consecutive parts of one video, in order. "
     "Summarize what happens in this stretch of the video in a few sentences."
-)
-DEFAULT_TITLE_PROMPT = (
-    "Give the video described above a short title of at most ten words. "
-    "Answer with the title only."
 )
 
 

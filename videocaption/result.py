@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .usage import Usage, usage_dict
+from videocaption.usage import Usage, usage_dict
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ timed text that the pipeline merges into each batch's prompt. Audio arrives in w
 decodes it (16 kHz mono, resampled in the graph); nothing holds the whole track.
 """
 
-from .samples import SAMPLE_RATE, audio_frame_samples
-from .transcript import Transcriber, TranscriptSegment
+from videocaption.audio.samples import SAMPLE_RATE, audio_frame_samples
+from videocaption.audio.transcript import Transcriber, TranscriptSegment
 
 __all__ = ["SAMPLE_RATE", "Transcriber", "TranscriptSegment", "audio_frame_samples"]

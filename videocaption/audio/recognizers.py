@@ -16,13 +16,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import BackendError, ModelLoadError
-from .samples import SAMPLE_RATE
+from videocaption.errors import BackendError, ModelLoadError
+from videocaption.audio.samples import SAMPLE_RATE
 
 log = logging.getLogger("llm_caption")
 
-ASR_BACKENDS = ("whisper", "openai")
-DEFAULT_ASR_MODEL = "openai/whisper-small"
 # Tokens of text one segment (at most 30 s of speech) may give.
 MAX_SEGMENT_TOKENS = 200
 
@@ -48,7 +46,7 @@ class WhisperRecognizer:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        from ..devices import resolve_device, resolve_dtype
+        from videocaption.backends.devices import resolve_device, resolve_dtype
 
         self.name = model
         self.device = resolve_device(device)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .recognizers import SpeechRecognizer
-from .vad import SpeechDetector
+from videocaption.audio.recognizers import SpeechRecognizer
+from videocaption.audio.vad import SpeechDetector
 
 log = logging.getLogger("llm_caption")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .samples import SAMPLE_RATE
+from videocaption.audio.samples import SAMPLE_RATE
 
 WINDOW = 512  # samples per VAD step at 16 kHz: what the Silero model takes
 KEEP_BEFORE = SAMPLE_RATE  # samples kept before a speech start (the padding reaches back into them)

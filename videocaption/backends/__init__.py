@@ -14,7 +14,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
-from ..options import CaptionOptions
+from videocaption.options import CaptionOptions
 
 
 @runtime_checkable
@@ -78,15 +78,15 @@ def _cache_key(options: CaptionOptions) -> tuple[str, ...]:
 
 def _load(options: CaptionOptions) -> VisionLanguageModel:
     if options.backend == "openai":
-        from .openai_backend import OpenAIVLM
+        from videocaption.backends.openai_backend import OpenAIVLM
 
         return OpenAIVLM(options.model, str(options.api_base), api_key=options.api_key,
                          request_timeout=options.request_timeout, max_retries=options.max_retries)
     if options.backend == "transformers":
-        from .transformers_backend import TransformersVLM
+        from videocaption.backends.transformers_backend import TransformersVLM
 
         return TransformersVLM.from_pretrained(options.model, device=options.device, dtype=options.dtype)
-    from .deepseek_vl2_backend import DeepseekVL2
+    from videocaption.backends.deepseek_vl2_backend import DeepseekVL2
 
     return DeepseekVL2.from_pretrained(options.model, device=options.device, dtype=options.dtype)
 

@@ -16,14 +16,15 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ..deepseek_vl2.config import DeepseekVL2Config
-from ..deepseek_vl2.generation import generate
-from ..deepseek_vl2.model import DeepseekVL2Model
-from ..deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
-from ..deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
-from ..devices import DEFAULT_MODEL, resolve_device, resolve_dtype
-from ..errors import ContextOverflowError, ModelLoadError
-from ..usage import Answers, Usage
+from videocaption.deepseek_vl2.config import DeepseekVL2Config
+from videocaption.deepseek_vl2.generation import generate
+from videocaption.deepseek_vl2.model import DeepseekVL2Model
+from videocaption.deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
+from videocaption.deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
+from videocaption.backends.devices import resolve_device, resolve_dtype
+from videocaption.options import DEFAULT_MODEL
+from videocaption.errors import ContextOverflowError, ModelLoadError
+from videocaption.usage import Answers, Usage
 
 
 class DeepseekVL2:

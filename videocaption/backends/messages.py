@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..prompts import IMAGE_PLACEHOLDER
+from videocaption.prompts import IMAGE_PLACEHOLDER
 
 # Longest side of the images sent to a model. A 4K frame would otherwise cost a Qwen2-VL-style
 # model ~10k tokens, and an OpenAI-compatible server megabytes of base64 per frame.

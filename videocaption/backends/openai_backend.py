@@ -26,12 +26,12 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from PIL import Image
 
-from ..deepseek_vl2.geometry import HUB_GEOMETRY, ImageGeometry
-from ..errors import BackendError
-from ..options import CaptionOptions
-from ..prompts import IMAGE_PLACEHOLDER
-from ..usage import Answers, Usage
-from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
+from videocaption.deepseek_vl2.geometry import HUB_GEOMETRY, ImageGeometry
+from videocaption.errors import BackendError
+from videocaption.options import CaptionOptions
+from videocaption.prompts import IMAGE_PLACEHOLDER
+from videocaption.usage import Answers, Usage
+from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
 

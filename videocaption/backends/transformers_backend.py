@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..devices import resolve_device, resolve_dtype
-from ..errors import ModelLoadError
-from ..usage import Answers, Usage
-from .messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
+from videocaption.backends.devices import resolve_device, resolve_dtype
+from videocaption.errors import ModelLoadError
+from videocaption.usage import Answers, Usage
+from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
 

@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
     # Imported on first use: the backend imports this package, so importing it eagerly here
     # would be circular.
     if name == "DeepseekVL2":
-        from ..backends.deepseek_vl2_backend import DeepseekVL2
+        from videocaption.backends.deepseek_vl2_backend import DeepseekVL2
 
         return DeepseekVL2
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

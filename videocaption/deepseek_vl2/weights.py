@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..errors import ModelLoadError
+from videocaption.errors import ModelLoadError
 
 UNUSED_PREFIXES = ("vision.attn_pool.",)  # present in the official checkpoints, unused by design
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer.json")

@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import CaptionError
-from ..options import CaptionOptions
-from .manifest import FAILED, OK, SKIPPED, ManifestRow
+from videocaption.errors import CaptionError
+from videocaption.options import CaptionOptions
+from videocaption.library.manifest import FAILED, OK, SKIPPED, ManifestRow
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 DEFAULT_OUTPUT_DIR = "results"
@@ -78,7 +78,7 @@ def check_library_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
 
 def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The :class:`LibraryConfig` the flags describe."""
-    from .ray_runner import LibraryConfig
+    from videocaption.library.ray_runner import LibraryConfig
 
     given_output = args.result_path if args.result_path != parser.get_default("result_path") else None
     output_dir = Path(given_output or args.output_dir or DEFAULT_OUTPUT_DIR)
@@ -100,7 +100,7 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input, 130 Ctrl-C)."""
     from tqdm import tqdm
 
-    from .ray_runner import run_library, worker_shares
+    from videocaption.library.ray_runner import run_library, worker_shares
 
     check_library_arguments(args, parser)
     config = library_config(args, parser)

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
-from ..errors import VideoInputError
-from ..probe import VIDEO_EXTENSIONS, is_url
+from videocaption.errors import VideoInputError
+from videocaption.media.probe import VIDEO_EXTENSIONS, is_url
 URL_FOLDER = "_urls"  # outputs of URL inputs go under OUTPUT/_urls/HOST/PATH
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..writers import NEW_FILE_MODE
+from videocaption.outputs.files import NEW_FILE_MODE
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # Columns that differ between two runs of the same library even when every caption is equal.

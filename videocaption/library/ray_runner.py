@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..backends.openai_backend import API_KEY_ENV
-from ..checkpoint import finished_result
-from ..errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
-from ..graph import REPO_ROOT
-from ..options import CaptionOptions
-from .inputs import LibraryItem, expand_inputs
-from .manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
-from .workers import CaptionWorker, result_path, row_from_result
+from videocaption.backends.openai_backend import API_KEY_ENV
+from videocaption.captioning.checkpoint import finished_result
+from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
+from videocaption.graph.build import REPO_ROOT
+from videocaption.options import CaptionOptions
+from videocaption.library.inputs import LibraryItem, expand_inputs
+from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
+from videocaption.library.workers import CaptionWorker, result_path, row_from_result
 
 log = logging.getLogger("llm_caption")
 SECRET_ENV = (API_KEY_ENV,)  # handed to the workers through their environment, when set

@@ -17,10 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import CaptionError
-from ..options import CaptionOptions
-from .inputs import LibraryItem
-from .manifest import FAILED, OK, ManifestRow
+from videocaption.errors import CaptionError
+from videocaption.options import CaptionOptions
+from videocaption.library.inputs import LibraryItem
+from videocaption.library.manifest import FAILED, OK, ManifestRow
 
 log = logging.getLogger("llm_caption")
 RESULT_NAME = "result.json"
@@ -84,7 +84,7 @@ class CaptionWorker:
 
             torch.set_num_threads(max(1, int(cpus)))
         try:
-            from ..backends import load_model
+            from videocaption.backends import load_model
 
             load_model(self.options)  # cached per process: every graph of this worker reuses it
         except CaptionError as error:
@@ -108,8 +108,8 @@ class CaptionWorker:
         Returns:
             The manifest row as a dict.
         """
-        from ..graph import run_caption_graph
-        from ..probe import probe_video
+        from videocaption.graph.runner import run_caption_graph
+        from videocaption.media.probe import probe_video
 
         item = LibraryItem(source, key)
         started, cpu_started = time.perf_counter(), time.process_time()

@@ -86,35 +86,7 @@ def changed_area(previous: np.ndarray, current: np.ndarray) -> float:
     return float((np.abs(current - previous) > CELL_TOLERANCE).mean())
 
 
-def frame_thumbnail(frame) -> np.ndarray:
-    """The thumbnail of a BMF ``VideoFrame``, from its Y plane when it has one.
-
-    Planar and semi-planar YUV frames (what decoders produce) are read in place; other layouts
-    (RGB from a user's module, ...) go through the RGB conversion the captioner uses anyway.
-    """
-    import bmf.hmp as mp
-
-    if frame.device.type() != mp.kCPU:
-        frame = frame.cpu()
-    if frame.frame().format() in _luma_first_formats():
-        luma = frame.frame().plane(0).numpy()
-        return luma_thumbnail(luma[..., 0] if luma.ndim == 3 else luma)  # (height, width, 1) -> 2-D
-    from .frames import video_frame_to_image
-
-    return luma_thumbnail(np.asarray(video_frame_to_image(frame).convert("L")))
 
 
-_LUMA_FIRST: frozenset | None = None
 
 
-def _luma_first_formats() -> frozenset:
-    """hmp pixel formats whose plane 0 is the luma plane (8- and 16-bit planar/semi-planar YUV)."""
-    global _LUMA_FIRST
-    if _LUMA_FIRST is None:
-        import bmf.hmp as mp
-
-        names = ("kPF_YUV420P", "kPF_YUV422P", "kPF_YUV444P", "kPF_YUVJ420P", "kPF_YUVJ422P", "kPF_YUVJ444P",
-                 "kPF_NV12", "kPF_NV21", "kPF_P010LE", "kPF_P016LE", "kPF_YUVA420P", "kPF_YUV420P10LE", "kPF_YUV422P10LE", "kPF_YUV444P10LE",
-                 "kPF_GRAY8", "kPF_GRAY16")
-        _LUMA_FIRST = frozenset(getattr(mp, name) for name in names if hasattr(mp, name))
-    return _LUMA_FIRST

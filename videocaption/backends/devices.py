@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import InvalidOptionError
+from videocaption.errors import InvalidOptionError
+from videocaption.options import DTYPES
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
-DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -2,7 +2,7 @@
 
 ``ffprobe`` (installed with FFmpeg by the set-up script) tells whether the file is a video,
 how long it is (for the progress bar) and how its frames and keyframes are timed (for what the
-decoder may skip, :mod:`videocaption.decoding`). Without it, only the file-system checks run and
+decoder may skip, :mod:`videocaption.media.decoding`). Without it, only the file-system checks run and
 BMF's own errors are translated by :func:`explain_decoder_error`.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from .errors import VideoInputError
+from videocaption.errors import VideoInputError
 
 # Demuxers that read images: such a file has a "video stream" but is a video only when it
 # holds more than one picture (an animated GIF, APNG or WebP).
@@ -39,7 +39,7 @@ class VideoInfo:
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
 })
-# Protocols of live streams: such an input plays until it is stopped (videocaption/live.py).
+# Protocols of live streams: such an input plays until it is stopped (videocaption/live/captioner.py).
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "udp://", "rtp://", "tcp://")
 # Inputs read over a network protocol rather than from a local file.
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://") + LIVE_SCHEMES
@@ -133,7 +133,7 @@ KEYFRAME_PROBE_S = 60
 
 @dataclass(frozen=True)
 class StreamTiming:
-    """What choosing a decode mode (:mod:`videocaption.decoding`) needs to know about a file.
+    """What choosing a decode mode (:mod:`videocaption.media.decoding`) needs to know about a file.
 
     Attributes:
         frame_rate: the video stream's constant frame rate (r_frame_rate equal to

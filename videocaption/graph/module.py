@@ -18,16 +18,17 @@ from typing import Any
 
 from bmf import AudioFrame, Module, Packet, ProcessResult, Timestamp, VideoFrame
 
-from .audio import audio_frame_samples
-from .checkpoint import checkpoint_path
-from .errors import CaptionError
-from .frames import frame_timestamp, video_frame_to_image
-from .options import CaptionOptions
-from .pipeline import Captioner
-from .result import BatchCaption, CaptionResult
-from .runs import RUN_ID_OPTION, context_for
-from .shots import frame_thumbnail
-from .writers import check_output_path, output_paths, write_outputs
+from videocaption.audio import audio_frame_samples
+from videocaption.captioning.checkpoint import checkpoint_path
+from videocaption.errors import CaptionError
+from videocaption.graph.frames import frame_timestamp, video_frame_to_image
+from videocaption.options import CaptionOptions
+from videocaption.captioning.captioner import Captioner
+from videocaption.result import BatchCaption, CaptionResult
+from videocaption.graph.context import RUN_ID_OPTION, context_for
+from videocaption.graph.frames import frame_thumbnail
+from videocaption.outputs.files import check_output_path
+from videocaption.outputs.writers import output_paths, write_outputs
 
 log = logging.getLogger("llm_caption")
 
@@ -67,7 +68,7 @@ class CaptionModule(Module):
     def __init__(self, node: int | None = None, option: dict[str, Any] | None = None) -> None:
         self.node = node
         option = dict(option or {})
-        # The caller's side of this run (see videocaption.runs): its stall watch and progress bar.
+        # The caller's side of this run (see videocaption.graph.context): its stall watch and progress bar.
         run = context_for(option.pop(RUN_ID_OPTION, None))
         self.options = CaptionOptions.from_mapping(option)
         for path in output_paths(self.options):

@@ -30,15 +30,13 @@ import logging
 import math
 from typing import Any
 
-from .probe import StreamTiming
+from videocaption.media.probe import StreamTiming
 
 log = logging.getLogger("llm_caption")
 
 # FFmpeg's AVDiscard values (libavcodec/defs.h), as BMF's decoder takes them.
 AVDISCARD_NONREF = 8
 AVDISCARD_ALL = 48
-DECODE_SKIPS = ("auto", "none", "nonref", "seek")
-HWACCELS = ("auto", "none", "cuda")
 # ``auto`` drops frames only when every sampling interval holds at least this many frames of a
 # constant-rate stream: then the frames left (every reference frame) still fill each interval.
 # On variable-frame-rate video a sparse stretch could lose its only frame, and a sample with it.

@@ -1,7 +1,7 @@
 """Progress reports from a running captioner to whoever shows them (the CLI's progress bar).
 
-The caller hands a :data:`ProgressCallback` to :class:`videocaption.pipeline.Captioner`; through
-a BMF graph it travels with the run (see :mod:`videocaption.runs`).
+The caller hands a :data:`ProgressCallback` to :class:`videocaption.captioning.captioner.Captioner`; through
+a BMF graph it travels with the run (see :mod:`videocaption.graph.context`).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .backends import VisionLanguageModel
-from .errors import InvalidOptionError
-from .options import CaptionOptions
-from .prompts import PART_SUMMARY_PROMPT, summary_prompt
+from videocaption.backends import VisionLanguageModel
+from videocaption.errors import InvalidOptionError
+from videocaption.options import CaptionOptions
+from videocaption.prompts import PART_SUMMARY_PROMPT, summary_prompt
 
 Item = tuple[float, float, str]  # (start seconds, end seconds, text)
 Complete = Callable[[list[str]], list[str]]

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable
 
-from .batching import FrameBatch
-from .result import BatchCaption
+from videocaption.captioning.batching import FrameBatch
+from videocaption.result import BatchCaption
 
 DescribeGroup = Callable[[list[FrameBatch]], list[BatchCaption]]
 

@@ -1,13 +1,13 @@
 """Which frames the model sees: every sampled frame (``uniform``) or only where the video changes (``adaptive``).
 
-``adaptive`` keeps :class:`~videocaption.frames.FrameSampler`'s grid (the first frame of each
+``adaptive`` keeps :class:`~videocaption.sampling.grid.FrameSampler`'s grid (the first frame of each
 ``1/fps`` interval) and then, per sampled frame:
 
-- **a hard cut** (see :func:`~videocaption.shots.scene_change`), looked for between the frames
+- **a hard cut** (see :func:`~videocaption.sampling.shots.scene_change`), looked for between the frames
   the module receives, samples or not (every CUT_CHECK_SPACING seconds and every sample), so a
   cut between two samples is not missed, starts a new shot: the batch in progress ends and the first sampled frame after the cut is always
   kept, so no description spans two shots;
-- **a near-duplicate** of the last frame sent (:func:`~videocaption.shots.changed_area` at most
+- **a near-duplicate** of the last frame sent (:func:`~videocaption.sampling.shots.changed_area` at most
   ``duplicate_threshold``) is not sent; the batch's time span still covers it and it is counted
   (``frames_skipped``);
 - **a floor**: a frame is sent at least every ``max_gap`` seconds even on a perfectly static
@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from .frames import FrameSampler
-from .shots import changed_area, scene_change
+from videocaption.sampling.grid import FrameSampler
+from videocaption.sampling.shots import changed_area, scene_change
 
 Thumbnail = Callable[[], np.ndarray]  # computes a frame's thumbnail, only when asked
 # Between samples, frames are looked at for cuts at most this often (seconds of video): every
@@ -85,7 +85,7 @@ class AdaptiveSampler:
 
         Args:
             timestamp: the frame's time (seconds).
-            thumbnail: computes its thumbnail (:func:`~videocaption.shots.frame_thumbnail`);
+            thumbnail: computes its thumbnail (:func:`~videocaption.graph.frames.frame_thumbnail`);
                 without one the frame can be neither compared nor skipped, so it is treated
                 as ``uniform`` treats it.
         """

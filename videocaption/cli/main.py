@@ -28,17 +28,18 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
-from .backends.openai_backend import API_KEY_ENV
-from .checkpoint import Checkpoint, finished_result
-from .errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
-from . import live
-from .graph import REPO_ROOT, run_caption_graph
-from .options import DEFAULT_MODEL, CaptionOptions
-from .probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
-from .progress import Progress
-from .prompts import format_seconds
-from .sampling import shot_spans
-from .library import command as library
+from videocaption.backends.openai_backend import API_KEY_ENV
+from videocaption.captioning.checkpoint import Checkpoint, finished_result
+from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from videocaption.live import captioner as live
+from videocaption.graph.build import REPO_ROOT
+from videocaption.graph.runner import run_caption_graph
+from videocaption.options import DEFAULT_MODEL, CaptionOptions
+from videocaption.media.probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
+from videocaption.captioning.progress import Progress
+from videocaption.prompts import format_seconds
+from videocaption.sampling.samplers import shot_spans
+from videocaption.library import command as library
 
 SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
 TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
@@ -307,7 +308,7 @@ def stop_signals_raise() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread; a second one exits at once.
 
     BMF's engine installs its own handlers when a graph starts; the graph runner takes these
-    back (:func:`videocaption.graph.keep_python_signal_handlers`).
+    back (:func:`videocaption.graph.runner.keep_python_signal_handlers`).
     """
     def exit_now(signum: int, frame: object) -> None:
         os._exit(128 + signum)  # the second signal: the checkpoint is always whole on disk

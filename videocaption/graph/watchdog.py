@@ -3,7 +3,7 @@
 A decoder reading a pipe, a network share or a damaged file can block in a read that never
 returns, or spin without producing a frame; BMF would then wait forever. The graph runner
 gives the run an :class:`Activity` (which reaches the module BMF builds through
-:mod:`videocaption.runs`); the module marks each of its calls busy, and the runner gives up
+:mod:`videocaption.graph.context`); the module marks each of its calls busy, and the runner gives up
 when nothing happened for the stall time while the module was idle. Model work (loading,
 describing, summarising) happens inside the module's calls, so a slow model is never a stall.
 """

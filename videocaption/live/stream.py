@@ -1,7 +1,7 @@
 """Reading a live input: one BMF decode graph per connection, a stream clock, and the frames
 waiting for the model (the newest win).
 
-:mod:`videocaption.live` supervises these: it opens a :class:`Connection`, watches it, and
+:mod:`videocaption.live.captioner` supervises these: it opens a :class:`Connection`, watches it, and
 reconnects when it ends, fails or stalls.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .graph import decoder_options
+from videocaption.graph.build import decoder_options
 
 # Protocols that bind a local port: a reader stuck in them keeps the port, and the next
 # connection could not bind it. FFmpeg is told to give up itself after stall_timeout instead.

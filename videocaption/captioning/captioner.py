@@ -2,7 +2,7 @@
 
 :class:`Captioner` is fed frames one at a time (by the BMF module, or by any loop over
 frames), groups them into batches, has the model describe the batches on a worker thread
-(see :mod:`videocaption.scheduler`), and at the end summarises the descriptions and titles
+(see :mod:`videocaption.captioning.scheduler`), and at the end summarises the descriptions and titles
 the summary. It writes nothing; writers turn its result into files.
 """
 
@@ -17,22 +17,22 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .audio import Transcriber
-from .audio.merge import SpeechGate
-from .audio.recognizers import load_recognizer
-from .backends import VisionLanguageModel, load_model
-from .batching import FrameBatch, FrameBatcher
-from .checkpoint import Checkpoint, fingerprint
-from .errors import CaptionError, InvalidOptionError, VideoInputError
-from .frames import SampledFrame
-from .options import CaptionOptions
-from .progress import Progress, ProgressCallback
-from .prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
-from .result import BatchCaption, CaptionResult
-from .sampling import Thumbnail, make_sampler
-from .scheduler import BatchScheduler
-from .summary import Summarizer
-from .usage import Usage, usage_of
+from videocaption.audio import Transcriber
+from videocaption.captioning.speech_gate import SpeechGate
+from videocaption.audio.recognizers import load_recognizer
+from videocaption.backends import VisionLanguageModel, load_model
+from videocaption.captioning.batching import FrameBatch, FrameBatcher
+from videocaption.captioning.checkpoint import Checkpoint, fingerprint
+from videocaption.errors import CaptionError, InvalidOptionError, VideoInputError
+from videocaption.sampling.grid import SampledFrame
+from videocaption.options import CaptionOptions
+from videocaption.captioning.progress import Progress, ProgressCallback
+from videocaption.prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
+from videocaption.result import BatchCaption, CaptionResult
+from videocaption.sampling.samplers import Thumbnail, make_sampler
+from videocaption.captioning.scheduler import BatchScheduler
+from videocaption.captioning.summary import Summarizer
+from videocaption.usage import Usage, usage_of
 
 log = logging.getLogger("llm_caption")
 
@@ -141,7 +141,7 @@ class Captioner:
 
         Args:
             thumbnail: computes the frame's thumbnail
-                (:func:`videocaption.shots.frame_thumbnail`); adaptive sampling needs it.
+                (:func:`videocaption.graph.frames.frame_thumbnail`); adaptive sampling needs it.
         """
         decision = self._sampler.decide(timestamp, thumbnail)
         if decision.skipped:
@@ -294,7 +294,7 @@ class Captioner:
         """Wait for every batch (see :meth:`finish_batches`), then run the summary and title passes.
 
         The one way a run ends with a result. The checkpoint is removed only once ``write``
-        (which saves the result, e.g. :func:`videocaption.writers.write_outputs`) has
+        (which saves the result, e.g. :func:`videocaption.outputs.writers.write_outputs`) has
         succeeded: a failed write keeps it for ``resume``.
 
         Raises:

@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .progress import Progress, ProgressCallback
-from .watchdog import Activity
+from videocaption.captioning.progress import Progress, ProgressCallback
+from videocaption.graph.watchdog import Activity
 
 RUN_ID_OPTION = "run_id"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .frames import SampledFrame
+from videocaption.sampling.grid import SampledFrame
 
 
 @dataclass

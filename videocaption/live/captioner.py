@@ -3,12 +3,12 @@
 A live input (an ``rtsp``/``rtmp``/``srt``/``udp``/``tcp`` URL, an HLS playlist, or a growing
 file with ``live``) has no end: the run writes as it goes and stopping it is its normal end.
 
-- **Reading** (:mod:`videocaption.live_input`): one BMF decode graph per connection
+- **Reading** (:mod:`videocaption.live.stream`): one BMF decode graph per connection
   (:class:`Connection`), run as a generator on its own thread. When it ends (the stream
   dropped), fails (refused) or delivers nothing for ``stall_timeout`` seconds, it is abandoned
   and a new one is made after a back-off (``reconnect`` attempts, ``reconnect_delay`` doubling
   up to :data:`MAX_RECONNECT_DELAY_S`).
-- **Sampling**: by presentation time (:class:`~videocaption.frames.FrameSampler`) on one
+- **Sampling**: by presentation time (:class:`~videocaption.sampling.grid.FrameSampler`) on one
   stream clock that keeps going up across reconnections (:class:`StreamClock`).
 - **Falling behind**: sampled frames wait in :class:`LatestFrames`, which holds at most
   ``pending_frames``; when the model is slower than the stream, the oldest are dropped (and
@@ -32,18 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .backends import load_model
-from .errors import CaptionError, VideoInputError
-from .frames import FrameSampler, frame_timestamp, video_frame_to_image
-from .graph import keep_python_signal_handlers
-from .live_input import STALL_GRACE_S, Connection, LatestFrames, LiveFrame, StreamClock, connection_failure, read_url
-from .options import CaptionOptions
-from .pipeline import check_batch_fits
-from .probe import check_readable, is_live_url, is_url
-from .prompts import batch_prompt, clean_title, title_prompt
-from .result import BatchCaption, CaptionResult
-from .summary import Summarizer
-from .writers import JsonlWriter, WriteSRT, WriteVTT, check_output_path, write_files_atomic, write_outputs
+from videocaption.backends import load_model
+from videocaption.errors import CaptionError, VideoInputError
+from videocaption.sampling.grid import FrameSampler
+from videocaption.graph.frames import frame_timestamp, video_frame_to_image
+from videocaption.graph.runner import keep_python_signal_handlers
+from videocaption.live.stream import STALL_GRACE_S, Connection, LatestFrames, LiveFrame, StreamClock, connection_failure, read_url
+from videocaption.options import CaptionOptions
+from videocaption.captioning.captioner import check_batch_fits
+from videocaption.media.probe import check_readable, is_live_url, is_url
+from videocaption.prompts import batch_prompt, clean_title, title_prompt
+from videocaption.result import BatchCaption, CaptionResult
+from videocaption.captioning.summary import Summarizer
+from videocaption.outputs.writers import JsonlWriter, WriteSRT, WriteVTT, write_outputs
+from videocaption.outputs.files import check_output_path, write_files_atomic
 
 log = logging.getLogger("llm_caption")
 

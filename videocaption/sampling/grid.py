@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .errors import VideoInputError
 
 
 @dataclass(frozen=True)
@@ -62,47 +61,7 @@ def select_expression(fps: float) -> str:
     return f"isnan(prev_selected_t)+gt({interval('t')},{interval('prev_selected_t')})"
 
 
-def video_frame_to_image(frame) -> Image.Image:
-    """Convert a BMF ``VideoFrame`` (any pixel format, CPU or GPU) to an RGB PIL image.
-
-    FFmpeg's own converter (libswscale, through BMF's ``ffmpeg.reformat``) goes first: it reads
-    every pixel format a decoder can produce (10-bit, 4:2:2/4:4:4, gray, planar RGB, full-range
-    JPEG YUV, odd sizes) and honours the frame's colour matrix and range, so the model sees the
-    colours ``ffmpeg`` shows. hmp's converter (the fallback, for frames FFmpeg cannot take, such
-    as ones built from tensors in a user's module) only knows 8-bit YUV and RGB layouts.
-    """
-    import bmf.hmp as mp
-
-    if frame.device.type() != mp.kCPU:
-        frame = frame.cpu()
-    if frame.frame().format() != mp.kPF_RGB24:
-        frame = _to_rgb24(frame)
-    rgb = frame.frame().plane(0).numpy()
-    # fromarray keeps a view of BMF's buffer: copy so the frame can be released.
-    return Image.fromarray(rgb.copy(), mode="RGB") if rgb.ndim == 3 else Image.fromarray(rgb).convert("RGB")
 
 
-def _to_rgb24(frame):
-    """The frame as packed 8-bit RGB: FFmpeg's conversion, else hmp's (see above)."""
-    import bmf.hmp as mp
-    from bmf.lib._bmf.sdk import ffmpeg
-
-    try:
-        return ffmpeg.reformat(frame, "rgb24")
-    except Exception as ffmpeg_error:  # BMF raises plain RuntimeErrors from C++
-        try:
-            return frame.reformat(mp.PixelInfo(mp.kPF_RGB24))
-        except Exception:
-            raise VideoInputError(f"cannot convert a {frame.width}x{frame.height} frame in pixel format "
-                             f"{frame.frame().format()} to RGB: {ffmpeg_error}") from None
 
 
-def frame_timestamp(packet, frame) -> float:
-    """The frame's time in seconds: its pts in its own time base, else the packet timestamp (us)."""
-    try:
-        time_base = frame.time_base
-        if frame.pts >= 0 and time_base.den > 0 and time_base.num > 0:
-            return frame.pts * time_base.num / time_base.den
-    except (AttributeError, RuntimeError):
-        pass
-    return packet.timestamp / 1_000_000

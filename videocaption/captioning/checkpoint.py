@@ -19,9 +19,9 @@ from typing import Any
 
 from PIL import Image
 
-from .options import CaptionOptions
-from .result import BatchCaption
-from .writers import write_json_atomic
+from videocaption.options import CaptionOptions
+from videocaption.result import BatchCaption
+from videocaption.outputs.files import write_json_atomic
 
 log = logging.getLogger("llm_caption")
 

@@ -1,0 +1,1 @@
+"""The command line (``llm-caption``, ``python test_llm_caption.py``)."""

@@ -1,0 +1,1 @@
+"""Outputs: a :class:`~videocaption.result.CaptionResult` written as result.json, subtitles or JSONL, atomically."""

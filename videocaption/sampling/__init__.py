@@ -1,0 +1,1 @@
+"""Which frames the model sees: the sampling grid, cut and near-duplicate detection, the samplers."""
