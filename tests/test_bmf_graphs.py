@@ -59,8 +59,8 @@ def test_example_caption_packet_consumer(tmp_path):
 
 
 def test_the_module_runs_twice_in_one_process(tmp_path):
-    first = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "1.json")))
-    second = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "2.json")))
+    first = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "1.json"))).to_dict()
+    second = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "2.json"))).to_dict()
     assert untimed(first["batches"]) == untimed(second["batches"])  # greedy decoding: the same text twice
     assert first["summary"] == second["summary"]
 

@@ -14,7 +14,8 @@ from videocaption.errors import InvalidOptionError
 from videocaption.graph.build import decode_mode, decoder_options
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.media.probe import StreamTiming, probe_timing
+from videocaption.errors import VideoInputError
+from videocaption.media.probe import MediaInfo, probe_media
 
 # 10 fps, a keyframe every 2 s, B-frames that other frames refer to (x264's default preset).
 GOP_CLIP = dict(duration=24.0, size="160x120", rate=10)
@@ -26,22 +27,31 @@ def gop_clip(tmp_path_factory) -> Path:
                      "-keyint_min", "20", "-sc_threshold", "0", **GOP_CLIP)
 
 
+def probed(frame_rate=None, duration=None, start_time=0.0, keyframe_interval=None) -> MediaInfo:
+    """What decoding is chosen by, in the order these cases list it."""
+    return MediaInfo(frame_rate=frame_rate, duration=duration, start_time=start_time,
+                     keyframe_interval=keyframe_interval)
+
+
 def test_probe_reads_rate_duration_and_keyframe_interval(gop_clip):
-    timing = probe_timing(gop_clip)
+    timing = probe_media(gop_clip)
     assert timing.frame_rate == 10.0 and timing.duration == pytest.approx(24.0) and timing.start_time == 0.0
     assert timing.keyframe_interval == pytest.approx(2.0)
-    assert probe_timing(gop_clip.with_name("missing.mp4")) == StreamTiming()  # the decoder reports it
+    assert timing.video_end == pytest.approx(24.0) and not timing.has_audio and timing.streams == ("video",)
+    assert probe_media(gop_clip, keyframes=False).keyframe_interval is None  # (only seeking needs it)
+    with pytest.raises(VideoInputError, match="no such file"):  # one probe checks the file too
+        probe_media(gop_clip.with_name("missing.mp4"))
 
 
 @pytest.mark.parametrize("fps, timing, can_seek, mode", [
-    (0.25, StreamTiming(10.0, 24.0, 0.0, 2.0), True, "seek"),  # samples 4 s apart, keyframes 2 s apart
-    (0.25, StreamTiming(10.0, 24.0, 0.0, 2.0), False, "nonref"),  # adaptive sampling or a URL: no seeking
-    (1.0, StreamTiming(10.0, 24.0, 0.0, 2.0), True, "nonref"),  # keyframes farther apart than samples
-    (1.0, StreamTiming(5.0, 24.0, 0.0, 2.0), True, "none"),  # 5 frames a sample: too few to drop any
-    (0.25, StreamTiming(None, 24.0, 0.0, 2.0), True, "none"),  # variable rate: a span may hold no frame
-    (0.25, StreamTiming(10.0, 24.0, 0.0, None), True, "nonref"),  # one keyframe in the first minute
-    (0.25, StreamTiming(10.0, None, 0.0, 2.0), True, "nonref"),  # no duration: no spans to plan
-    (0.25, StreamTiming(10.0, 24.0, 1.4, 2.0), True, "nonref"),  # timestamps not from 0 (MPEG-TS)
+    (0.25, probed(10.0, 24.0, 0.0, 2.0), True, "seek"),  # samples 4 s apart, keyframes 2 s apart
+    (0.25, probed(10.0, 24.0, 0.0, 2.0), False, "nonref"),  # adaptive sampling or a URL: no seeking
+    (1.0, probed(10.0, 24.0, 0.0, 2.0), True, "nonref"),  # keyframes farther apart than samples
+    (1.0, probed(5.0, 24.0, 0.0, 2.0), True, "none"),  # 5 frames a sample: too few to drop any
+    (0.25, probed(None, 24.0, 0.0, 2.0), True, "none"),  # variable rate: a span may hold no frame
+    (0.25, probed(10.0, 24.0, 0.0, None), True, "nonref"),  # one keyframe in the first minute
+    (0.25, probed(10.0, None, 0.0, 2.0), True, "nonref"),  # no duration: no spans to plan
+    (0.25, probed(10.0, 24.0, 1.4, 2.0), True, "nonref"),  # timestamps not from 0 (MPEG-TS)
 ])
 def test_auto_seeks_only_where_it_saves_and_is_safe(fps, timing, can_seek, mode):
     assert choose_decode("auto", fps, timing, can_seek=can_seek) == mode
@@ -49,9 +59,9 @@ def test_auto_seeks_only_where_it_saves_and_is_safe(fps, timing, can_seek, mode)
 
 def test_explicit_modes_are_kept():
     for mode in ("none", "nonref", "seek"):
-        assert choose_decode(mode, 1.0, StreamTiming(duration=24.0), can_seek=True) == mode
+        assert choose_decode(mode, 1.0, probed(duration=24.0), can_seek=True) == mode
     with pytest.raises(ValueError, match="duration"):
-        choose_decode("seek", 1.0, StreamTiming(), can_seek=True)
+        choose_decode("seek", 1.0, probed(), can_seek=True)
 
 
 def test_seek_spans_start_on_the_sampling_grid_and_hold_a_frame():
@@ -97,7 +107,7 @@ def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, conve
         converted.clear()
         options = CaptionOptions(**FAST, fps=fps, decode_skip=decode_skip,
                                  result_path=str(tmp_path / f"{decode_skip}.json"))
-        result = run_caption_graph(gop_clip, options)
+        result = run_caption_graph(gop_clip, options).to_dict()
         return [(b["start_time"], b["end_time"], b["frames"]) for b in result["batches"]], list(converted)
 
     assert decode_mode(gop_clip, CaptionOptions(fps=fps))[0] == mode  # what auto picks here

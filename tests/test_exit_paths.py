@@ -223,12 +223,12 @@ def test_the_progress_bar_of_a_finished_run_ends_at_100_percent():
 
     from videocaption.cli.main import ProgressBar
     from videocaption.options import CaptionOptions
-    from videocaption.media.probe import VideoInfo
+    from videocaption.media.probe import MediaInfo
     from videocaption.captioning.progress import Progress
 
     # A 60.5 s container suggests 61 frames at 1 fps; the video stream gives 60.
     console = io.StringIO()
-    bar = ProgressBar(VideoInfo(duration=60.5, width=320, height=240), CaptionOptions(), disable=False, file=console)
+    bar = ProgressBar(MediaInfo(duration=60.5, width=320, height=240), CaptionOptions(), disable=False, file=console)
     bar(Progress(frames_sampled=60, batches_done=15, stage="describing"))
     bar(Progress(frames_sampled=60, batches_done=15, stage="done"))
     bar.close()

@@ -30,7 +30,7 @@ from videocaption.library.inputs import expand_inputs
 from videocaption.library.manifest import TIMING_COLUMNS, Manifest, read_manifest
 from videocaption.library.ray_runner import LibraryConfig, run_library
 from videocaption.options import CaptionOptions
-from videocaption.media.probe import probe_video
+from videocaption.media.probe import probe_media
 
 OPTIONS = dict(FAST, batch_size=1)
 LONG = "b/long.mp4"  # enough batches to kill its worker midway
@@ -98,7 +98,7 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
         assert (row["title"], row["summary"], row["frames_analysed"]) == \
             (result["video_title"], result["summary"], result["frames_analysed"])
         assert row["batches"] == len(result["batches"]) == result["frames_analysed"]  # batch_size 1
-        assert row["duration"] == pytest.approx(probe_video(library / key).duration)
+        assert row["duration"] == pytest.approx(probe_media(library / key).duration)
         assert row["model"] == FAST["model"] and row["host"] and row["worker"]
         assert row["wall_seconds"] > 0 and row["model_seconds"] > 0
         assert (row["prompt_tokens"], row["output_tokens"]) == \
@@ -106,7 +106,7 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
         assert row["prompt_tokens"] > 0
     for key in BROKEN:
         with pytest.raises(VideoInputError) as single_video_error:
-            probe_video(library / key)
+            probe_media(library / key)
         assert rows[key]["status"] == "failed"
         assert rows[key]["error"] == str(single_video_error.value)  # the single-video CLI's line
     assert rows[NOT_VIDEO]["status"] == "skipped" and ".txt" in rows[NOT_VIDEO]["error"]

@@ -74,4 +74,14 @@ def test_every_option_with_a_flag_has_help_and_a_default_the_cli_uses():
     for field in dataclasses.fields(CaptionOptions):
         if field.metadata.get("flag", None) is not None:
             assert field.metadata["help"]
-            assert defaults[field.name] == field.default, field.name
+            # The field's default, or the flag's own declared beside it (result_path only: the
+            # library writes no file unless asked, the CLI writes result.json).
+            assert defaults[field.name] == field.metadata["argparse"].get("default", field.default), field.name
+    assert (defaults["result_path"], CaptionOptions().result_path) == ("result.json", None)
+
+
+def test_no_result_path_means_no_file_and_no_resume():
+    assert CaptionOptions(result_path=None).result_path is None  # the library's default: nothing written
+    with pytest.raises(InvalidOptionError, match="resume needs result_path"):
+        CaptionOptions(resume=True)
+    assert CaptionOptions(resume=True, result_path="r.json").resume

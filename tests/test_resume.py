@@ -26,7 +26,7 @@ def wait_for(path, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     path = tmp_path_factory.mktemp("full") / "result.json"
-    return run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, batch_size=1, result_path=str(path)))
+    return run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, batch_size=1, result_path=str(path))).to_dict()
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
@@ -52,7 +52,7 @@ def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
         "version": 1, "fingerprint": "not this video",
         "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
     }))
-    resumed = run_caption_graph(SAMPLE_CLIP, options.replace(resume=True))
+    resumed = run_caption_graph(SAMPLE_CLIP, options.replace(resume=True)).to_dict()
     assert untimed(resumed) == untimed(uninterrupted)
 
 

@@ -50,7 +50,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def caption(clip: Path, tmp_path: Path, **options) -> dict:
     values = {**ADAPTIVE, **options}
-    return run_caption_graph(clip, CaptionOptions(**values, result_path=str(tmp_path / f"{clip.stem}.json")))
+    return run_caption_graph(clip, CaptionOptions(**values, result_path=str(tmp_path / f"{clip.stem}.json"))).to_dict()
 
 
 def duration(clip: Path) -> float:
@@ -222,10 +222,14 @@ def test_the_captioner_samples_the_same_way_on_every_backend(backend, request):
 
 def test_the_cli_prints_each_shots_span(capsys):
     from videocaption.cli.main import print_shots
+    from videocaption.result import BatchCaption, CaptionResult
 
-    batches = [{"shot": 0, "start_time": 0.0, "end_time": 3.0}, {"shot": 0, "start_time": 3.5, "end_time": 3.9},
-               {"shot": 1, "start_time": 4.0, "end_time": 6.0}]
-    print_shots({"batches": batches, "frames_skipped": 3})
+    def result(*batches: BatchCaption) -> CaptionResult:
+        return CaptionResult("", "", 2, list(batches), "m", 1.0, 0.0)
+
+    print_shots(result(BatchCaption(1, 2, 0.0, 3.0, "", shot=0, frames_skipped=2),
+                       BatchCaption(2, 1, 3.5, 3.9, "", shot=0, frames_skipped=1),
+                       BatchCaption(3, 2, 4.0, 6.0, "", shot=1)))
     assert capsys.readouterr().out == "2 shots: 0:00.0-0:03.9, 0:04.0-0:06.0; 3 near-duplicate frames skipped\n"
-    print_shots({"batches": [{"batch_id": 1, "start_time": 0.0, "end_time": 3.0}]})  # uniform: nothing
+    print_shots(result(BatchCaption(1, 4, 0.0, 3.0, "")))  # uniform: nothing
     assert capsys.readouterr().out == ""

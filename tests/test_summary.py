@@ -77,7 +77,7 @@ def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypat
     monkeypatch.setattr(DeepseekVL2, "describe_batch", describe_batch)
     options = CaptionOptions(**FAST, fps=0.1, batch_size=8, summary_max_prompt_tokens=limit,
                              result_path=str(tmp_path / "result.json"))
-    result = run_caption_graph(clip, options)
+    result = run_caption_graph(clip, options).to_dict()
     assert result["frames_analysed"] == 60
     assert result["batches"][-1]["end_time"] == pytest.approx(590.0)
     assert result["summary_rounds"] > 1

@@ -88,7 +88,7 @@ def prompts(monkeypatch) -> list[str]:
 def caption(clip: Path, tmp_path: Path, whisper: Path, **options) -> dict:
     options = CaptionOptions(**FAST, batch_size=2, transcribe=True, asr_model=str(whisper),
                              result_path=str(tmp_path / "result.json"), **options)
-    return run_caption_graph(clip, options)
+    return run_caption_graph(clip, options).to_dict()
 
 
 def test_speech_is_found_where_it_was_placed_and_reaches_its_batches(speech, whisper, prompts, tmp_path):

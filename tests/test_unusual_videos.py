@@ -135,7 +135,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
             path = make(name, folder)
             current.append(Run(path, {}))
             result_path = folder / f"{name}.json"
-            current[-1].result = run_caption_graph(path, CaptionOptions(**options, result_path=str(result_path)))
+            current[-1].result = run_caption_graph(path, CaptionOptions(**options, result_path=str(result_path))).to_dict()
             done[name] = current[-1]
     finally:
         bmf_module.video_frame_to_image = convert

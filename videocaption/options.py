@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from videocaption.errors import InvalidOptionError
 
@@ -19,6 +19,8 @@ from videocaption.errors import InvalidOptionError
 
 # The checkpoint a run uses unless told otherwise (a hub id; a local directory works too).
 DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
+# The result file of the BMF module (an option dict without result_path) and of the CLI.
+DEFAULT_RESULT_PATH = "result.json"
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # What the decoder may leave undecoded (videocaption/media/decoding.py) and hardware decoding.
@@ -53,14 +55,15 @@ SUBTITLES = ("captions", "speech", "both")
 DEFAULT_PARALLEL_BATCHES = 4
 
 
-def option(default: Any, help: str, *, flag: str | None = "", **argparse_kwargs: Any) -> Any:
+def option(default: Any, help: str, /, *, flag: str | None = "", **argparse_kwargs: Any) -> Any:
     """A field of :class:`CaptionOptions` with what the command line needs to offer it.
 
     Args:
         default: the one default of the option, for the module, the library and the CLI.
         help: what it does, for ``--help`` (argparse's ``%(default)s`` works).
         flag: the CLI flag; "" derives ``--batch-size`` from ``batch_size``; None: no flag.
-        argparse_kwargs: anything else ``add_argument`` needs (``type``, ``choices``, ...).
+        argparse_kwargs: anything else ``add_argument`` needs (``type``, ``choices``, ...; a
+            ``default`` here is the flag's own, where the command line differs from the library).
     """
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse_kwargs})
 
@@ -70,7 +73,10 @@ class CaptionOptions:
     """Every option of a run, with its default and its ``--help`` text (the CLI's flags come from here)."""
 
     batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)")
-    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output", metavar="PATH")
+    # None: no result file and no checkpoint (what caption_video does unless asked). The BMF
+    # module and the CLI write DEFAULT_RESULT_PATH unless told otherwise.
+    result_path: str | None = option(None, "result file (default: %(default)s)", flag="--output", metavar="PATH",
+                                     default=DEFAULT_RESULT_PATH)
     multithreading: bool = option(False, "describe several batches at once in one batched model call")
     max_threads: int | None = option(
         None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
@@ -172,11 +178,15 @@ class CaptionOptions:
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, minimum=1)
-        _check_str("result_path", self.result_path)
+        if self.result_path is not None:
+            _check_str("result_path", self.result_path)
         _check_bool("multithreading", self.multithreading)
         _check_bool("pass_through", self.pass_through)
         _check_bool("time_aware", self.time_aware)
         _check_bool("resume", self.resume)
+        if self.resume and self.result_path is None:
+            raise InvalidOptionError("resume needs result_path: the checkpoint it continues from is kept beside "
+                                     "the result file (RESULT.partial)")
         if self.summary_max_prompt_tokens is not None:
             _check_int("summary_max_prompt_tokens", self.summary_max_prompt_tokens, minimum=1)
         for name in ("srt_path", "vtt_path"):
@@ -224,7 +234,8 @@ class CaptionOptions:
 
     def _check_distinct_outputs(self) -> None:
         """result_path, srt_path, vtt_path, jsonl_path and the checkpoint beside the result: different files."""
-        seen = {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
+        seen = {} if self.result_path is None else \
+            {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
         for name in ("result_path", "srt_path", "vtt_path", "jsonl_path"):
             path = getattr(self, name)
             if path is None or path == "-":
@@ -281,6 +292,9 @@ class CaptionOptions:
     def from_mapping(cls, values: Mapping[str, Any] | None) -> CaptionOptions:
         """Build options from a BMF option dict, refusing unknown names.
 
+        The BMF module's contract: its result goes to ``result_path``, ``result.json`` when the
+        dict has none.
+
         Args:
             values: option names to values, as a BMF graph passes them.
 
@@ -288,18 +302,30 @@ class CaptionOptions:
             InvalidOptionError: an unknown name, a wrong type or a value out of range.
         """
         values = dict(values or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise InvalidOptionError(
-                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"known options: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
+        check_option_names(values)
+        # A module always writes its result file: result.json unless named (and never None).
+        result_path = values.pop("result_path", DEFAULT_RESULT_PATH)
+        _check_str("result_path", result_path)
+        return cls(result_path=result_path, **values)
 
     def replace(self, **changes: Any) -> CaptionOptions:
         """Return a copy with some fields changed (and validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_option_names(names: Iterable[str]) -> None:
+    """Refuse names that are no :class:`CaptionOptions` field (a typo must not pass unnoticed).
+
+    Raises:
+        InvalidOptionError: naming the unknown ones and listing the known ones.
+    """
+    known = {f.name for f in dataclasses.fields(CaptionOptions)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known options: {', '.join(sorted(known))}"
+        )
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

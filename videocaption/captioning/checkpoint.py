@@ -69,13 +69,19 @@ def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
 
 
 class Checkpoint:
-    """The sidecar file of one result path: the only code that reads or writes it."""
+    """The sidecar file of one result path: the only code that reads or writes it.
 
-    def __init__(self, result_path: str | os.PathLike) -> None:
-        self.path = checkpoint_path(result_path)
+    A run without a result path (``caption_video`` unless asked for a file) has no checkpoint:
+    ``Checkpoint(None)`` keeps nothing and has nothing to resume from.
+    """
+
+    def __init__(self, result_path: str | os.PathLike | None) -> None:
+        self.path = checkpoint_path(result_path) if result_path is not None else None
 
     def saved_batches(self) -> int:
         """How many described batches the file holds (0 when there is none or it is unreadable)."""
+        if self.path is None:
+            return 0
         try:
             batches = json.loads(self.path.read_text(encoding="utf-8")).get("batches")
         except (OSError, ValueError, AttributeError):
@@ -84,6 +90,8 @@ class Checkpoint:
 
     def load(self, expected_fingerprint: str) -> list[BatchCaption]:
         """Saved batches when the checkpoint belongs to this video and options, else []."""
+        if self.path is None:
+            return []
         try:
             saved: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -102,6 +110,8 @@ class Checkpoint:
         Raises:
             OutputError: it cannot be written (a full disk, ...); the previous file stays.
         """
+        if self.path is None:
+            return
         document = {
             "version": FORMAT_VERSION,
             "fingerprint": fingerprint_,
@@ -110,4 +120,5 @@ class Checkpoint:
         write_json_atomic(self.path, document)
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -33,9 +33,11 @@ from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.live import captioner as live
 from videocaption.graph.build import REPO_ROOT
-from videocaption.graph.runner import run_caption_graph
+from videocaption.api import caption_video
+from videocaption.graph.build import probe_input
 from videocaption.options import DEFAULT_MODEL, CaptionOptions
-from videocaption.media.probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
+from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
+from videocaption.result import CaptionResult
 from videocaption.captioning.progress import Progress
 from videocaption.prompts import format_seconds
 from videocaption.sampling.samplers import shot_spans
@@ -184,32 +186,30 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_FAILED
 
 
-def caption_file(video: Path, options: CaptionOptions, *, bar_position: int = 0, verbose: bool = False) -> dict:
-    """Caption one video through the BMF graph with a progress bar; returns the result document.
+def caption_file(video: Path, options: CaptionOptions, *, bar_position: int = 0,
+                 verbose: bool = False) -> CaptionResult:
+    """Caption one video through the BMF graph with a progress bar; returns its result (written
+    to the files ``options`` names).
 
-    The probe's end of the video stream caps the last subtitle cue (``video_end``). Unless
+    The one probe of the video sizes the progress bar and goes on to the run (the decode mode,
+    the audio, the end of the video stream that caps the last subtitle cue). Unless
     ``verbose``, what BMF's Python side prints (the graph dump) is dropped.
     """
-    info = probe_video(video)
-    for path in (options.result_path, options.srt_path, options.vtt_path):
-        if path is not None and os.path.exists(path) and os.path.samefile(path, video):
-            raise OutputError(f"{path}: is the input video; give the result another name")
-    if info is not None and info.video_end is not None and options.video_end is None:
-        options = options.replace(video_end=info.video_end)
+    media = probe_input(video, options)
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(contextlib.closing(ProgressBar(info, options, position=bar_position)))
+        bar = stack.enter_context(contextlib.closing(ProgressBar(media, options, position=bar_position)))
         if not verbose:
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return run_caption_graph(video, options, on_progress=bar)
+        return caption_video(video, options=options, media=media, on_progress=bar)
 
 
-def report(result: dict, options: CaptionOptions) -> int:
+def report(result: CaptionResult, options: CaptionOptions) -> int:
     """Print the title and summary; exit code 3 when some batch could not be described."""
-    print(f"Title: {result['video_title']}")
-    print(f"Summary: {result['summary']}")
-    failed = [batch["batch_id"] for batch in result["batches"] if "error" in batch]
-    print(f"{result['frames_analysed']} frames in {len(result['batches'])} batches, "
-          f"{result['turnaround_time']:.1f} s; result written to {options.result_path}")
+    print(f"Title: {result.video_title}")
+    print(f"Summary: {result.summary}")
+    failed = [batch.batch_id for batch in result.batches if batch.error is not None]
+    print(f"{result.frames_analysed} frames in {len(result.batches)} batches, "
+          f"{result.turnaround_time:.1f} s; result written to {options.result_path}")
     print_shots(result)
     if failed:
         print(f"incomplete: batches {', '.join(map(str, failed))} could not be described "
@@ -218,12 +218,12 @@ def report(result: dict, options: CaptionOptions) -> int:
     return 0
 
 
-def print_shots(result: dict) -> None:
+def print_shots(result: CaptionResult) -> None:
     """With adaptive sampling: each shot's time span and the near-duplicates not sent."""
-    spans = shot_spans(result["batches"])
+    spans = shot_spans([batch.to_dict() for batch in result.batches])
     if spans:
         times = ", ".join(f"{format_seconds(start)}-{format_seconds(end)}" for _, start, end in spans)
-        print(f"{len(spans)} shots: {times}; {result.get('frames_skipped', 0)} near-duplicate frames skipped")
+        print(f"{len(spans)} shots: {times}; {result.frames_skipped} near-duplicate frames skipped")
 
 
 def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *, verbose: bool = False) -> int:
@@ -257,7 +257,7 @@ def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *
             except Interrupted as stop:
                 stop.options = video_options
                 raise
-            bar.write(f"{video}: {result['video_title']} -> {result_path}")
+            bar.write(f"{video}: {result.video_title} -> {result_path}")
     return EXIT_BAD_INPUT if failures else 0
 
 
@@ -385,11 +385,11 @@ class ProgressBar:
     count, so a finished run always ends at 100%.
     """
 
-    def __init__(self, info: VideoInfo | None, options: CaptionOptions, *, position: int = 0,
+    def __init__(self, media: MediaInfo, options: CaptionOptions, *, position: int = 0,
                  disable: bool | None = None, file=None) -> None:
         from tqdm import tqdm
 
-        total = math.floor(info.duration * options.fps) + 1 if info and info.duration else None
+        total = math.floor(media.duration * options.fps) + 1 if media.duration else None
         self._bar = tqdm(total=total, unit="frame", desc="loading model", file=file or sys.stderr, disable=disable,
                          dynamic_ncols=True, position=position, leave=position == 0)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from videocaption.audio.samples import SAMPLE_RATE
 from videocaption.errors import InvalidOptionError
-from videocaption.media.decoding import AVDISCARD_ALL, choose_decode, decode_settings
+from videocaption.media.decoding import AVDISCARD_ALL, choose_decode, decode_settings, reads_keyframes
 from videocaption.sampling.grid import select_expression
 from videocaption.options import CaptionOptions
-from videocaption.media.probe import StreamTiming, ffmpeg_url, has_audio, is_url, probe_timing
+from videocaption.media.probe import MediaInfo, ffmpeg_url, is_url, probe_media, probe_url_streams
 from videocaption.graph.context import RUN_ID_OPTION
 
 log = logging.getLogger("llm_caption")
@@ -35,48 +35,74 @@ def module_options(options: CaptionOptions, run_id: str | None = None) -> dict[s
     return values
 
 
-def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | None = None) -> dict[str, Any]:
+def probe_input(video_path: str | os.PathLike, options: CaptionOptions) -> MediaInfo:
+    """The one probe of an input that a run with ``options`` needs.
+
+    A local file is probed in full (:func:`~videocaption.media.probe.probe_media`; its keyframes
+    only where the decode mode may seek). A URL is not probed (it may be a live stream, which a
+    probe would wait on), except for its streams when transcribing: the graph asks for audio
+    only where there is some.
+
+    Raises:
+        VideoInputError: a local file that is missing, unreadable or not a video.
+    """
+    if is_url(video_path):
+        return probe_url_streams(os.fspath(video_path)) if options.transcribe else MediaInfo()
+    return probe_media(video_path, keyframes=reads_keyframes(options.decode_skip, options.sampling))
+
+
+def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | None = None,
+                    media: MediaInfo | None = None) -> dict[str, Any]:
     """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
     stays on: phone videos carry a display matrix), stamped with its own time; with
-    ``options``, only the frames sampling needs decoded (:func:`decode_mode`), on the GPU
-    when it can (:func:`videocaption.media.decoding.decode_settings`)."""
+    ``options``, only the frames sampling needs decoded (:func:`decode_mode`, by ``media``,
+    probed here when not given), on the GPU when it can
+    (:func:`videocaption.media.decoding.decode_settings`)."""
     settings = {"input_path": ffmpeg_url(video_path), "autorotate": 1}
     if options is not None:
-        mode, timing = decode_mode(video_path, options)
-        log.info("decoding: %s (decode_skip %s; %s)", mode, options.decode_skip, timing)
-        settings.update(decode_settings(mode, options.hwaccel, options.fps, timing))
+        mode, media = decode_mode(video_path, options, media)
+        log.info("decoding: %s (decode_skip %s; %s)", mode, options.decode_skip, media)
+        settings.update(decode_settings(mode, options.hwaccel, options.fps, media))
     return settings
 
 
-def decode_mode(video_path: str | os.PathLike, options: CaptionOptions) -> tuple[str, StreamTiming]:
+def decode_mode(video_path: str | os.PathLike, options: CaptionOptions,
+                media: MediaInfo | None = None) -> tuple[str, MediaInfo]:
     """The decode mode ``options.decode_skip`` comes to for this input, and what it was chosen by.
 
-    Only a local file is probed (a URL may be a live stream that a probe would wait on) and
-    only a local file sampled uniformly may seek (adaptive sampling looks at every frame).
+    Only a local file is probed (:func:`probe_input`, when ``media`` is not given) and only a
+    local file sampled uniformly may seek (adaptive sampling looks at every frame).
 
     Raises:
         InvalidOptionError: ``seek`` asked for where it cannot be done.
+        VideoInputError: from the probe.
     """
     local = not is_url(video_path)
-    timing = probe_timing(video_path) if local and options.decode_skip in ("auto", "seek") else StreamTiming()
+    if media is None:
+        media = probe_input(video_path, options)
     try:
-        return choose_decode(options.decode_skip, options.fps, timing,
-                             can_seek=local and options.sampling == "uniform"), timing
+        return choose_decode(options.decode_skip, options.fps, media,
+                             can_seek=local and options.sampling == "uniform"), media
     except ValueError as error:
         raise InvalidOptionError(f"{video_path}: {error}") from None
 
 
-def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None):
+def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None,
+                        media: MediaInfo | None = None):
     """Build (but do not run) the graph; returns the graph and the module's caption stream.
 
     Args:
         run_id: a :func:`videocaption.graph.context.registered` id that the module finds its caller's
-            stall watch and progress callback by.
+            options, stall watch, progress callback and result slot by.
+        media: the input's probe (:func:`probe_input`), which decides the decode mode and
+            whether audio is read; probed here when not given.
     """
     import bmf
 
+    if media is None:
+        media = probe_input(video_path, options)
     graph = bmf.graph()
-    settings = decoder_options(video_path, options)
+    settings = decoder_options(video_path, options, media)
     decoded = graph.decode(settings)
     video = decoded["video"]
     if options.sampling == "uniform":
@@ -85,7 +111,7 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     # adaptive: the module sees every decoded frame, to find cuts between samples too; it
     # converts only the frames it sends.
     streams = [video]
-    if options.transcribe and has_audio(video_path):  # as the VAD and the recogniser take it: 16 kHz mono float
+    if options.transcribe and media.has_audio:  # as the VAD and the recogniser take it: 16 kHz mono float
         if "durations" in settings:  # a seeking decoder trims the audio to its spans too: read it whole
             decoded = graph.decode({"input_path": settings["input_path"], "skip_frame": AVDISCARD_ALL})
         streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))

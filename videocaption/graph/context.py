@@ -1,10 +1,13 @@
-"""How a caller hands objects to the module BMF builds for its run: a run id in the options.
+"""How a caller and the module BMF builds for its run share objects: a run id in the options.
 
 BMF constructs the ``llm_caption`` module itself from a dict of plain options, so the graph
-runner cannot pass it a callback or an object. Instead it registers a :class:`RunContext` (the
-stall watch and the progress callback of this run) under a fresh id and passes only the id, as
-the module option ``run_id``; the module looks the context up once, when it is built. A user's
-graph passes no id and gets a context of its own that nobody watches.
+runner cannot pass it a callback or an object, nor get one back. Instead it registers a
+:class:`RunContext` (the options, the stall watch, the progress callback and a slot for the
+result of this run) under a fresh id and passes only the id, as the module option ``run_id``;
+the module looks the context up once, when it is built, and puts its finished
+:class:`~videocaption.result.CaptionResult` there: the caller gets the result in memory and
+never reads a file back. A user's graph passes no id and gets a context of its own that
+nobody watches.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Iterator
 
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.graph.watchdog import Activity
+from videocaption.options import CaptionOptions
+from videocaption.result import CaptionResult
 
 RUN_ID_OPTION = "run_id"
 
@@ -27,6 +32,10 @@ class RunContext:
 
     activity: Activity = field(default_factory=Activity)  # stall watch; abandon() stops the module
     on_progress: ProgressCallback | None = None  # the progress bar, if any
+    # The caller's options as they are, which the module takes instead of its option dict: a
+    # dict cannot say "no result file" (there a missing result_path means result.json).
+    options: CaptionOptions | None = None
+    result: CaptionResult | None = None  # set by the module once the result is made (and written)
 
     def report(self, progress: Progress) -> None:
         if self.on_progress is not None:

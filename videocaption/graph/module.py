@@ -1,5 +1,11 @@
 """The BMF module behind ``llm_caption.py``: frames in, caption packets and result.json out.
 
+In a user's graph the module writes ``result_path`` (default ``result.json``). Run by
+:func:`videocaption.graph.runner.run_caption_graph` (and so by
+:func:`videocaption.caption_video`), it also hands its :class:`CaptionResult` to the caller in
+memory, through the run's :class:`~videocaption.graph.context.RunContext`, and writes only the
+files the caller's options name (none without a ``result_path``).
+
 Streams (fixed positions, so a graph can wire them without guessing):
 
 - input 0: video frames (required); input 1: audio (optional: passed through, and with
@@ -69,8 +75,8 @@ class CaptionModule(Module):
         self.node = node
         option = dict(option or {})
         # The caller's side of this run (see videocaption.graph.context): its stall watch and progress bar.
-        run = context_for(option.pop(RUN_ID_OPTION, None))
-        self.options = CaptionOptions.from_mapping(option)
+        self._run = run = context_for(option.pop(RUN_ID_OPTION, None))
+        self.options = run.options if run.options is not None else CaptionOptions.from_mapping(option)
         for path in output_paths(self.options):
             check_output_path(path)
         self._activity = run.activity
@@ -135,6 +141,7 @@ class CaptionModule(Module):
         self._done = True
         self._emit_captions(outputs, self._captioner.finish_batches())
         result = self._captioner.finish(write=self._write)
+        self._run.result = result  # the caller's copy: nothing reads result.json back
         self._put(outputs, CAPTIONS_OUT, Packet(summary_payload(result)))
         for stream_id in outputs:
             outputs[stream_id].put(Packet.generate_eof_packet())
@@ -161,6 +168,7 @@ class CaptionModule(Module):
         """Start over (BMF calls this when a graph is reset): a fresh run on the same model."""
         self._stop_early()
         self._captioner = Captioner(self.options, self._captioner.model, on_progress=self._captioner.on_progress)
+        self._run.result = None
         self._eof_inputs = set()
         self._done = False
 
@@ -174,6 +182,6 @@ class CaptionModule(Module):
             return
         self._done = True
         kept = self._captioner.stop()
-        if kept:
+        if kept and self.options.result_path is not None:
             log.warning("stopped before the end of the video: no result written; %d described batches are kept "
                         "in %s (run again with resume to continue)", kept, checkpoint_path(self.options.result_path))

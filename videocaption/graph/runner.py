@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import signal
 import threading
 import traceback
 import weakref
-from pathlib import Path
 from typing import Any
 
 from videocaption.captioning.progress import ProgressCallback
-from videocaption.errors import CaptionError, VideoInputError
-from videocaption.graph.build import build_caption_graph
+from videocaption.errors import CaptionError, OutputError, VideoInputError
+from videocaption.graph.build import build_caption_graph, probe_input
 from videocaption.graph.context import RunContext, registered
 from videocaption.graph.watchdog import Activity
-from videocaption.media.probe import explain_decoder_error
+from videocaption.media.probe import MediaInfo, explain_decoder_error
 from videocaption.options import CaptionOptions
+from videocaption.result import CaptionResult
 
 log = logging.getLogger("llm_caption")
 
@@ -126,25 +125,46 @@ def _collect(graph_ref: weakref.ref) -> None:
         gc.collect(generation)
 
 
+def _check_outputs_are_not_the_input(video_path: str | os.PathLike, options: CaptionOptions) -> None:
+    for path in (options.result_path, options.srt_path, options.vtt_path):
+        if path is not None and os.path.exists(path) and os.path.exists(video_path) \
+                and os.path.samefile(path, video_path):
+            raise OutputError(f"{path}: is the input video; give the result another name")
+
+
 def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
+                      media: MediaInfo | None = None,
                       stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
-                      on_progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Caption one video through BMF; returns the result document the module wrote.
+                      on_progress: ProgressCallback | None = None) -> CaptionResult:
+    """Caption one video through BMF; returns the result the module made, in memory.
+
+    The module writes the files ``options`` names (result_path, srt_path, vtt_path: none that
+    is None) before it hands the result over; nothing is read back.
 
     Args:
+        media: the input's one probe (:func:`videocaption.graph.build.probe_input`); probed
+            here when not given. It decides the decode mode and whether audio is read, and its
+            ``video_end`` caps the last subtitle cue (unless ``options.video_end`` is set).
         stall_timeout: give up when the decoder delivers nothing for this many seconds while
             the module is idle (model work never counts); None waits forever.
         on_progress: called with each :class:`~videocaption.captioning.progress.Progress` report of the
             run (from BMF's thread).
 
     Raises:
-        VideoInputError: the decoder could not open the input, or stalled.
-        OutputError: a result file could not be written (none was, and the checkpoint stays).
+        VideoInputError: the input is missing or not a video, the decoder could not open it, or
+            it stalled.
+        OutputError: a result file could not be written (none was, and the checkpoint stays),
+            or is the input itself.
         CaptionError: a bad option, a missing model, or a video without frames.
     """
-    run = RunContext(on_progress=on_progress)
+    if media is None:
+        media = probe_input(video_path, options)
+    _check_outputs_are_not_the_input(video_path, options)
+    if media.video_end is not None and options.video_end is None:  # the last subtitle cue ends there
+        options = options.replace(video_end=media.video_end)
+    run = RunContext(on_progress=on_progress, options=options)
     with registered(run) as run_id:
-        graph, node = build_caption_graph(video_path, options, run_id)
+        graph, node = build_caption_graph(video_path, options, run_id, media)
         keep_python_signal_handlers()
         try:
             wait_for_graph(graph, node, activity=run.activity, stall_timeout=stall_timeout, video_path=video_path)
@@ -163,7 +183,6 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
             graph_ref = weakref.ref(graph)
             del graph, node
             _collect(graph_ref)
-    try:
-        return json.loads(Path(options.result_path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VideoInputError(f"{video_path}: the graph ended without a result") from None
+    if run.result is None:
+        raise VideoInputError(f"{video_path}: the graph ended without a result")
+    return run.result

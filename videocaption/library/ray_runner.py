@@ -28,7 +28,7 @@ from videocaption.graph.build import REPO_ROOT
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
-from videocaption.library.workers import CaptionWorker, result_path, row_from_result
+from videocaption.library.workers import CaptionWorker, result_path, row_from_document
 
 log = logging.getLogger("llm_caption")
 SECRET_ENV = (API_KEY_ENV,)  # handed to the workers through their environment, when set
@@ -88,7 +88,7 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
             if before is not None and before.status == OK:
                 known[item.source] = before
             else:
-                known[item.source] = row_from_result(item, result)
+                known[item.source] = row_from_document(item, result)
                 if known[item.source].status == FAILED and config.retry_failed:
                     del known[item.source]
                     todo.append(item)

@@ -2,9 +2,9 @@
 
 This module does not import Ray: the runner wraps :class:`CaptionWorker` with ``ray.remote``,
 so the class can be tested and read like any other. Each video goes through the same steps as
-the single-video command line (probe, then the BMF graph of :func:`run_caption_graph`, which
-writes result.json and the subtitles), always with ``resume`` on: a video retried after its
-worker died continues from the checkpoint the dead worker left.
+the single-video command line (one probe, then :func:`~videocaption.graph.runner.run_caption_graph`, which
+writes result.json and the subtitles and returns the result), always with ``resume`` on: a
+video retried after its worker died continues from the checkpoint the dead worker left.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from videocaption.errors import CaptionError
 from videocaption.options import CaptionOptions
+from videocaption.result import CaptionResult
 from videocaption.library.inputs import LibraryItem
 from videocaption.library.manifest import FAILED, OK, ManifestRow
 
@@ -42,8 +43,17 @@ def video_options(options: CaptionOptions, output_dir: str | os.PathLike, item: 
     )
 
 
-def row_from_result(item: LibraryItem, result: dict[str, Any], **extra: Any) -> ManifestRow:
-    """A manifest row from a result.json document; ``failed`` when some batch was not described."""
+def row_from_result(item: LibraryItem, result: CaptionResult, **extra: Any) -> ManifestRow:
+    """A video's manifest row from its result; ``failed`` when some batch was not described.
+
+    The row is a view of the result.json document (:meth:`CaptionResult.to_dict`, its rounding
+    included), so that it equals the row :func:`row_from_document` rebuilds from that file.
+    """
+    return row_from_document(item, result.to_dict(), **extra)
+
+
+def row_from_document(item: LibraryItem, result: dict[str, Any], **extra: Any) -> ManifestRow:
+    """A manifest row from a result.json document (a finished result found on disk)."""
     batches = result.get("batches", [])
     failed = [str(batch["batch_id"]) for batch in batches if "error" in batch]
     average = result.get("average_inference")
@@ -108,8 +118,8 @@ class CaptionWorker:
         Returns:
             The manifest row as a dict.
         """
+        from videocaption.graph.build import probe_input
         from videocaption.graph.runner import run_caption_graph
-        from videocaption.media.probe import probe_video
 
         item = LibraryItem(source, key)
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -117,12 +127,9 @@ class CaptionWorker:
         duration = None
         try:
             options = video_options(self.options, self.output_dir, item)
-            if not item.is_url:
-                info = probe_video(source)
-                duration = info.duration if info else None
-                if info is not None and info.video_end is not None:  # the last subtitle cue ends there
-                    options = options.replace(video_end=info.video_end)
-            result = run_caption_graph(source, options)
+            media = probe_input(source, options)  # the one probe: the row's duration, the run's decoding
+            duration = media.duration if not item.is_url else None
+            result = run_caption_graph(source, options, media=media)
         except Exception as error:  # noqa: BLE001 - one bad video must not end the library
             log.warning("%s: %s", source, one_line(error))
             row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,

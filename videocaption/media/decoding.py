@@ -30,7 +30,7 @@ import logging
 import math
 from typing import Any
 
-from videocaption.media.probe import StreamTiming
+from videocaption.media.probe import MediaInfo
 
 log = logging.getLogger("llm_caption")
 
@@ -45,7 +45,7 @@ MIN_FRAMES_PER_SAMPLE = 8
 SEEK_SPAN_FRAMES = 1.5
 
 
-def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_seek: bool) -> str:
+def choose_decode(decode_skip: str, fps: float, media: MediaInfo, *, can_seek: bool) -> str:
     """The decode mode to use: ``none``, ``nonref`` or ``seek``.
 
     ``auto`` seeks when samples lie at least a keyframe interval apart (so decoding from the
@@ -62,27 +62,34 @@ def choose_decode(decode_skip: str, fps: float, timing: StreamTiming, *, can_see
     Raises:
         ValueError: ``seek`` asked for where it cannot work (the message says why).
     """
-    problem = seek_problem(timing, can_seek)
+    problem = seek_problem(media, can_seek)
     if decode_skip == "seek" and problem:
         raise ValueError(f"decode_skip seek needs {problem}")
     if decode_skip != "auto":
         return decode_skip
-    if (not problem and timing.frame_rate is not None and timing.keyframe_interval is not None
-            and 1 / fps >= timing.keyframe_interval):
+    if (not problem and media.frame_rate is not None and media.keyframe_interval is not None
+            and 1 / fps >= media.keyframe_interval):
         return "seek"
-    if timing.frame_rate is not None and timing.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
+    if media.frame_rate is not None and media.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
         return "nonref"
     return "none"
 
 
-def seek_problem(timing: StreamTiming, can_seek: bool) -> str | None:
+def reads_keyframes(decode_skip: str, sampling: str) -> bool:
+    """Whether choosing the decode mode looks at the keyframe interval (only seeking does, and
+    only uniform sampling may seek): else :func:`~videocaption.media.probe.probe_media` need not
+    read the packets that measure it."""
+    return decode_skip in ("auto", "seek") and sampling == "uniform"
+
+
+def seek_problem(media: MediaInfo, can_seek: bool) -> str | None:
     """Why seeking to each sample cannot work here (completing "seek needs ..."), or None."""
     if not can_seek:
         return "uniform sampling of a local file (adaptive sampling looks at every frame)"
-    if timing.duration is None:
+    if media.duration is None:
         return "the video's duration, and ffprobe could not tell it"
-    if abs(timing.start_time) >= 1e-3:  # BMF plans its spans from the file's start
-        return f"a file whose timestamps start at 0 (this one starts at {timing.start_time:g} s)"
+    if abs(media.start_time) >= 1e-3:  # BMF plans its spans from the file's start
+        return f"a file whose timestamps start at 0 (this one starts at {media.start_time:g} s)"
     return None
 
 
@@ -121,7 +128,7 @@ def cuda_decoding_available() -> bool:
         return False
 
 
-def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -> dict[str, Any]:
+def decode_settings(mode: str, hwaccel: str, fps: float, media: MediaInfo) -> dict[str, Any]:
     """The decoder options (beside ``input_path``) for a :func:`choose_decode` mode and ``hwaccel``.
 
     ``hwaccel`` ``cuda`` (or ``auto`` with :func:`cuda_decoding_available`) decodes on NVDEC;
@@ -132,7 +139,7 @@ def decode_settings(mode: str, hwaccel: str, fps: float, timing: StreamTiming) -
     if mode == "nonref":
         settings["skip_frame"] = AVDISCARD_NONREF
     elif mode == "seek":
-        settings["durations"] = seek_spans(fps, timing.duration, timing.frame_rate)
+        settings["durations"] = seek_spans(fps, media.duration, media.frame_rate)
     available = hwaccel != "none" and cuda_decoding_available()
     if hwaccel == "cuda" and not available:
         # BMF's decoder then falls back to the CPU without a word: say it once here.

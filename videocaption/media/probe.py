@@ -1,9 +1,11 @@
 """Checking an input file before decoding it, so that bad input fails with one clear line.
 
 ``ffprobe`` (installed with FFmpeg by the set-up script) tells whether the file is a video,
-how long it is (for the progress bar) and how its frames and keyframes are timed (for what the
-decoder may skip, :mod:`videocaption.media.decoding`). Without it, only the file-system checks run and
-BMF's own errors are translated by :func:`explain_decoder_error`.
+how long it is (for the progress bar), whether it has audio, and how its frames and keyframes
+are timed (for what the decoder may skip, :mod:`videocaption.media.decoding`). It runs once per
+input: :func:`probe_media` makes one :class:`MediaInfo` that the run passes along. Without
+ffprobe, only the file-system checks run and BMF's own errors are translated by
+:func:`explain_decoder_error`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,6 @@ from videocaption.errors import VideoInputError
 # holds more than one picture (an animated GIF, APNG or WebP).
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "apng"}
 PROBE_TIMEOUT_S = 30
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    duration: float | None  # seconds, when the container says
-    width: int
-    height: int
-    # Seconds where the video stream ends: the last frame's time plus that frame's duration, on
-    # the clock of the frame timestamps; None if unknown.
-    video_end: float | None = None
 
 
 # File names a folder walk takes for videos.
@@ -83,95 +75,142 @@ def check_readable(path: Path) -> None:
         raise VideoInputError(f"{path}: empty file, not a video")
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo | None:
-    """Check that ``path`` is a readable video with a video stream; None when ffprobe is absent.
+# Seconds of packets read to measure the keyframe interval (demuxing only, ~0.15 s for 60 s of 720p).
+KEYFRAME_PROBE_S = 60
+# Seconds of packets, before the container's end, read to find where the video stream ends.
+VIDEO_END_PROBE_S = 10
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a run needs to know about one input, probed once (:func:`probe_media`) and passed along.
+
+    Everything is None (or 0, False) when unknown: ffprobe is absent, or the input is a URL,
+    which is not probed (a live stream would be waited on).
+
+    Attributes:
+        duration: the container's duration in seconds (the progress bar; seek spans).
+        start_time: the container's first timestamp (seeking needs 0).
+        width, height: the first video stream's coded size (before ``rotation``).
+        rotation: degrees the display matrix turns the picture (the decoder turns frames upright).
+        frame_rate: the first video stream's constant frame rate (r_frame_rate equal to
+            avg_frame_rate), or None when it varies.
+        keyframe_interval: the longest gap between keyframes in the first KEYFRAME_PROBE_S
+            seconds; None when fewer than two keyframes were seen, or when not measured
+            (``keyframes=False``: only seeking needs it).
+        video_end: the last video frame's time plus its duration, on the clock of the frame
+            timestamps (the last subtitle cue ends there at the latest).
+        has_audio: whether the input has an audio stream (BMF's decoder fails the whole graph
+            when asked for the audio of an input without one).
+        streams: the codec type of every stream, in order (``["video", "audio"]``).
+    """
+
+    duration: float | None = None
+    start_time: float = 0.0
+    width: int = 0
+    height: int = 0
+    rotation: int = 0
+    frame_rate: float | None = None
+    keyframe_interval: float | None = None
+    video_end: float | None = None
+    has_audio: bool = False
+    streams: tuple[str, ...] = ()
+
+
+def probe_media(path: str | os.PathLike, *, keyframes: bool = True) -> MediaInfo:
+    """Check that ``path`` is a readable video and describe it, in two ffprobe runs at most.
+
+    One reads the streams and the container (no packets); one reads the video packets of the
+    first KEYFRAME_PROBE_S seconds (the keyframe interval, when ``keyframes``) and of the last
+    VIDEO_END_PROBE_S seconds (where the video ends), demuxing only. Without ffprobe only the
+    file-system checks run and an unknown :class:`MediaInfo` is returned.
+
+    Args:
+        keyframes: measure the keyframe interval (only ``decode_skip`` auto or seek uses it).
 
     Raises:
-        VideoInputError: naming the problem (missing, unreadable, not a video, no video stream).
+        VideoInputError: naming the problem (missing, unreadable, not a video, no video stream,
+            a still image).
     """
     path = Path(path)
     check_readable(path)
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
-        return None
-    info = _ffprobe(ffprobe, path, "stream=codec_type,width,height:format=duration,format_name")
-    streams = info.get("streams", [])
+        return MediaInfo()
+    info = _ffprobe(ffprobe, path, "stream=codec_type,width,height,r_frame_rate,avg_frame_rate:stream_tags=rotate:"
+                                   "stream_side_data=rotation:format=duration,start_time,format_name")
+    streams, fmt = info.get("streams", []), info.get("format", {})
     video = [s for s in streams if s.get("codec_type") == "video"]
-    fmt = info.get("format", {})
     if not video:
         kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
         raise VideoInputError(f"{path}: has no video stream (streams: {', '.join(kinds)})")
     if fmt.get("format_name") in IMAGE_FORMATS and _pictures(ffprobe, path) < 2:
         raise VideoInputError(f"{path}: is a still image, not a video")
     duration = _seconds(fmt.get("duration"))
-    return VideoInfo(
+    start_time = _seconds(fmt.get("start_time")) or 0.0
+    video_end, keyframe_interval = _read_packets(ffprobe, path, duration, keyframes)
+    return MediaInfo(
         duration=duration,
+        start_time=start_time,
         width=int(video[0].get("width") or 0),
         height=int(video[0].get("height") or 0),
-        video_end=_video_end(ffprobe, path, duration),
+        rotation=_rotation(video[0]),
+        frame_rate=_constant_rate(video[0]),
+        keyframe_interval=keyframe_interval,
+        video_end=video_end,
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+        streams=tuple(s.get("codec_type", "?") for s in streams),
     )
 
 
-def _video_end(ffprobe: str, path: Path, duration: float | None) -> float | None:
-    """The last video frame's time plus its duration, from the packets of the last seconds.
-
-    Neither duration the container states will do: the format's covers the audio too, and an
-    MP4's video stream duration can be shorter than its frames' span (variable frame rate).
-    Demuxing only (no decoding), from 10 s before the end.
-    """
-    start = f"{max(0.0, duration - 10):.3f}%" if duration is not None else "0%"
-    packets = _ffprobe(ffprobe, path, "packet=pts_time,duration_time", "-select_streams", "v:0",
-                       "-read_intervals", start).get("packets", [])
-    ends = [_seconds(p.get("pts_time")) for p in packets]
-    ends = [end + (_seconds(p.get("duration_time")) or 0.0) for end, p in zip(ends, packets) if end is not None]
-    return max(ends) if ends and max(ends) > 0 else None
-
-
-# Seconds of packets read to measure the keyframe interval (demuxing only, ~0.15 s for 60 s of 720p).
-KEYFRAME_PROBE_S = 60
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    """What choosing a decode mode (:mod:`videocaption.media.decoding`) needs to know about a file.
-
-    Attributes:
-        frame_rate: the video stream's constant frame rate (r_frame_rate equal to
-            avg_frame_rate), or None.
-        duration: the container's duration in seconds, or None.
-        start_time: the container's first timestamp.
-        keyframe_interval: the longest gap between keyframes in the first KEYFRAME_PROBE_S
-            seconds, or None when fewer than two keyframes were seen.
-    """
-
-    frame_rate: float | None = None
-    duration: float | None = None
-    start_time: float = 0.0
-    keyframe_interval: float | None = None
-
-
-def probe_timing(path: str | os.PathLike) -> StreamTiming:
-    """One ffprobe call (stream rates, format times, the first minute's packet flags); an
-    unknown :class:`StreamTiming` when ffprobe is absent or cannot read the file (the decoder
-    then reports the problem itself)."""
+def probe_url_streams(url: str) -> MediaInfo:
+    """The streams of a URL (whether it has audio), and nothing else: an unknown
+    :class:`MediaInfo` when ffprobe is absent or cannot read it (the decoder then reports why)."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
-        return StreamTiming()
+        return MediaInfo()
     try:
-        info = _ffprobe(ffprobe, path, "stream=r_frame_rate,avg_frame_rate:format=start_time,duration:packet=pts_time,flags",
-                        "-select_streams", "v:0", "-read_intervals", f"%+{KEYFRAME_PROBE_S}")
+        streams = _ffprobe(ffprobe, url, "stream=codec_type").get("streams", [])
     except VideoInputError:
-        return StreamTiming()
-    streams, fmt = info.get("streams") or [{}], info.get("format") or {}
-    keyframes = sorted(t for p in info.get("packets", []) if "K" in p.get("flags", "")
-                       and (t := _seconds(p.get("pts_time"))) is not None)
-    gaps = [b - a for a, b in zip(keyframes, keyframes[1:])]
-    return StreamTiming(
-        frame_rate=_constant_rate(streams[0]),
-        duration=_seconds(fmt.get("duration")),
-        start_time=_seconds(fmt.get("start_time")) or 0.0,
-        keyframe_interval=max(gaps) if gaps else None,
-    )
+        return MediaInfo()
+    kinds = tuple(stream.get("codec_type", "?") for stream in streams)
+    return MediaInfo(has_audio="audio" in kinds, streams=kinds)
+
+
+def _read_packets(ffprobe: str, path: Path, duration: float | None, keyframes: bool
+                  ) -> tuple[float | None, float | None]:
+    """(video_end, keyframe_interval) from one read of the first video stream's packets.
+
+    Neither duration the container states gives the video's end: the format's covers the
+    audio too, and an MP4's video stream duration can be shorter than its frames' span
+    (variable frame rate). So the packets of the last VIDEO_END_PROBE_S seconds are read; with
+    ``keyframes``, those of the first KEYFRAME_PROBE_S seconds too, in the same run (ffprobe
+    reads its intervals one after the other: keyframes are taken from the first one's span).
+    """
+    end = f"{max(0.0, duration - VIDEO_END_PROBE_S):.3f}%" if duration is not None else "0%"
+    intervals = f"%+{KEYFRAME_PROBE_S},{end}" if keyframes and duration is not None else end
+    packets = _ffprobe(ffprobe, path, "packet=pts_time,duration_time,flags", "-select_streams", "v:0",
+                       "-read_intervals", intervals).get("packets", [])
+    timed = [(t, p) for p in packets if (t := _seconds(p.get("pts_time"))) is not None]
+    ends = [t + (_seconds(p.get("duration_time")) or 0.0) for t, p in timed]
+    video_end = max(ends) if ends and max(ends) > 0 else None
+    if not keyframes or not timed:
+        return video_end, None
+    first = timed[0][0]  # where the first interval began: its span is the KEYFRAME_PROBE_S after
+    times = sorted({t for t, p in timed if "K" in p.get("flags", "") and t < first + KEYFRAME_PROBE_S})
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return video_end, (max(gaps) if gaps else None)
+
+
+def _rotation(stream: dict) -> int:
+    """The display matrix's rotation in degrees (0-359), from its side data or an old ``rotate`` tag."""
+    for side_data in stream.get("side_data_list", []):
+        if "rotation" in side_data:
+            return round(float(side_data["rotation"])) % 360
+    try:
+        return round(float((stream.get("tags") or {}).get("rotate", 0))) % 360
+    except ValueError:
+        return 0
 
 
 def _constant_rate(stream: dict) -> float | None:
@@ -268,19 +307,3 @@ def _file_kind(path: Path) -> str:
 
 def _strip_path(reason: str, path: Path) -> str:
     return reason.replace(f"{ffmpeg_url(path)}: ", "").replace(f"{path}: ", "").strip()
-
-
-def has_audio(path: str | os.PathLike) -> bool:
-    """Whether the input has an audio stream (False when it cannot be probed).
-
-    BMF's decoder fails the whole graph when an ``audio`` stream is asked of an input without
-    one, so the caption graph asks only when this says there is one.
-    """
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return False
-    try:
-        streams = _ffprobe(ffprobe, Path(path) if not is_url(path) else path, "stream=codec_type").get("streams", [])
-    except VideoInputError:
-        return False
-    return any(stream.get("codec_type") == "audio" for stream in streams)
