@@ -11,7 +11,7 @@ H.264 (``testsrc2``) and the model the tiny reference checkpoint, so the numbers
 machinery, not a real model. Every side runs torch on one thread per worker, loads the model
 once, and captions the same clips with the same options:
 
-- loop: ``probe_video`` + ``run_caption_graph`` per clip in this process (what a worker does);
+- loop: ``probe_input`` + ``run_caption_graph`` per clip in this process (what a worker does);
 - Ray: ``run_library`` on a local instance started once (its start-up is reported apart) with
   1 worker x 1 CPU, then 2 workers x 1 CPU, each into a fresh output folder.
 
@@ -42,7 +42,7 @@ def plain_loop(clips: list[Path], options: CaptionOptions, output: Path) -> dict
 
     from videocaption.backends import load_model
     from videocaption.graph.runner import run_caption_graph
-    from videocaption.media.probe import probe_video
+    from videocaption.graph.build import probe_input
 
     torch.set_num_threads(1)
     with stopwatch() as loading:
@@ -50,8 +50,8 @@ def plain_loop(clips: list[Path], options: CaptionOptions, output: Path) -> dict
     cpu = cpu_seconds()
     with stopwatch() as elapsed, quiet_bmf():
         for clip in clips:
-            probe_video(clip)
-            run_caption_graph(clip, options.replace(result_path=str(output / clip.stem / "result.json"), resume=True))
+            video_options = options.replace(result_path=str(output / clip.stem / "result.json"), resume=True)
+            run_caption_graph(clip, video_options, media=probe_input(clip, video_options))
     return {"load_s": loading(), "videos_s": elapsed(), "cpu_per_video_s": (cpu_seconds() - cpu) / len(clips)}
 
 

@@ -39,8 +39,8 @@ def one_run(clip: Path, options: CaptionOptions) -> dict[str, float]:
         whole = time.perf_counter() - start
     describes = sorted(log.of("describe_batch"), key=lambda c: c.start)
     return {
-        "batches": len(result["batches"]),
-        "frames": result["frames_analysed"],
+        "batches": len(result.batches),
+        "frames": result.frames_analysed,
         "describe_s": max(c.end for c in describes) - start,
         "whole_s": whole,
         "groups": [len(c.args[0]) for c in describes],

@@ -39,8 +39,8 @@ def child(clip: Path, result_path: Path, new_tokens: int, max_threads: int, mode
         result = run_caption_graph(clip, options)
     report_to_parent({
         "peak_rss_mib": peak_rss_mib(),
-        "frames": result["frames_analysed"],
-        "batches": len(result["batches"]),
+        "frames": result.frames_analysed,
+        "batches": len(result.batches),
         "seconds": time.perf_counter() - start,
     })
 

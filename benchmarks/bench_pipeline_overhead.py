@@ -60,7 +60,7 @@ def one_repeat(video: Path, options: CaptionOptions) -> dict[str, float]:
         "model_in_run_s": log.seconds(),
         "model_alone_s": alone,
         "calls": len(log.calls),
-        "batches": len(result["batches"]),
+        "batches": len(result.batches),
         "overhead": (whole - alone) / alone,
         "cpu_overhead": (whole_cpu - alone_cpu) / alone_cpu,
     }

@@ -32,7 +32,7 @@ from benchmarks.common import (ROOT, SAMPLE_CLIP, SINK_STATS, TINY_MODEL, cpu_se
 from videocaption.graph.build import decoder_options
 from videocaption.graph.runner import run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
-from videocaption.media.probe import probe_timing
+from videocaption.media.probe import probe_media
 from videocaption.sampling.samplers import CUT_CHECK_SPACING
 from videocaption.sampling.shots import changed_area, scene_change
 from videocaption.graph.frames import frame_thumbnail
@@ -69,8 +69,8 @@ def caption(clip: Path, options: CaptionOptions) -> dict:
         result = run_caption_graph(clip, options)
         wall = time.perf_counter() - started
     describes = log.of("describe_batch")
-    return {"frames": result["frames_analysed"], "skipped": result.get("frames_skipped", 0),
-            "shots": result.get("shots", 1), "calls": len(describes), "model_s": sum(c.seconds for c in describes),
+    return {"frames": result.frames_analysed, "skipped": result.frames_skipped,
+            "shots": result.shots or 1, "calls": len(describes), "model_s": sum(c.seconds for c in describes),
             "wall_s": wall}
 
 
@@ -95,7 +95,7 @@ def detector_cost_720p(clip: Path, repeats: int = 1000) -> tuple[float, float, f
                 measure(previous, current)
         return (time.thread_time() - started) / repeats
 
-    return cpu_per_frame((scene_change, changed_area)), cpu_per_frame((scene_change,)), probe_timing(clip).frame_rate or 30.0
+    return cpu_per_frame((scene_change, changed_area)), cpu_per_frame((scene_change,)), probe_media(clip, keyframes=False).frame_rate or 30.0
 
 
 def decode_cpu_per_sample(clip: Path, options: CaptionOptions) -> float:

@@ -71,10 +71,10 @@ def make_clip(path: Path, *, duration: float, size: str = "320x240", rate: int =
 
 def video_size(clip: Path) -> tuple[int, int]:
     """(width, height) of the clip's video stream, from the pipeline's own probe."""
-    from videocaption.media.probe import probe_video
+    from videocaption.media.probe import probe_media
 
-    info = probe_video(clip)
-    return info.width, info.height
+    media = probe_media(clip, keyframes=False)
+    return media.width, media.height
 
 
 def ffmpeg_frames(clip: Path, fps: float, size: tuple[int, int]) -> Iterator[Image.Image]:

@@ -147,7 +147,7 @@ def test_live_options_are_checked():
     with pytest.raises(InvalidOptionError, match="max_pending_frames must be at least 4"):
         CaptionOptions(max_pending_frames=2)
     with pytest.raises(InvalidOptionError, match="jsonl_path"):
-        CaptionOptions(jsonl_path="result.json")
+        CaptionOptions(result_path="result.json", jsonl_path="result.json")  # (the CLI's result file)
     assert CaptionOptions(batch_size=3).pending_frames == 6
 
 
