@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import statistics
 
 from benchmarks.common import ROOT, TINY_MODEL, cpu_seconds, machine, make_clip, quiet_bmf, stopwatch
 from videocaption.options import CaptionOptions
@@ -41,8 +40,8 @@ def plain_loop(clips: list[Path], options: CaptionOptions, output: Path) -> dict
     import torch
 
     from videocaption.backends import load_model
-    from videocaption.graph.runner import run_caption_graph
     from videocaption.graph.build import probe_input
+    from videocaption.graph.runner import run_caption_graph
 
     torch.set_num_threads(1)
     with stopwatch() as loading:

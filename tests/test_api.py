@@ -9,10 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, run_cli, untimed
-from videocaption import (BatchCaption, CaptionError, CaptionOptions, CaptionResult, InvalidOptionError, MediaInfo,
-                          OutputError, VideoInputError, caption_video)
+
+from videocaption import (
+    BatchCaption,
+    CaptionError,
+    CaptionOptions,
+    CaptionResult,
+    InvalidOptionError,
+    MediaInfo,
+    OutputError,
+    VideoInputError,
+    caption_video,
+)
 from videocaption.media import probe
 
 # ffprobe runs per input: one for the streams and the container, one for the video packets
@@ -22,8 +31,10 @@ FFPROBE_RUNS_PER_INPUT = 2
 
 
 def test_importing_the_package_loads_neither_bmf_nor_torch():
-    code = ("import sys, videocaption; "
-            "print(sorted(m for m in ('bmf', 'torch', 'transformers', 'PIL') if m in sys.modules))")
+    code = (
+        "import sys, videocaption; "
+        "print(sorted(m for m in ('bmf', 'torch', 'transformers', 'PIL') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -79,8 +90,9 @@ def test_the_result_is_what_the_cli_writes_for_the_same_options(in_memory, tmp_p
 def test_options_and_keywords_give_the_same_run_and_files_only_when_named(in_memory, tmp_path):
     result_path, srt_path = tmp_path / "out" / "result.json", tmp_path / "captions.srt"
     options = CaptionOptions(**{**FAST, "model": "not used: the keyword wins"})
-    result = caption_video(SAMPLE_CLIP, options=options, model=FAST["model"], result_path=str(result_path),
-                           srt_path=str(srt_path))
+    result = caption_video(
+        SAMPLE_CLIP, options=options, model=FAST["model"], result_path=str(result_path), srt_path=str(srt_path)
+    )
     assert untimed(result.to_dict()) == untimed(in_memory[0].to_dict())
     assert json.loads(result_path.read_text()) == result.to_dict()  # the document written is the one returned
     assert srt_path.read_text().startswith("1\n00:00:00,000 --> ")
@@ -119,15 +131,15 @@ def test_a_given_probe_is_used_as_it_is(monkeypatch):
     """The caller's MediaInfo goes on to the graph (its end caps the subtitles): no second probe."""
     import videocaption.graph.runner as runner
 
-    class Built(Exception):
+    class BuiltError(Exception):
         pass
 
     def build(video, options, run_id, media):
-        raise Built(media, options.video_end)
+        raise BuiltError(media, options.video_end)
 
     monkeypatch.setattr(probe, "_ffprobe", lambda *args: pytest.fail("probed again"))
     monkeypatch.setattr(runner, "build_caption_graph", build)
     media = MediaInfo(duration=5.3, video_end=5.28, frame_rate=25.0)
-    with pytest.raises(Built) as built:
+    with pytest.raises(BuiltError) as built:
         caption_video(SAMPLE_CLIP, media=media, **FAST)
     assert built.value.args == (media, 5.28)

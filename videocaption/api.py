@@ -17,9 +17,14 @@ from videocaption.options import CaptionOptions, check_option_names
 from videocaption.result import CaptionResult
 
 
-def caption_video(video: str | os.PathLike, *, options: CaptionOptions | None = None,
-                  media: MediaInfo | None = None, on_progress: ProgressCallback | None = None,
-                  **overrides: Any) -> CaptionResult:
+def caption_video(
+    video: str | os.PathLike,
+    *,
+    options: CaptionOptions | None = None,
+    media: MediaInfo | None = None,
+    on_progress: ProgressCallback | None = None,
+    **overrides: Any,
+) -> CaptionResult:
     """Caption one video through the BMF graph and return its result.
 
     Example::
@@ -65,8 +70,10 @@ def caption_video(video: str | os.PathLike, *, options: CaptionOptions | None = 
     if overrides:
         options = options.replace(**overrides)
     if options.live or is_live_url(video):
-        raise InvalidOptionError(f"{video}: caption_video captions a whole video; a live stream is captioned by "
-                                 "live mode (the command line's --live)")
+        raise InvalidOptionError(
+            f"{video}: caption_video captions a whole video; a live stream is captioned by "
+            "live mode (the command line's --live)"
+        )
     from videocaption.graph.runner import run_caption_graph  # BMF and the model are imported only now
 
     return run_caption_graph(video, options, media=media, on_progress=on_progress)
