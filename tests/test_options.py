@@ -109,7 +109,8 @@ def test_library_workers_set_exactly_the_per_video_options():
 
     given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", result_path="given.json")
     per_video = video_options(given, "out", LibraryItem("in/a.mp4", "a"))
-    changed = {f.name for f in dataclasses.fields(CaptionOptions) if getattr(per_video, f.name) != getattr(given, f.name)}
+    changed = {field.name for field in dataclasses.fields(CaptionOptions)
+               if getattr(per_video, field.name) != getattr(given, field.name)}
     # video_end too, from the probe, in CaptionWorker.caption.
     assert changed | {"video_end"} == set(options_with_role("library", "per_video"))
 

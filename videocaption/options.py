@@ -3,6 +3,11 @@
 BMF hands a module its options as a JSON-like dict, so :meth:`CaptionOptions.from_mapping`
 checks names and types itself and turns every mistake into an :class:`InvalidOptionError`
 that names the option and what it accepts, before any model is loaded or frame decoded.
+
+Each option is described once, in its field (:func:`option`): its default, its help, its CLI
+flag and its roles (live only, fingerprinted, what library mode does with it), which the
+modules acting on them ask for with :func:`options_with_role`. docs/options.md's table is
+generated from the fields: ``python -m videocaption.options --update docs/options.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ HWACCELS = ("auto", "none", "cuda")
 ASR_BACKENDS = ("whisper", "openai")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 DEFAULT_BATCH_PROMPT = (
-
     "These are frames sampled in order from a video. "
     "Describe what happens in them in two or three sentences."
 )
@@ -41,13 +45,9 @@ DEFAULT_TITLE_PROMPT = (
     "Answer with the title only."
 )
 
-# deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
-# loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
-BACKENDS = ("deepseek_vl2", "transformers", "openai")
-# uniform: every frame of the fps grid goes to the model; adaptive: only where the video
-# changes, batches ending at hard cuts (see videocaption/sampling/samplers.py).
-SAMPLINGS = ("uniform", "adaptive")
-# What --srt/--vtt cues hold: the batch captions, the transcript's speech, or both.
+# What each value means is said once, in the help of its option below.
+BACKENDS = ("deepseek_vl2", "transformers", "openai")  # videocaption/backends/
+SAMPLINGS = ("uniform", "adaptive")  # videocaption/sampling/samplers.py
 SUBTITLES = ("captions", "speech", "both")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
@@ -72,8 +72,8 @@ def option(default: Any, help: str, *, flag: str | None = "", live_only: bool = 
             ``%(default)s`` works).
         flag: the CLI flag; "" derives ``--batch-size`` from ``batch_size``; None: no flag.
         live_only: only a live run reads it; a file run refuses it when it is not the default.
-        fingerprint: it shapes the descriptions, so a checkpoint made with another value is not
-            resumed (True), or only with adaptive sampling ("adaptive").
+        fingerprint: True: it shapes the descriptions, so a checkpoint made with another value
+            is not resumed; "adaptive": the same, with adaptive sampling only.
         library: what library mode does with it (one of :data:`LIBRARY_ROLES`).
         repr: False keeps the value out of ``repr()`` (a secret).
         argparse_kwargs: anything else ``add_argument`` needs (``type``, ``choices``, ...).
