@@ -32,7 +32,6 @@ from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.live import captioner as live
-from videocaption.graph.build import REPO_ROOT
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
 from videocaption.media.probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
@@ -41,8 +40,11 @@ from videocaption.prompts import format_seconds
 from videocaption.sampling.samplers import shot_spans
 from videocaption.library import command as library
 
-SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
-TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
+# The checkout the package runs from, if it runs from one (an installed package has no sample
+# clip and no test fixtures: then INPUT is required and the smoke-test hint is not given).
+CHECKOUT = Path(__file__).resolve().parents[2]
+SAMPLE_CLIP = CHECKOUT / "big_bunny_5s_25fps.mp4"
+TINY_CHECKPOINT = CHECKOUT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
 EXIT_FAILED = 1  # an unexpected error: a bug
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3  # the run finished but some batch could not be described
@@ -74,10 +76,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
 
 
+def program_name() -> str:
+    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py`` or ``python -m videocaption``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "llm-caption"
+    return "python -m videocaption" if name == "__main__.py" else name
+
+
+def smoke_test_command() -> str:
+    """The command the smoke-test hint suggests, as the user started this one."""
+    name = program_name()
+    return f"python {name}" if name.endswith(".py") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per :class:`CaptionOptions` field that has one, plus the CLI's own."""
     parser = OneLineParser(
-        prog="test_llm_caption.py",
+        prog=program_name(),
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
     parser.add_argument("video", nargs="*", metavar="INPUT",
@@ -144,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         for signum in STOP_SIGNALS:  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
             signal.signal(signum, signal.default_int_handler)
         return library.run_library_command(args, parser, options)
+    if not args.video and not SAMPLE_CLIP.is_file():
+        parser.error("give a video to caption (the sample clip is only in the project's checkout)")
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
         options = options_from_args(args, parser)
@@ -167,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 print(f"error: {error}{resume_hint(options, error)}", file=sys.stderr)
                 if isinstance(error, ModelLoadError) and options.model == DEFAULT_MODEL \
-                        and options.backend == "deepseek_vl2":
-                    print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
+                        and options.backend == "deepseek_vl2" and TINY_CHECKPOINT.is_dir():
+                    print(f"To smoke-test the pipeline without the real weights, run: {smoke_test_command()} "
                           f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text "
                           "is noise)", file=sys.stderr)
                 return EXIT_BAD_INPUT
