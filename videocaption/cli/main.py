@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         if field.metadata.get("flag", None) is not None:
             flag, settings = _argument(field)
             parser.add_argument(flag, **settings)
-    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
-                                          "environment variable keeps it out of the process list")
+    # The key's option has no flag of its own: --api-key goes through the environment (see options_from_args).
+    api_key = next(field for field in dataclasses.fields(CaptionOptions) if field.name == "api_key")
+    parser.add_argument("--api-key", help=f"{api_key.metadata['help']}; the environment variable keeps it out of "
+                                          "the process list")
     parser.add_argument("--output-dir", default="results",
                         help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
