@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -405,3 +406,26 @@ def test_library_index_renders_without_any_report(tmp_path):
     html = render_library_index([ManifestRow(path="/v/x.mp4", key="x.mp4", status=FAILED, error="boom")], tmp_path)
     assert "boom" in html and "href=" not in html
     assert report_module.INDEX_NAME == "index.html"
+
+
+# -- what later results may carry -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchWithEvents(BatchCaption):
+    """A batch as a result with events (``events`` in its dict) will have it."""
+
+    events: tuple = ()
+
+    def to_dict(self):
+        return {**super().to_dict(), "events": list(self.events)}
+
+
+def test_events_and_the_summary_evidence_show_when_the_result_has_them(thumbnails):
+    batch = BatchWithEvents(1, 2, 0.0, 1.0, "A door opens.", events=({"time": 0.5, "label": "door <opens>"}, "bell"))
+    result = CaptionResult(video_title="t", summary="s", batch_size=2, batches=[batch], model="m", fps=1.0,
+                           turnaround_time=1.0, extra={"summary_evidence": [{"text": "A door opens.", "batches": [1, 9]}]})
+    html = render_report(result, thumbnails, video_name="v.mp4")
+    assert "<li>0:00.5 label: door &lt;opens&gt;</li>" in html and "<li>bell</li>" in html
+    # Evidence links only to batches that exist.
+    assert '<a href="#batch-1">[1]</a>' in html and "#batch-9" not in html

@@ -47,6 +47,8 @@ POSTER_NAME = "poster.jpg"  # in a report's asset folder: the library index's pi
 # ones, and never changes a picture an older copy of the page shows).
 _THUMBNAIL_FILE = re.compile(r"^t\d{9}-[0-9a-f]{12}\.jpg$")
 _TIME_TOLERANCE = 1e-6  # seconds: frame times compared with a batch's start and end times
+# Control characters a small model sometimes emits: shown as boxes, never meant (tabs and newlines stay).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,16 @@ class Thumbnails:
 # -- rendering ------------------------------------------------------------------------------------
 
 
+def _printable(value: Any) -> Any:
+    """What every ``{{ ... }}`` of the templates shows: strings without control characters."""
+    return _CONTROL_CHARACTERS.sub("", value) if isinstance(value, str) else value
+
+
 def _environment():
     import jinja2
 
     return jinja2.Environment(
+        finalize=_printable,
         loader=jinja2.PackageLoader("videocaption.outputs", "templates"),
         autoescape=True,  # every model- or user-given string renders as text
         undefined=jinja2.StrictUndefined,
