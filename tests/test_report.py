@@ -13,6 +13,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from browser import CHROMIUM, dump_dom, elements, screenshot, with_probe
@@ -256,7 +257,7 @@ def test_screenshot_is_not_blank(page, tmp_path):
 
 
 def linked_files(report: Path) -> list[Path]:
-    return [report.parent / img.attrs["src"] for img in elements(report.read_text(encoding="utf-8"))
+    return [report.parent / unquote(img.attrs["src"]) for img in elements(report.read_text(encoding="utf-8"))
             if img.tag == "img"]
 
 
@@ -400,6 +401,22 @@ def test_library_index_sorts_by_a_clicked_column(library):
     assert [e.attrs.get("id") for e in dom if e.tag == "script"] == ["probe-head", None, "probe-body"]
     [root] = [element for element in dom if element.tag == "html"]
     assert "data-alerted" not in root.attrs
+
+
+def test_names_with_url_characters_still_link(tmp_path, thumbnails):
+    """A "#" or "?" in a file name is part of the path, not a fragment or a query."""
+    report = write_report(caption_result(), thumbnails, tmp_path / "out" / "my #1?.mp4" / "take #2.html",
+                          video_name="v", images="folder", poster=True)
+    files = linked_files(report)
+    assert files and all(path.is_file() for path in files)
+    assert all("%23" in img.attrs["src"] for img in elements(report.read_text(encoding="utf-8")) if img.tag == "img")
+    index = write_library_index([ManifestRow(path="/v/my #1?.mp4", key="my #1?.mp4", status=OK)], tmp_path / "out",
+                                report_name="take #2.html")
+    [link] = [e.attrs["href"] for e in elements(index.read_text(encoding="utf-8")) if e.tag == "a"]
+    assert link == "my%20%231%3F.mp4/take%20%232.html" and (index.parent / unquote(link)).is_file()
+    if CHROMIUM is not None:
+        dom = elements(dump_dom(with_probe(report, body_script=PROBE.replace("#batch-4", "#batch-1"))))
+        assert [int(e.attrs["data-natural-width"]) for e in dom if e.tag == "img"] == [160] * len(FRAME_TIMES)
 
 
 def test_library_index_renders_without_any_report(tmp_path):

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from PIL import Image
 
@@ -247,7 +248,7 @@ def _usage(batch: BatchCaption) -> str | None:
 
 
 def _image_source(thumbnail: Thumbnail, images: ImagesMode, asset_prefix: str) -> str:
-    return thumbnail.data_url() if images == "embed" else f"{asset_prefix}{thumbnail.file_name}"
+    return thumbnail.data_url() if images == "embed" else quote(f"{asset_prefix}{thumbnail.file_name}")
 
 
 def _cards(result: CaptionResult, thumbnails: Thumbnails, images: ImagesMode, asset_prefix: str) -> list[dict[str, Any]]:
@@ -381,7 +382,7 @@ def prune_thumbnails(report_path: str | os.PathLike, html: str) -> None:
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if _THUMBNAIL_FILE.match(path.name) and f"{folder.name}/{path.name}" not in html:
+        if _THUMBNAIL_FILE.match(path.name) and quote(f"{folder.name}/{path.name}") not in html:
             path.unlink(missing_ok=True)
 
 
@@ -415,8 +416,9 @@ def render_library_index(rows: Iterable[Any], output_root: str | os.PathLike, *,
             "duration": row.duration,
             "duration_label": clock(row.duration) if row.duration is not None else "",
             "error": row.error,
-            "report": report.as_posix() if (root / report).is_file() else None,
-            "poster": poster.as_posix() if (root / poster).is_file() else None,
+            # Links are URLs: a "#" or "?" in a file name must not end the path.
+            "report": quote(report.as_posix()) if (root / report).is_file() else None,
+            "poster": quote(poster.as_posix()) if (root / poster).is_file() else None,
         })
     entries.sort(key=lambda entry: entry["key"])
     return _environment().get_template("index.html.j2").render(entries=entries)
