@@ -5,8 +5,8 @@ Load it in a BMF graph like any Python module (with the project installed: ``pip
     bmf.module([video], "llm_caption", {"batch_size": 4}, module_path="/path/to/repo",
                entry="llm_caption.llm_caption")
 
-Options, streams and packet payloads are documented in README.md and docs/; the logic lives in
-the ``videocaption`` package.
+Options, streams and packet payloads are documented in README.md, docs/options.md and
+docs/result-schema.md; the logic lives in the ``videocaption`` package.
 """
 
 from videocaption.graph.module import CaptionModule

@@ -8,7 +8,8 @@
 #   3. torch, then BabitMF-GPU where an NVIDIA driver is present (BabitMF otherwise), then the
 #      project itself, editable (`pip install -e .[all]`, `.[test]` with --test: pyproject.toml),
 #      which gives the `llm-caption` command in .venv/bin.
-#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests.
+#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests, and Debian's
+#      chromium, the headless browser the HTML report's tests load the page in.
 #
 # Environment: PYTHON (interpreter to use), TORCH_SPEC (default torch==2.13.0),
 # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu for a CPU-only torch).
@@ -83,12 +84,16 @@ install_python_packages() {
 }
 
 install_test_tools() {
-    # espeak-ng speaks the sentences the transcription tests place under their videos.
+    # espeak-ng speaks the sentences the transcription tests place under their videos; chromium
+    # renders the HTML report headless (tests/test_report.py).
     [ "$WITH_TEST" = 1 ] || return 0
-    command -v espeak-ng >/dev/null 2>&1 && return
-    say "installing espeak-ng (speech for the tests)"
+    local missing=()
+    command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [ ${#missing[@]} = 0 ] && return
+    say "installing ${missing[*]} (for the tests)"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 install_system_libs

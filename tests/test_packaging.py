@@ -4,6 +4,7 @@ script runs from anywhere, and no code edits ``sys.path`` or ``PYTHONPATH`` to f
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -67,7 +68,10 @@ def test_no_code_edits_the_import_path():
 @pytest.mark.slow
 def test_wheel_holds_the_package_the_module_file_and_the_console_script(tmp_path):
     """What ``pip install .`` installs elsewhere: every subpackage, ``llm_caption.py`` for BMF, the script."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO_ROOT)],
+    source = tmp_path / "source"  # setuptools builds in the source tree: build a copy, not the checkout
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "build", "*.egg-info",
+                                                                      "__pycache__", "results"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
                    check=True, timeout=300, capture_output=True)
     (wheel,) = tmp_path.glob("llm_caption-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -34,7 +34,7 @@ from videocaption.errors import BackendError, CaptionError, ModelLoadError, Outp
 from videocaption.live import captioner as live
 from videocaption.api import caption_video
 from videocaption.graph.build import probe_input
-from videocaption.options import DEFAULT_MODEL, CaptionOptions
+from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.result import CaptionResult
 from videocaption.captioning.progress import Progress
@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         if field.metadata.get("flag", None) is not None:
             flag, settings = _argument(field)
             parser.add_argument(flag, **settings)
-    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
-                                          "environment variable keeps it out of the process list")
+    # The key's option has no flag of its own: --api-key goes through the environment (see options_from_args).
+    api_key = next(field for field in dataclasses.fields(CaptionOptions) if field.name == "api_key")
+    parser.add_argument("--api-key", help=f"{api_key.metadata['help']}; the environment variable keeps it out of "
+                                          "the process list")
     parser.add_argument("--output-dir", default="results",
                         help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
     """The ``add_argument`` call of an option: its flag, and the settings its default implies."""
-    flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+    flag = cli_flag(field)
     settings: dict[str, Any] = {"dest": field.name, "default": field.default, "help": field.metadata["help"],
                                 **field.metadata["argparse"]}
     if isinstance(field.default, bool):  # a switch: --multithreading, or --no-time-aware
@@ -152,9 +154,7 @@ def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | No
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    library.check_library_arguments(args, parser)
-    if library.library_requested(args) and args.live:
-        parser.error("--live captions one stream; it does not go with --workers or --ray-address")
+    library.check_library_arguments(args, parser)  # with --workers: also refuses --live
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -171,9 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return live.command(args.video, options)
     live_only = live.live_options_given(options_from_args(args, parser))
     if live_only:
-        flags = {field.name: _argument(field)[0] for field in dataclasses.fields(CaptionOptions)
-                 if field.name in live_only}
-        parser.error(f"{', '.join(flags.values())} only apply to live streams (a live URL, or --live)")
+        flags = [cli_flag(field) for field in dataclasses.fields(CaptionOptions) if field.name in live_only]
+        parser.error(f"{', '.join(flags)} only apply to live streams (a live URL, or --live)")
     with stop_signals_raise():
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
