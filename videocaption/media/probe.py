@@ -102,7 +102,7 @@ class MediaInfo:
             timestamps (the last subtitle cue ends there at the latest).
         has_audio: whether the input has an audio stream (BMF's decoder fails the whole graph
             when asked for the audio of an input without one).
-        streams: the codec type of every stream, in order (``["video", "audio"]``).
+        streams: the codec type of every stream, in order (``("video", "audio")``).
     """
 
     duration: float | None = None
