@@ -122,6 +122,27 @@ def test_live_transcribe_hears_the_speech_at_its_stream_times(speech_stream, tmp
     assert all(segment["text"].split()[0] in srt for segment in transcript)
 
 
+def test_live_transcribe_on_a_stream_without_audio_captions_the_frames(model, tmp_path, caplog):
+    """The audio output ends at once: batches are not held waiting for audio that never comes."""
+    from test_live import serve
+
+    caplog.set_level("INFO", logger="llm_caption")
+    options = CaptionOptions(**FAST, transcribe=True, asr_model=str(build_tiny_whisper(tmp_path / "whisper")),
+                             fps=1, batch_size=2, max_pending_frames=20, reconnect=0,
+                             result_path=str(tmp_path / "result.json"))
+    port = free_port()
+    server = serve(port, seconds=5)
+    deadline = time.monotonic() + 30
+    while not listening(port):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with stopped_afterwards(server):
+        result = LiveCaptioner(f"tcp://127.0.0.1:{port}", options, model=model).caption()
+    assert result.transcript == [] and result.batches and all(b.speech == "" for b in result.batches)
+    assert [r.message for r in caplog.records if "no audio" in r.message] == [
+        "transcribe: no audio stream; captioning the frames only"]
+
+
 # -- adaptive sampling -------------------------------------------------------------------------
 
 # Three lavfi sources joined: hard cuts at 3 and 6 s (9 s in all); the bars are a still picture.
@@ -153,8 +174,10 @@ def test_live_adaptive_sampling_ends_batches_at_cuts(cuts_stream, model, tmp_pat
     assert all({"shot", "frames_skipped"} <= set(b) for b in batches)
     assert [b["shot"] for b in batches] == sorted(b["shot"] for b in batches)
     assert {b["shot"] for b in batches} == set(range(len(SHOTS)))
-    for cut in CUTS:  # no batch spans a cut: one ends before it, the next starts at it
+    for cut in CUTS:  # no batch spans a cut: one ends before it, the next starts at it, in a new shot
         assert not any(b["start_time"] < cut - 0.1 and b["end_time"] >= cut + 0.1 for b in batches), batches
+        (after,) = [n for n, b in enumerate(batches) if abs(b["start_time"] - cut) < 0.1]
+        assert batches[after]["shot"] == batches[after - 1]["shot"] + 1
     assert written["frames_skipped"] == sum(b["frames_skipped"] for b in batches) > 0  # the still bars
     assert written["live"]["dropped_frames"] == 0
     lines = [r for r in records(tmp_path) if r["type"] == "batch"]
