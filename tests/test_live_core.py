@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,8 +25,9 @@ from test_transcribe import speech_extent
 from tiny_whisper import build_tiny_whisper
 from videocaption.backends import load_model
 from videocaption.live.captioner import LiveCaptioner, LiveRun
-from videocaption.live.stream import LatestFrames, LiveFrame
+from videocaption.live.stream import AudioTrack, LatestFrames, LiveFrame
 from videocaption.options import CaptionOptions
+from videocaption.sampling.samplers import Decision
 
 STARTUP_S = 60  # the CLI's model loads on a loaded machine
 # Between a placed and a detected segment edge: as on a file (test_transcribe), plus the AAC
@@ -47,6 +49,48 @@ def serve_file(path: Path, port: int) -> subprocess.Popen:
 def listening(port: int) -> bool:
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     return any(int(fields[1].split(":")[1], 16) == port and fields[3] == "0A" for fields in map(str.split, lines))
+
+
+# -- the parts -------------------------------------------------------------------------------
+
+
+def kept(second: float, *, new_shot: bool = False) -> LiveFrame:
+    return LiveFrame(image=None, stream_time=second, arrived=0.0,
+                     decision=Decision(keep=True, shot=int(new_shot), new_shot=new_shot))
+
+
+def skipped(second: float) -> LiveFrame:
+    return LiveFrame(image=None, stream_time=second, arrived=0.0, decision=Decision(keep=False, shot=0, skipped=True))
+
+
+def test_skipped_near_duplicates_wait_in_order_without_taking_room():
+    frames = LatestFrames(capacity=2)
+    for frame in (kept(0), skipped(1), skipped(2), kept(3)):
+        frames.put(frame)
+    assert len(frames) == 2 and frames.dropped == 0
+    assert [f.stream_time for f in frames.take(1)] == [0]
+    assert [f.stream_time for f in frames.take(1)] == [1, 2, 3]
+
+
+def test_a_dropped_frame_takes_its_duplicates_and_hands_its_cut_on():
+    frames = LatestFrames(capacity=2)
+    for frame in (kept(0, new_shot=True), skipped(1), kept(2), kept(3)):
+        frames.put(frame)
+    assert frames.dropped == 1
+    first, second = frames.take(2)
+    assert (first.stream_time, first.decision.new_shot) == (2, True)  # the next frame starts the shot
+    assert (second.stream_time, second.decision.new_shot) == (3, False)
+
+
+def test_the_audio_track_fills_gaps_with_silence_and_cuts_what_was_heard_twice():
+    track = AudioTrack()
+    second = np.ones(16000, dtype=np.float32)
+    assert [(len(s), t) for s, t in track.pieces(second, 0.0)] == [(16000, 0.0)]
+    assert [(len(s), t) for s, t in track.pieces(second, 1.01)] == [(16000, 1.01)]  # jitter: as it is
+    pieces = list(track.pieces(second, 4.01))  # a reconnection 2 s later
+    assert [(len(s), t) for s, t in pieces] == [(32000, 2.01), (16000, 4.01)] and not pieces[0][0].any()
+    assert [(len(s), round(t, 6)) for s, t in track.pieces(second, 4.51)] == [(8000, 5.01)]  # half heard before
+    assert track.end == pytest.approx(5.51)
 
 
 @pytest.fixture(scope="module")

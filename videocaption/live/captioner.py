@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from videocaption.audio import audio_frame_samples
-from videocaption.audio.samples import SAMPLE_RATE
 from videocaption.captioning.captioner import Captioner
 from videocaption.errors import CaptionError, VideoInputError
 from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_frame_to_image
 from videocaption.graph.runner import keep_python_signal_handlers
-from videocaption.live.stream import STALL_GRACE_S, Connection, LatestFrames, LiveFrame, StreamClock, connection_failure, read_url
+from videocaption.live.stream import (STALL_GRACE_S, AudioTrack, Connection, LatestFrames, LiveFrame, StreamClock,
+                                      connection_failure, read_url)
 from videocaption.options import CaptionOptions
 from videocaption.media.probe import check_readable, is_live_url, is_url
 from videocaption.result import BatchCaption, CaptionResult
@@ -59,9 +59,6 @@ log = logging.getLogger("llm_caption")
 
 MAX_RECONNECT_DELAY_S = 30.0
 POLL_S = 0.1  # how often the supervising loop looks at the connection and the signals
-# Audio gaps shorter than this (timestamp jitter) are not filled with silence.
-AUDIO_GAP_TOLERANCE_S = 0.05
-SILENCE_CHUNK = 10 * SAMPLE_RATE  # samples of silence given at once for a longer gap
 
 
 def is_live_input(video: str | os.PathLike, live: bool = False) -> bool:
@@ -108,7 +105,7 @@ class LiveRun:
         self.failure: BaseException | None = None
         self._arrivals: collections.deque[float] = collections.deque()  # of the frames added, in order
         self._audio: collections.deque[tuple[np.ndarray, float] | None] = collections.deque()  # None: no audio
-        self._audio_end: float | None = None  # stream time where the audio given to the captioner ends
+        self._track = AudioTrack()
         self._window_start = 0  # index of the first batch not yet in a window summary
         self._next_summary = options.summary_every
         self._jsonl = JsonlWriter(options.jsonl_path) if options.jsonl_path else None
@@ -164,26 +161,14 @@ class LiveRun:
         self.captioner.add(frame.image, frame.stream_time)
 
     def _feed_audio(self) -> None:
-        """Give the captioner the audio read so far as one continuous track: a reconnection's
-        gap becomes silence (the detector counts samples, not timestamps) and audio heard
-        twice (a reread growing file) is cut."""
+        """Give the captioner the audio read so far, as one track (:class:`AudioTrack`)."""
         while self._audio:
             piece = self._audio.popleft()
             if piece is None:
                 self.captioner.end_audio("transcribe: no audio stream; captioning the frames only")
                 continue
-            samples, start = piece
-            if self._audio_end is not None:
-                gap = start - self._audio_end
-                if gap < 0:
-                    samples, start = samples[round(-gap * SAMPLE_RATE):], self._audio_end
-                elif gap > AUDIO_GAP_TOLERANCE_S:
-                    for offset in range(0, round(gap * SAMPLE_RATE), SILENCE_CHUNK):
-                        silence = np.zeros(min(SILENCE_CHUNK, round(gap * SAMPLE_RATE) - offset), dtype=np.float32)
-                        self.captioner.add_audio(silence, self._audio_end + offset / SAMPLE_RATE)
-            if len(samples):
+            for samples, start in self._track.pieces(*piece):
                 self.captioner.add_audio(samples, start)
-                self._audio_end = start + len(samples) / SAMPLE_RATE
 
     def _described(self, captions: list[BatchCaption]) -> None:
         """Everything that follows a described batch, at once: its record, the subtitles, a summary."""

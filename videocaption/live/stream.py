@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 from PIL import Image
 
 from videocaption.audio.samples import SAMPLE_RATE
@@ -34,6 +35,9 @@ SELF_TIMED_SCHEMES = ("udp://", "rtp://")
 STALL_GRACE_S = 5.0
 # Reading video and audio, the reader looks at both outputs this often when neither has a packet.
 POLL_OUTPUTS_S = 0.005
+# Audio gaps shorter than this (timestamp jitter) are not filled with silence.
+AUDIO_GAP_TOLERANCE_S = 0.05
+SILENCE_CHUNK = 10 * SAMPLE_RATE  # samples of silence given at once for a longer gap
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,32 @@ class LatestFrames:
     def __len__(self) -> int:
         """Waiting frames, markers not counted."""
         return self._kept
+
+
+class AudioTrack:
+    """Every connection's audio as one continuous track on the stream clock.
+
+    The speech detector counts samples, not timestamps (a later piece is taken to follow on):
+    a reconnection's gap is given to it as silence, and audio heard twice (a reread growing
+    file) is cut.
+    """
+
+    def __init__(self) -> None:
+        self.end: float | None = None  # stream time where the track ends so far
+
+    def pieces(self, samples: np.ndarray, start: float) -> Iterator[tuple[np.ndarray, float]]:
+        """(samples, start) to give the detector for audio read at ``start``, in order."""
+        if self.end is not None:
+            gap = start - self.end
+            if gap < 0:
+                samples, start = samples[round(-gap * SAMPLE_RATE):], self.end
+            elif gap > AUDIO_GAP_TOLERANCE_S:
+                total = round(gap * SAMPLE_RATE)
+                for offset in range(0, total, SILENCE_CHUNK):
+                    yield np.zeros(min(SILENCE_CHUNK, total - offset), dtype=np.float32), self.end + offset / SAMPLE_RATE
+        if len(samples):
+            self.end = start + len(samples) / SAMPLE_RATE
+            yield samples, start
 
 
 def _after_cut(frame: LiveFrame) -> LiveFrame:
