@@ -264,7 +264,7 @@ class Connection:
                 outputs.append(_graph_output(self._graph, decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
                                              .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono")))
             video_ended = False
-            for index, packet in _run_outputs(self._graph, outputs):
+            for index, packet in _run_outputs(self._graph, outputs, self._abandon):
                 if self._abandon.is_set():
                     break
                 if packet.timestamp == Timestamp.EOF:
@@ -314,9 +314,9 @@ def _graph_output(graph, stream):
     return stream
 
 
-def _run_outputs(graph, outputs: list) -> Iterator[tuple[int, Any]]:
+def _run_outputs(graph, outputs: list, abandoned: threading.Event) -> Iterator[tuple[int, Any]]:
     """Run ``graph`` in generator mode over several outputs: (output index, packet) as they come,
-    each output's EOF packet included, until every output ended.
+    each output's EOF packet included, until every output ended or ``abandoned`` is set.
 
     BMF's own generator (``stream.start()``) reads one output; this is it for several, looking
     at each in turn without blocking (one left: blocking, as BMF's does).
@@ -330,7 +330,7 @@ def _run_outputs(graph, outputs: list) -> Iterator[tuple[int, Any]]:
     graph.exec_graph_ = engine.Graph(graph.graph_config_.dump(), False, True)
     graph.exec_graph_.start()
     running = {index: stream.get_name() for index, stream in enumerate(outputs)}
-    while running:
+    while running and not abandoned.is_set():
         polled = False
         for index, name in list(running.items()):
             packet = graph.exec_graph_.poll_output_stream_packet(name, len(running) == 1)
@@ -342,7 +342,8 @@ def _run_outputs(graph, outputs: list) -> Iterator[tuple[int, Any]]:
             yield index, packet
         if not polled:
             time.sleep(POLL_OUTPUTS_S)
-    graph.exec_graph_.close()
+    if not running:  # ended: let it go (an abandoned graph is force-closed by abandon())
+        graph.exec_graph_.close()
 
 
 def read_url(source: str, stall_timeout: float) -> tuple[str, bool]:
