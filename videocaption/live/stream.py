@@ -111,7 +111,7 @@ class LatestFrames:
             if self._closed and not self._drain:
                 return []
             taken: list[LiveFrame] = []
-            while self._frames and (count > 0 or self._closed):
+            while self._frames and (count > 0 or not self._kept):  # the last frame's markers go with it
                 frame = self._frames.popleft()
                 taken.append(frame)
                 if not frame.skipped:
