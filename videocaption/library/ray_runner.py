@@ -24,7 +24,6 @@ from typing import Any, Callable
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
 from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
-from videocaption.graph.build import REPO_ROOT
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
@@ -270,8 +269,8 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
         # A local instance never grows: the workers would wait for GPUs for ever.
         raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
                                  f"this machine has {available:g} (--gpus-per-worker, --workers)")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    env.update({name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)})
+    # The workers import the installed package (pip install . on every node of a cluster).
+    env = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
     remote = ray.remote(CaptionWorker).options(
         num_cpus=config.cpus_per_worker, num_gpus=gpus,
         # A dead worker process is restarted (for ever) and its video retried video_retries times;

@@ -48,7 +48,7 @@ from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_fr
 from videocaption.graph.runner import keep_python_signal_handlers
 from videocaption.live.stream import (STALL_GRACE_S, AudioTrack, Connection, LatestFrames, LiveFrame, StreamClock,
                                       connection_failure, read_url)
-from videocaption.options import CaptionOptions
+from videocaption.options import CaptionOptions, options_changed, options_with_role
 from videocaption.media.probe import check_readable, is_live_url, is_url
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.sampling.samplers import Decision, Thumbnail
@@ -66,15 +66,9 @@ def is_live_input(video: str | os.PathLike, live: bool = False) -> bool:
     return live or is_live_url(video)
 
 
-# Options that only a live run reads.
-LIVE_OPTIONS = ("jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
-                "max_pending_frames")
-
-
 def live_options_given(options: CaptionOptions) -> list[str]:
     """The live-only options set to something other than their default (a file run refuses them)."""
-    defaults = CaptionOptions()
-    return [name for name in LIVE_OPTIONS if getattr(options, name) != getattr(defaults, name)]
+    return options_changed(options, options_with_role("live_only"))
 
 
 def wall_time(seconds: float | None = None) -> str:
