@@ -71,9 +71,15 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
     Raises:
         InvalidOptionError: naming the sizes that fit.
     """
-    needed = batch_tokens(model, options, options.batch_size)
-    if needed <= model.context_length:
-        return
+    if options.batch_size + options.max_new_tokens > model.context_length:
+        # Every frame takes at least one token: refused without building a prompt of
+        # batch_size time labels, which for 10**9 would take minutes and gigabytes.
+        needed_text = f"at least {options.batch_size + options.max_new_tokens}"
+    else:
+        needed = batch_tokens(model, options, options.batch_size)
+        if needed <= model.context_length:
+            return
+        needed_text = f"up to {needed}"
     fitting = fitting_batch_sizes(model, options)
     if not fitting:
         advice = "no batch size fits; lower max_new_tokens or shorten the prompt"
@@ -88,7 +94,7 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
             )
     raise InvalidOptionError(
         f"batch_size {options.batch_size} does not fit the {model.context_length}-token context "
-        f"of {model.name}: it needs up to {needed} tokens with max_new_tokens "
+        f"of {model.name}: it needs {needed_text} tokens with max_new_tokens "
         f"{options.max_new_tokens}; {advice}"
     )
 
