@@ -326,3 +326,33 @@ def test_single_video_mode_does_not_import_ray() -> None:
     code = ("import sys; from videocaption.cli.main import build_parser, main; build_parser(); "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+def test_the_api_key_reaches_the_workers_but_no_file_log_or_process_list(cluster: str, library: Path,
+                                                                        tmp_path: Path) -> None:
+    """Issue 26 #1: the key went through Ray's runtime_env, which Ray logs (0644, kept after the run)."""
+    from fake_openai import FakeOpenAI, completion
+
+    secret = "sk-TESTSECRET" + os.urandom(8).hex()
+    processes: list[str] = []
+
+    def chat(request):  # while a worker asks: every process's command line
+        processes.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+        return completion()
+
+    command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library / VIDEOS[0]),
+               "--ray-address", cluster, "--workers", "1", "--output", str(tmp_path / "out"),
+               "--backend", "openai", "--model", "m", "--max-new-tokens", "8", "--max-retries", "0"]
+    with FakeOpenAI(chat=chat) as server:
+        done = subprocess.run([*command, "--api-base", server.url], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OPENAI_API_KEY": secret})
+    assert done.returncode == 0, done.stderr
+    chats = [request for request in server.requests if request.path.endswith("/chat/completions")]
+    assert chats and all(request.headers["authorization"] == f"Bearer {secret}" for request in chats)
+    session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    found = subprocess.run(["grep", "-rl", secret, str(session), str(tmp_path)], capture_output=True, text=True)
+    assert found.stdout == "", f"the key was written to {found.stdout}"
+    assert processes and not any(secret in listing for listing in processes)
+    assert secret not in done.stdout + done.stderr

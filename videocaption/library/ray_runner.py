@@ -31,7 +31,11 @@ from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, Manifes
 from videocaption.library.workers import CaptionWorker, result_path, row_from_result
 
 log = logging.getLogger("llm_caption")
-SECRET_ENV = (API_KEY_ENV,)  # handed to the workers through their environment, when set
+# Handed to each worker as an argument of its constructor, when set. Never through Ray's
+# ``runtime_env``: Ray writes those variables to runtime_env_agent.log, a file every user can
+# read that outlives the run. A small argument travels inline in the actor's creation task, in
+# memory, and Ray reuses it when it restarts the actor.
+SECRET_ENV = (API_KEY_ENV,)
 
 
 class RayConnectionError(CaptionError):
@@ -271,7 +275,7 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
         raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
                                  f"this machine has {available:g} (--gpus-per-worker, --workers)")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    env.update({name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)})
+    secrets = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
     remote = ray.remote(CaptionWorker).options(
         num_cpus=config.cpus_per_worker, num_gpus=gpus,
         # A dead worker process is restarted (for ever) and its video retried video_retries times;
@@ -280,7 +284,7 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
         runtime_env={"env_vars": env},
     )
     worker_options = dataclasses.asdict(options)
-    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker)
+    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker, secrets)
               for _ in range(count)]
     for state in ray.get([actor.ready.remote() for actor in actors]):
         if state["load_error"]:
