@@ -35,16 +35,19 @@ class Request:
 
 @dataclass
 class FakeOpenAI:
-    """Serves ``/v1/models`` (no models listed), ``/v1/chat/completions`` and ``/v1/audio/transcriptions``.
+    """Serves ``/v1/models`` (by default no models listed), ``/v1/chat/completions`` and ``/v1/audio/transcriptions``.
 
     Args:
         chat: the answer to a chat request (called with the request; default: a short caption).
         transcription: the answer to a transcription request.
+        models: the answer to ``GET /v1/models``.
     """
 
     chat: Callable[[Request], Answer] = lambda request: completion()
     transcription: Callable[[Request], Answer] = lambda request: (
         200, "application/json", json.dumps({"text": "hello there"}).encode())
+    models: Callable[[Request], Answer] = lambda request: (
+        200, "application/json", json.dumps({"object": "list", "data": []}).encode())
     requests: list[Request] = field(default_factory=list)
 
     def __enter__(self) -> FakeOpenAI:
@@ -52,8 +55,7 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self._record(b"")
-                self._answer(200, "application/json", json.dumps({"object": "list", "data": []}).encode())
+                self._answer(*fake.models(self._record(b"")))
 
             def do_POST(self) -> None:
                 request = self._record(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
