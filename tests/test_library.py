@@ -26,7 +26,7 @@ from helpers import FAST, REPO_ROOT, make_clip, untimed
 from videocaption.cli.main import main
 from videocaption.errors import VideoInputError
 from videocaption.library.command import MANIFEST_NAME
-from videocaption.library.inputs import expand_inputs
+from videocaption.library.inputs import expand_inputs, local_key
 from videocaption.library.manifest import TIMING_COLUMNS, Manifest, read_manifest
 from videocaption.library.ray_runner import LibraryConfig, run_library
 from videocaption.options import CaptionOptions
@@ -76,6 +76,11 @@ def undisturbed(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFa
     return run, output
 
 
+def folder(output: Path, video: Path) -> Path:
+    """The output folder of a local video (its key: the absolute path, see library/inputs.py)."""
+    return output / local_key(video)
+
+
 def comparable_rows(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key not in VOLATILE} for row in rows]
 
@@ -89,10 +94,11 @@ def comparable_result(path: Path) -> dict:
 def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
     run, output = undisturbed
     rows = {row["key"]: row for row in read_manifest(output / MANIFEST_NAME)}
-    assert sorted(rows) == sorted(VIDEOS + BROKEN + [NOT_VIDEO])
+    assert sorted(rows) == sorted(local_key(library / name) for name in VIDEOS + BROKEN + [NOT_VIDEO])
+    rows = {str(Path(row["path"]).relative_to(library)): row for row in rows.values()}
     for key in VIDEOS:
         row = rows[key]
-        result = json.loads((output / key / "result.json").read_text())
+        result = json.loads((folder(output, library / key) / "result.json").read_text())
         assert row["status"] == "ok" and row["error"] is None, row
         assert row["path"] == str(library / key)
         assert (row["title"], row["summary"], row["frames_analysed"]) == \
@@ -112,7 +118,7 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
     assert rows[NOT_VIDEO]["status"] == "skipped" and ".txt" in rows[NOT_VIDEO]["error"]
     # Equal file names in two folders: two result folders; nothing else was written.
     written = sorted(str(path.relative_to(output).parent) for path in output.rglob("result.json"))
-    assert written == sorted(VIDEOS)
+    assert written == sorted(local_key(library / name) for name in VIDEOS)
     assert not list(output.rglob("*.partial"))
     assert {row.worker for row in run.captioned} == {rows[key]["worker"] for key in VIDEOS + BROKEN}
     assert len({row.worker for row in run.captioned}) == 2
@@ -122,13 +128,13 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
 
 def test_a_rerun_captions_nothing_again_unless_failed_ones_are_retried(undisturbed, library: Path) -> None:
     _, output = undisturbed
-    before = {key: (output / key / "result.json").stat().st_mtime_ns for key in VIDEOS}
+    before = {key: (folder(output, library / key) / "result.json").stat().st_mtime_ns for key in VIDEOS}
     again = run_library(config(library, output), CaptionOptions(**OPTIONS))
     assert again.captioned == []
     retried = run_library(config(library, output, retry_failed=True), CaptionOptions(**OPTIONS))
-    assert sorted(row.key for row in retried.captioned) == sorted(BROKEN)
+    assert sorted(row.key for row in retried.captioned) == sorted(local_key(library / name) for name in BROKEN)
     assert all(row.status == "failed" for row in retried.captioned)
-    assert before == {key: (output / key / "result.json").stat().st_mtime_ns for key in VIDEOS}
+    assert before == {key: (folder(output, library / key) / "result.json").stat().st_mtime_ns for key in VIDEOS}
 
 
 # -- a worker process killed while it captions ------------------------------------------------
@@ -160,7 +166,7 @@ def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturb
     runner = threading.Thread(target=lambda: finished.update(run=run_library(
         config(long_video, tmp_path, workers=1), options)))
     runner.start()
-    partial = tmp_path / "long.mp4" / "result.json.partial"
+    partial = folder(tmp_path, long_video) / "result.json.partial"
     wait_for(partial.exists, what="the first batch's checkpoint")
     wait_for(lambda: len(caption_workers()) == 1, what="the worker's process")
     [pid] = caption_workers()
@@ -170,7 +176,8 @@ def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturb
     [row] = finished["run"].captioned
     assert 1 <= described_before < row.batches, "the worker was killed after its video was done"
     assert row.status == "ok" and row.worker != f"{row.host}:{pid}"
-    assert comparable_result(tmp_path / "long.mp4" / "result.json") == comparable_result(reference / LONG / "result.json")
+    assert comparable_result(folder(tmp_path, long_video) / "result.json") == \
+        comparable_result(folder(reference, long_video) / "result.json")
 
 
 def test_a_video_whose_worker_dies_beyond_its_retries_is_a_failed_row(cluster: str, library: Path,
@@ -180,7 +187,7 @@ def test_a_video_whose_worker_dies_beyond_its_retries_is_a_failed_row(cluster: s
     runner = threading.Thread(target=lambda: finished.update(run=run_library(
         config(library, tmp_path, inputs=inputs, workers=1, video_retries=0), CaptionOptions(**OPTIONS))))
     runner.start()
-    wait_for((tmp_path / LONG / "result.json.partial").exists, what="the first batch's checkpoint")
+    wait_for((folder(tmp_path, library / LONG) / "result.json.partial").exists, what="the first batch's checkpoint")
     wait_for(lambda: len(caption_workers()) == 1, what="the worker's process")
     os.kill(caption_workers()[0], signal.SIGKILL)
     runner.join(timeout=180)
@@ -221,7 +228,8 @@ def test_a_killed_driver_loses_no_finished_video(undisturbed, cluster: str, libr
     assert comparable_rows(read_manifest(tmp_path / MANIFEST_NAME)) == \
         comparable_rows(read_manifest(reference / MANIFEST_NAME))
     for key in VIDEOS:
-        assert comparable_result(tmp_path / key / "result.json") == comparable_result(reference / key / "result.json")
+        assert comparable_result(folder(tmp_path, library / key) / "result.json") == \
+            comparable_result(folder(reference, library / key) / "result.json")
 
 
 def test_ctrl_c_keeps_the_finished_rows(cluster: str, library: Path, tmp_path: Path) -> None:
@@ -300,7 +308,8 @@ def test_inputs_expand_folders_lists_and_urls_into_unique_keys(library: Path, tm
     items = expand_inputs([f"@{listing}", str(library / "c" / "one.mkv"), str(library / "a" / "clip.mp4")],
                           exclude=[library / "b" / "deep"])
     keys = [item.key for item in items]
-    assert keys == ["a/clip.mp4", "b/clip.mp4", "b/long.mp4", "b/notes.txt", "_urls/host/x/v.mp4", "c/one.mkv"]
+    assert keys == [*(local_key(library / name) for name in ["a/clip.mp4", "b/clip.mp4", "b/long.mp4", "b/notes.txt"]),
+                    "_urls/host/x/v.mp4", local_key(library / "c/one.mkv")]
     assert [item.skip_reason is not None for item in items] == [False, False, False, True, False, False]
     with pytest.raises(VideoInputError, match="no such file"):
         expand_inputs([str(tmp_path / "missing.mp4")])
@@ -356,3 +365,76 @@ def test_the_api_key_reaches_the_workers_but_no_file_log_or_process_list(cluster
     assert found.stdout == "", f"the key was written to {found.stdout}"
     assert processes and not any(secret in listing for listing in processes)
     assert secret not in done.stdout + done.stderr
+
+
+def test_urls_differing_in_their_query_get_their_own_folders() -> None:
+    """Issue 26 #5: ?id=1 and ?id=2 (two videos) shared one folder, one result.json, two rows."""
+    urls = ["http://host/video.mp4?id=1", "http://host/video.mp4?id=2", "http://host/video.mp4",
+            "http://host/video.mp4?id=1#t=5", "http://host/video.mp4?a=1/2", "http://user:pw@host/../x.mp4"]
+    keys = [item.key for item in expand_inputs(urls)]
+    assert keys == ["_urls/host/video.mp4?id=1", "_urls/host/video.mp4?id=2", "_urls/host/video.mp4",
+                    "_urls/host/video.mp4?id=1#t=5", "_urls/host/video.mp4?a=1%2F2", "_urls/host/%2E%2E/x.mp4"]
+
+
+def test_keys_do_not_change_when_the_library_grows(tmp_path: Path) -> None:
+    """Issue 26 #10: keys were relative to the inputs' common folder, so one more input moved every result."""
+    for name in ["lib/a/one.mp4", "lib/b/two.mp4", "elsewhere/deep/three.mp4"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_text("lib\n")
+    before = {item.source: item.key for item in expand_inputs([f"@{listing}"])}
+    listing.write_text("lib\nelsewhere/deep/three.mp4\n")
+    after = {item.source: item.key for item in expand_inputs([f"@{listing}"])}
+    grown = {item.source: item.key for item in expand_inputs([str(tmp_path / "lib" / "a"), f"@{listing}"])}
+    assert before == {source: key for source, key in after.items() if source in before} == \
+        {source: key for source, key in grown.items() if source in before}
+    assert len(set(after.values())) == len(after) == 3
+
+
+def test_a_symlinked_subfolder_is_walked_once_without_looping(tmp_path: Path) -> None:
+    """Issue 26 #9: videos under a symlinked subfolder had no row at all."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.mp4").write_bytes(b"")
+    library = tmp_path / "library"
+    (library / "own").mkdir(parents=True)
+    (library / "own" / "own.mp4").write_bytes(b"")
+    (library / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (library / "own" / "loop").symlink_to(library, target_is_directory=True)  # back to the top
+    items = expand_inputs([str(library), str(tmp_path / "elsewhere")])
+    assert [(item.source, item.skip_reason) for item in items] == \
+        [(str(library / "link" / "linked.mp4"), None), (str(library / "own" / "own.mp4"), None)]
+    assert items[0].key == local_key(library / "link" / "linked.mp4")
+
+
+def test_the_output_folder_as_input_is_refused_and_the_manifest_kept(tmp_path: Path) -> None:
+    """Issue 26 #18: every result.json became a skipped row, and those replaced the manifest."""
+    output = tmp_path / "out"
+    (output / "v.mp4").mkdir(parents=True)
+    (output / "v.mp4" / "result.json").write_text("{}")
+    journal = output / "manifest.jsonl"
+    journal.write_text('{"path": "/v.mp4", "key": "v.mp4", "status": "ok"}\n')
+    with pytest.raises(VideoInputError, match="is the output folder"):
+        run_library(config(output, output), CaptionOptions(**OPTIONS))
+    assert journal.read_text() == '{"path": "/v.mp4", "key": "v.mp4", "status": "ok"}\n'
+    assert not (output / MANIFEST_NAME).exists()
+
+
+def test_results_under_an_earlier_versions_key_are_moved_not_captioned_again(tmp_path: Path) -> None:
+    from videocaption.library.ray_runner import plan
+
+    (tmp_path / "lib").mkdir()
+    video = tmp_path / "lib" / "one.mp4"
+    video.write_bytes(b"")
+    output = tmp_path / "out"
+    (output / "one.mp4").mkdir(parents=True)  # the key relative to the inputs' common folder
+    (output / "one.mp4" / "result.json").write_text('{"batches": [], "video_title": "t"}')
+    manifest = Manifest(output / MANIFEST_NAME)
+    from videocaption.library.manifest import ManifestRow
+
+    manifest.append(ManifestRow(path=str(video), key="one.mp4", status="ok", title="t"))
+    manifest.close()
+    [item] = expand_inputs([str(video)])
+    known, todo = plan([item], manifest.previous_rows(), config(video, output))
+    assert todo == [] and known[str(video)].key == item.key
+    assert (folder(output, video) / "result.json").exists() and not (output / "one.mp4").exists()

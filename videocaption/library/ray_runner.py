@@ -84,6 +84,8 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
     todo: list[LibraryItem] = []
     for item in items:
         before = previous.get(item.source)
+        if before is not None and before.key != item.key and item.skip_reason is None:
+            before = _moved_to_its_key(item, before, config.output_dir)
         if item.skip_reason is not None:
             known[item.source] = ManifestRow(path=item.source, key=item.key, status=SKIPPED, error=item.skip_reason)
         elif before is not None and before.status == FAILED and not config.retry_failed:
@@ -99,6 +101,27 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
         else:
             todo.append(item)
     return known, todo
+
+
+def _moved_to_its_key(item: LibraryItem, before: ManifestRow, output_dir: Path) -> ManifestRow | None:
+    """An earlier run's row and outputs, moved from the key it had then to the video's key now.
+
+    Keys once depended on the other inputs (their common folder), so an earlier version's
+    results lie under other keys: they move once, rather than the video being captioned again.
+    Returns None when there is nothing to move (or it cannot be moved): caption it again.
+    """
+    root = output_dir.resolve()
+    old, new = (root / before.key).resolve(), root / item.key
+    if not old.is_relative_to(root) or old == root or new.exists() or not old.is_dir():
+        return None
+    try:
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+    except OSError as error:
+        log.warning("%s: cannot move its earlier outputs from %s to %s (%s); captioning it again",
+                    item.source, old, new, error)
+        return None
+    return dataclasses.replace(before, key=item.key)
 
 
 def run_library(config: LibraryConfig, options: CaptionOptions,
