@@ -438,3 +438,77 @@ def test_results_under_an_earlier_versions_key_are_moved_not_captioned_again(tmp
     known, todo = plan([item], manifest.previous_rows(), config(video, output))
     assert todo == [] and known[str(video)].key == item.key
     assert (folder(output, video) / "result.json").exists() and not (output / "one.mp4").exists()
+
+
+# -- manifest and output paths (no Ray) -------------------------------------------------------
+
+def run_command(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "test_llm_caption.py"), *arguments, *CLI_OPTIONS],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, filled up (needs root)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(filler, b"\0" * 4096)
+        finally:
+            os.close(filler)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_jsonl_manifest_path_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Issue 26 #11: --manifest m.jsonl was its own journal; every rerun crashed (UnicodeDecodeError)."""
+    make_clip(tmp_path / "v.mp4", duration=1.0)
+    done = run_command(tmp_path, str(tmp_path / "v.mp4"), "--workers", "1", "--manifest", str(tmp_path / "m.jsonl"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --manifest ")
+    assert "name it .parquet" in done.stderr and not (tmp_path / "m.jsonl").exists()
+    # A journal that is not text (such a run's Parquet file) is read as torn lines, not a crash.
+    journal = tmp_path / "old.jsonl"
+    journal.write_bytes(b"PAR1\xff\xfe\x00" + b'\n{"path": "/v.mp4", "key": "v.mp4", "status": "ok"}\n')
+    assert list(Manifest(tmp_path / "old.parquet").previous_rows()) == ["/v.mp4"]
+
+
+@pytest.mark.parametrize("where", ["manifest-is-a-folder", "manifest-in-proc", "output-in-proc"])
+def test_an_unwritable_manifest_or_output_is_refused_before_any_video(tmp_path: Path, where: str) -> None:
+    """Issue 26 #12: a traceback and exit 1, after videos had started."""
+    make_clip(tmp_path / "v.mp4", duration=1.0)
+    (tmp_path / "folder").mkdir()
+    flags = {"manifest-is-a-folder": ["--manifest", str(tmp_path / "folder")],
+             "manifest-in-proc": ["--manifest", "/proc/m.parquet"],
+             "output-in-proc": ["--output", "/proc/out"]}[where]
+    done = run_command(tmp_path, str(tmp_path / "v.mp4"), "--workers", "1", *flags)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: ") and ("folder" in line or "/proc" in line), line
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(tmp_path: Path, full_disk: Path) -> None:
+    from videocaption.errors import OutputError
+    from videocaption.library.manifest import ManifestRow
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    with pytest.raises(OutputError, match="No space left on device"):
+        run_library(config(tmp_path / "v.mp4", full_disk / "out"), CaptionOptions(**OPTIONS))
+    # The disk fills up mid-run: the row that cannot be written is an OutputError, the others stay.
+    manifest = Manifest(tmp_path / "m.parquet")
+    manifest.append(ManifestRow(path="/a.mp4", key="a.mp4", status="ok"))
+    manifest.journal = full_disk / "m.jsonl"
+    manifest.close()
+    with pytest.raises(OutputError, match=r"m.jsonl: cannot record /b.mp4 \(No space left on device\)"):
+        manifest.append(ManifestRow(path="/b.mp4", key="b.mp4", status="ok"))
+    with pytest.raises(OutputError, match="its rows are kept in"):
+        Manifest(full_disk / "m.parquet").write_parquet([ManifestRow(path="/a.mp4", key="a.mp4", status="ok")])
+    assert list(Manifest(tmp_path / "m.parquet").previous_rows()) == ["/a.mp4"]

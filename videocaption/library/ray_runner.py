@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
-from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
+from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.graph.build import REPO_ROOT
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
-from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
+from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
 from videocaption.library.workers import CaptionWorker, result_path, row_from_result
 
 log = logging.getLogger("llm_caption")
@@ -141,6 +141,9 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
 
     Raises:
         VideoInputError: an input is missing, or the inputs hold nothing.
+        OutputError: the output folder or the manifest cannot be written (checked before any
+            video starts; a disk that fills later ends the run, the journal keeping its rows).
+        InvalidOptionError: a manifest path ending in .jsonl (its own journal).
         ModelLoadError: a worker could not load the model.
         RayConnectionError: Ray could not be started or reached.
         InvalidOptionError: a local instance has fewer GPUs than the workers ask for.
@@ -149,6 +152,12 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
     items = expand_inputs(config.inputs, exclude=[config.output_dir, manifest.path, manifest.journal])
     if not items:
         raise VideoInputError(f"{' '.join(config.inputs)}: no files found")
+    try:
+        check_folder_writable(config.output_dir)
+    except OSError as error:
+        raise OutputError(f"{config.output_dir}: cannot write results there "
+                          f"({error.strerror or error})") from None
+    manifest.check_writable()
     previous = manifest.previous_rows()
     known, todo = plan(items, previous, config)
     for row in known.values():
@@ -167,8 +176,8 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         interrupted = True  # the videos still running keep their checkpoints for the next run
     finally:
         rows = [known[item.source] for item in items if item.source in known]
-        manifest.write_parquet(rows)
         manifest.close()
+        manifest.write_parquet(rows)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
 
 
