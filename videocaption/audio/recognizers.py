@@ -81,19 +81,42 @@ class OpenAIRecognizer:
         from openai import OpenAI
 
         self.name = model
+        self.endpoint = f"{api_base.rstrip('/')}/audio/transcriptions"
         self._client = OpenAI(base_url=api_base, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                               timeout=timeout, max_retries=max_retries)
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> str:
+        """The text of ``audio``.
+
+        Raises:
+            BackendError: the request failed (after the client's retries), or the answer is no
+                transcription: a web page or other text is never taken for speech (we ask for
+                JSON, so text means something else answered). One line naming the endpoint.
+        """
         import openai
 
         extra = {"language": language} if language else {}
         try:
             answer = self._client.audio.transcriptions.create(
                 model=self.name, file=("speech.wav", wav_bytes(audio), "audio/wav"), **extra)
-        except openai.OpenAIError as error:
-            raise BackendError(f"transcription request failed: {error}") from None
-        return (answer if isinstance(answer, str) else answer.text).strip()
+        except openai.APIStatusError as error:
+            raise self._failed(f"HTTP {error.status_code}") from None
+        except openai.APITimeoutError:
+            raise self._failed(f"no answer within {self._client.timeout} s") from None
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise self._failed(f"cannot connect ({cause})") from None
+        except (openai.OpenAIError, ValueError) as error:  # ValueError: the client's JSONDecodeError
+            raise self._failed(f"{type(error).__name__}: {error}") from None
+        text = getattr(answer, "text", None)
+        if not isinstance(text, str):
+            sketch = " ".join(str(answer).split())[:60]
+            raise self._failed(f"the answer is no transcription ({type(answer).__name__} {sketch!r})")
+        return text.strip()
+
+    def _failed(self, reason: str) -> BackendError:
+        return BackendError(f"{self.endpoint} failed for model {self.name!r}: {' '.join(reason.split())}",
+                            endpoint=self.endpoint)
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:

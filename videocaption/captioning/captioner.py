@@ -23,7 +23,7 @@ from videocaption.audio.recognizers import load_recognizer
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.captioning.batching import FrameBatch, FrameBatcher
 from videocaption.captioning.checkpoint import Checkpoint, fingerprint
-from videocaption.errors import CaptionError, InvalidOptionError, VideoInputError
+from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
 from videocaption.sampling.grid import SampledFrame
 from videocaption.options import CaptionOptions
 from videocaption.captioning.progress import Progress, ProgressCallback
@@ -205,6 +205,10 @@ class Captioner:
         transcriber = self._speech_gate.transcriber
         try:
             step()
+        except BackendError as error:  # the recogniser's server: its message names the endpoint
+            log.warning("transcription stopped at %.1f s (%s); the captions go on without further speech",
+                        max(transcriber.covered_until(), 0.0), error)
+            transcriber.ended = True
         except CaptionError:
             raise
         except Exception as error:  # damaged audio, a recogniser that failed
