@@ -512,3 +512,19 @@ def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(tmp_path: Path, ful
     with pytest.raises(OutputError, match="its rows are kept in"):
         Manifest(full_disk / "m.parquet").write_parquet([ManifestRow(path="/a.mp4", key="a.mp4", status="ok")])
     assert list(Manifest(tmp_path / "m.parquet").previous_rows()) == ["/a.mp4"]
+
+
+@pytest.mark.parametrize("connect", ["local-instance", "ray-address"])
+def test_sigterm_ends_like_ctrl_c_with_143(cluster: str, library: Path, tmp_path: Path, connect: str) -> None:
+    """Issue 26 #13: SIGTERM printed Ray's C++ '*** SIGTERM received ... PC: @' dump, exit 134 or 15."""
+    where = ["--ray-address", cluster] if connect == "ray-address" else []
+    command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library / LONG), *where,
+               "--workers", "1", "--output", str(tmp_path), *CLI_OPTIONS]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for((folder(tmp_path, library / LONG) / "result.json.partial").exists, what="the first batch's checkpoint")
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 143, stderr
+    assert "interrupted:" in stderr and "Traceback" not in stderr
+    assert "SIGTERM received" not in stderr and "PC: @" not in stderr
+    assert " inputs: 0 ok" in stdout and (tmp_path / MANIFEST_NAME).exists()

@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s: %(message)s", force=True)
-        for signum in STOP_SIGNALS:  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
-            signal.signal(signum, signal.default_int_handler)
+        library.stop_on_signals()  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
         return library.run_library_command(args, parser, options)
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,23 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 DEFAULT_OUTPUT_DIR = "results"
 MANIFEST_NAME = "manifest.parquet"
 LIBRARY_ONLY = ("manifest", "cpus_per_worker", "gpus_per_worker", "video_retries", "retry_failed")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stopped_by: list[int] = []  # the stop signal that interrupted this process's run
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (the run stops, keeping its finished rows).
+
+    The exit status then says which one it was (130 or 143, as in single-video mode). Ray
+    installs its own SIGTERM handler in ``ray.init`` (a C++ stack dump, then an abort); the
+    runner puts these back after it (see ``ray_session``).
+    """
+    def stop(signum: int, frame: object) -> None:
+        _stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +156,7 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     if run.interrupted:
         print(f"interrupted: {len(run.captioned)} videos finished in this run are kept; "
               "run the same command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + _stopped_by[0] if _stopped_by else EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if run.any_failed else EXIT_OK
 
 

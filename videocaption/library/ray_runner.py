@@ -15,6 +15,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -354,6 +356,7 @@ class ray_session:
         if ray.is_initialized():
             return self
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        handlers = _stop_handlers()
         try:
             if self.config.ray_address:
                 check_reachable(self.config.ray_address)
@@ -367,6 +370,9 @@ class ray_session:
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = self.config.ray_address or "a local instance"
             raise RayConnectionError(f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}") from None
+        finally:
+            for signum, handler in handlers.items():  # Ray's C++ SIGTERM handler dumps a stack and aborts
+                signal.signal(signum, handler)
         self.started = True
         return self
 
@@ -375,6 +381,14 @@ class ray_session:
             import ray
 
             ray.shutdown()
+
+
+def _stop_handlers() -> dict[int, Any]:
+    """The Python handlers of SIGINT and SIGTERM, to put back after ``ray.init`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: handler for signum, handler in handlers.items() if handler is not None}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
