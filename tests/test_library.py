@@ -527,4 +527,5 @@ def test_sigterm_ends_like_ctrl_c_with_143(cluster: str, library: Path, tmp_path
     assert driver.returncode == 143, stderr
     assert "interrupted:" in stderr and "Traceback" not in stderr
     assert "SIGTERM received" not in stderr and "PC: @" not in stderr
+    assert "(raylet)" not in stdout + stderr  # issue 26 #20: Ray's multi-line notices of the stopped task
     assert " inputs: 0 ok" in stdout and (tmp_path / MANIFEST_NAME).exists()

@@ -373,6 +373,7 @@ class ray_session:
         finally:
             for signum, handler in handlers.items():  # Ray's C++ SIGTERM handler dumps a stack and aborts
                 signal.signal(signum, handler)
+        _ray_messages_to_log()
         self.started = True
         return self
 
@@ -381,6 +382,31 @@ class ray_session:
             import ray
 
             ray.shutdown()
+
+
+def _ray_messages_to_log() -> None:
+    """Send the messages Ray's raylet pushes to the driver to our log, one line each (INFO).
+
+    Ray prints them on the driver's stdout (where the summary line goes), several lines each and
+    prefixed ``(raylet)``, whatever ``log_to_driver`` says: "Task CaptionWorker.caption failed.
+    There are 3 retries remaining..." when a worker is killed or the run is stopped. The rows
+    already say what happened; ``--verbose`` shows these lines. Ray has no option for this, so
+    its printing function is wrapped (its other output goes through unchanged).
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "llm_caption_wrapped", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", []):
+            log.info("ray: %s", " ".join(str(line).split()))
+
+    print_to_stdstream.llm_caption_wrapped = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _stop_handlers() -> dict[int, Any]:
