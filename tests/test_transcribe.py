@@ -250,3 +250,13 @@ def test_a_failing_speech_server_is_one_warning_and_the_captions_go_on(speech, t
     assert f"{api_base}/audio/transcriptions" in warning
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["transcript"] == [] and all(batch["description"] for batch in result["batches"])
+
+
+def test_the_cli_says_when_there_is_no_audio_and_prints_nothing_else(small_clip, whisper, tmp_path):
+    """Issue 26 #19 (the line was logged at INFO, hidden) and #20 (transformers' loading bar and
+    deprecation lines on stderr with --transcribe)."""
+    from helpers import run_cli, stderr_lines
+
+    done = run_cli(str(small_clip), "--transcribe", "--asr-model", str(whisper), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stderr_lines(done) == ["WARNING: transcribe: no audio stream; captioning the frames only"]

@@ -8,11 +8,12 @@ configuration.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
 import wave
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,8 +53,9 @@ class WhisperRecognizer:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            self.processor = WhisperProcessor.from_pretrained(model)
-            self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=self.dtype)
+            with transformers_quiet():
+                self.processor = WhisperProcessor.from_pretrained(model)
+                self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load the Whisper model {model!r}: {str(error).splitlines()[0]}") from None
         self.model.to(self.device).eval()
@@ -65,7 +67,7 @@ class WhisperRecognizer:
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> str:
         features = self.processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         features = features.to(self.device, self.dtype)  # (1, n_mels, 3000)
-        with self._lock, self._torch.inference_mode():
+        with self._lock, self._torch.inference_mode(), transformers_quiet():
             ids = self.model.generate(features, language=language, task="transcribe",
                                       max_new_tokens=self._max_new_tokens)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -117,6 +119,29 @@ class OpenAIRecognizer:
     def _failed(self, reason: str) -> BackendError:
         return BackendError(f"{self.endpoint} failed for model {self.name!r}: {' '.join(reason.split())}",
                             endpoint=self.endpoint)
+
+
+@contextlib.contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """No "Loading weights" bar and no advice or deprecation lines from transformers meanwhile.
+
+    They are transformers' notes to a developer, printed on the user's terminal between the
+    progress bar and our one-line messages; ``--verbose`` (the root logger at INFO) keeps them.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:

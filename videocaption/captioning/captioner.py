@@ -197,8 +197,8 @@ class Captioner:
         """No more audio (its end of stream, or ``note`` says why there is none)."""
         if self._speech_gate is None or self._speech_gate.transcriber.ended:
             return
-        if note:
-            log.info(note)
+        if note:  # a warning: with --transcribe asked for, hearing nothing must not be silent
+            log.warning(note)
         self._transcribing(self._speech_gate.transcriber.end)
 
     def _transcribing(self, step: Callable[[], None]) -> None:
