@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-Answer = tuple[int, str, bytes]  # HTTP status, content type, body
+Answer = tuple  # (HTTP status, content type, body), optionally + a dict of more headers
 
 
 def completion(content: Any = "a rabbit in a meadow", **message: Any) -> Answer:
@@ -67,9 +67,11 @@ class FakeOpenAI:
                 fake.requests.append(request)
                 return request
 
-            def _answer(self, status: int, content_type: str, data: bytes) -> None:
+            def _answer(self, status: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -519,3 +519,16 @@ def test_cli_html_answer_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
     [error] = error_lines(done.stderr)
     assert f"{server.url}/chat/completions" in error and "did not answer with a chat completion" in error
+
+
+def test_retry_after_on_429_is_honoured(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26 (doubtful): our own retries ignored Retry-After; now it is waited for (capped)."""
+    answers = iter([(429, "application/json", b'{"error": {"message": "slow down"}}', {"Retry-After": "1.5"})])
+    with fake_openai.FakeOpenAI(chat=lambda request: next(answers, fake_openai.completion())) as server:
+        model = OpenAIVLM("m", server.url, max_retries=1, retry_backoff=0.01)
+        caplog.set_level(logging.WARNING, logger="llm_caption")
+        started = time.monotonic()
+        assert list(model.complete_batch(["hello"], max_new_tokens=8)) == ["a rabbit in a meadow"]
+    assert time.monotonic() - started >= 1.4
+    assert any("HTTP 429" in record.getMessage() and "retrying in 1.5 s" in record.getMessage()
+               for record in caplog.records)

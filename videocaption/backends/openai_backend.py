@@ -237,6 +237,9 @@ class OpenAIVLM:
                     endpoint=endpoint, status=status,
                 ) from failure
             delay = min(MAX_BACKOFF_SECONDS, self.retry_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+            # A server that says when to come back (429, 503) is believed, up to MAX_BACKOFF_SECONDS:
+            # asking sooner only adds to its load (the openai client does the same with its retries).
+            delay = max(delay, min(MAX_BACKOFF_SECONDS, _retry_after(failure)))
             log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", endpoint, reason, delay, attempt + 1, attempts)
             time.sleep(delay)
         raise AssertionError("unreachable")
@@ -350,6 +353,22 @@ def _status_detail(error: Any) -> str:
             if body.get(key):
                 return str(body[key])
     return str(getattr(error, "message", "") or error)
+
+
+def _retry_after(error: Exception) -> float:
+    """Seconds the server's ``Retry-After`` (or ``retry-after-ms``) header asks for; 0 when none.
+
+    Only the seconds form: an HTTP date there is rare, and ignoring it falls back to our backoff.
+    """
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) * scale
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    return 0.0
 
 
 def _sketch(value: Any) -> str:
