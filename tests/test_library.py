@@ -9,6 +9,7 @@ connected to the same instance with ``--ray-address``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import json
 import os
 import signal
@@ -529,3 +530,48 @@ def test_sigterm_ends_like_ctrl_c_with_143(cluster: str, library: Path, tmp_path
     assert "SIGTERM received" not in stderr and "PC: @" not in stderr
     assert "(raylet)" not in stdout + stderr  # issue 26 #20: Ray's multi-line notices of the stopped task
     assert " inputs: 0 ok" in stdout and (tmp_path / MANIFEST_NAME).exists()
+
+
+def test_a_list_with_a_byte_order_mark_reads_its_first_path(tmp_path: Path) -> None:
+    """Issue 26 (doubtful): a UTF-8 BOM (Notepad) made the first line a path that does not exist."""
+    (tmp_path / "v.mp4").write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\ufeffv.mp4\r\n".encode("utf-8"))
+    assert [item.source for item in expand_inputs([f"@{listing}"])] == [str(tmp_path / "v.mp4")]
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
+    """Issue 26 (doubtful): two runs at once captioned everything twice; now the second one stops."""
+    from videocaption.errors import OutputError
+    from videocaption.library.ray_runner import lock_output
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    output = tmp_path / "out"
+    output.mkdir()
+    held = lock_output(output)
+    try:
+        with pytest.raises(OutputError, match=rf"another library run is writing there \(pid {os.getpid()} on "):
+            run_library(config(tmp_path / "v.mp4", output), CaptionOptions(**OPTIONS))
+    finally:
+        held.close()
+    lock_output(output).close()  # free again once the first run ends
+
+
+def test_results_made_with_another_model_are_kept_with_a_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26 (doubtful): a rerun with other options kept the old results silently."""
+    from videocaption.library.manifest import ManifestRow
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    output = tmp_path / "out"
+    (folder(output, video)).mkdir(parents=True)
+    (folder(output, video) / "result.json").write_text('{"batches": [], "model": "old-model"}')
+    manifest = Manifest(output / MANIFEST_NAME)
+    manifest.append(ManifestRow(path=str(video), key=local_key(video), status="ok", model="old-model"))
+    manifest.close()
+    with caplog.at_level(logging.WARNING, logger="llm_caption"):
+        run = run_library(config(video, output), CaptionOptions(**OPTIONS))  # nothing to do: no Ray
+    assert run.captioned == [] and [row.status for row in run.rows] == ["ok"]
+    assert any("1 finished videos keep results captioned with another model (old-model)" in record.getMessage()
+               for record in caplog.records)

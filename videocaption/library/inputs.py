@@ -90,7 +90,7 @@ def _entries(inputs: Iterable[str]) -> Iterable[str]:
             continue
         listing = Path(entry[1:]).expanduser()
         try:
-            lines = listing.read_text(encoding="utf-8").splitlines()
+            lines = listing.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is no path
         except (OSError, UnicodeDecodeError) as error:
             raise VideoInputError(f"{listing}: cannot read the list ({error.__class__.__name__}: {error})") from None
         for line in lines:

@@ -160,8 +160,23 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         raise OutputError(f"{config.output_dir}: cannot write results there "
                           f"({error.strerror or error})") from None
     manifest.check_writable()
+    lock = lock_output(config.output_dir)
+    try:
+        return _run(config, options, manifest, items, on_row, on_start)
+    finally:
+        lock.close()
+
+
+def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, items: list[LibraryItem],
+         on_row: Callable[[ManifestRow, int], None] | None, on_start: Callable[[int], None] | None) -> LibraryRun:
     previous = manifest.previous_rows()
     known, todo = plan(items, previous, config)
+    other_model = sorted({row.model for row in known.values() if row.status == OK and row.model
+                          and row.model != options.model})
+    if other_model:
+        count = sum(row.status == OK and row.model in other_model for row in known.values())
+        log.warning("%d finished videos keep results captioned with another model (%s); to caption them "
+                    "with this one, give another --output", count, ", ".join(other_model))
     for row in known.values():
         if previous.get(row.path) != row:
             manifest.append(row)
@@ -181,6 +196,41 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         manifest.close()
         manifest.write_parquet(rows)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
+
+
+LOCK_NAME = ".llm_caption.lock"  # hidden: a walk of the output folder never lists it
+
+
+def lock_output(folder: Path):
+    """Hold the output folder for this run, so that two runs never caption the same videos.
+
+    Two library runs on one output folder would each see the same videos as not done and
+    caption every one twice. The lock is an ``flock`` on a file there: the kernel drops it when
+    the process ends, however it ends (a killed driver leaves no stale lock). On a network file
+    system that does not support ``flock`` the lock may not hold across machines.
+
+    Returns:
+        The open lock file; closing it releases the lock.
+
+    Raises:
+        OutputError: another run holds it (its pid and host are named).
+    """
+    import fcntl
+    import socket
+
+    handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputError(f"{folder}: another library run is writing there ({holder}); wait for it to end, "
+                          "or give another --output") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: CaptionOptions, manifest: Manifest,
