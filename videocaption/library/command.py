@@ -47,7 +47,9 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
         "With --workers or --ray-address, INPUT may be any mix of video files, folders (walked "
         "recursively) and @LIST files (one path, folder or URL a line); --output is then the output "
         f"folder (default: {DEFAULT_OUTPUT_DIR}/), where each video's result.json lands in a folder "
-        "mirroring the input tree. Rerunning the same command continues where it stopped.")
+        "mirroring its absolute path (OUTPUT/data/videos/a.mp4/ for /data/videos/a.mp4; URLs under "
+        "OUTPUT/_urls/HOST/), so adding inputs never moves a result. Rerunning the same command "
+        "continues where it stopped.")
     group.add_argument("--workers", type=int, metavar="N",
                        help="Ray workers, each holding one model (alone: starts a local Ray instance)")
     group.add_argument("--ray-address", metavar="ADDR",
@@ -115,7 +117,8 @@ def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
                         options: CaptionOptions) -> int:
-    """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input, 130 Ctrl-C)."""
+    """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input or an unwritable
+    output, 130 Ctrl-C, 143 SIGTERM)."""
     from tqdm import tqdm
 
     from videocaption.library.ray_runner import run_library, worker_shares

@@ -28,7 +28,7 @@ URL_FOLDER = "_urls"  # outputs of URL inputs go under OUTPUT/_urls/HOST/PATH
 @dataclass(frozen=True)
 class LibraryItem:
     source: str  # absolute path, or the URL as given
-    key: str  # mirrored relative path (POSIX), unique in the library: the video's output folder
+    key: str  # the video's output folder (POSIX, relative): its absolute path, or _urls/HOST/PATH
     # Why the walk did not take this file as a video (a folder's file without a video
     # extension): it becomes a ``skipped`` row. None for videos.
     skip_reason: str | None = None

@@ -27,7 +27,7 @@ TIMING_COLUMNS = ("wall_seconds", "cpu_seconds", "average_inference", "turnaroun
 @dataclass(frozen=True)
 class ManifestRow:
     path: str  # the input: absolute path, or URL
-    key: str  # its path in the output folder (mirrors the input tree)
+    key: str  # its folder in the output folder (see library/inputs.py)
     status: str  # ok, failed or skipped
     error: str | None = None  # one line: why it failed or was skipped
     duration: float | None = None  # seconds of video, from the probe

@@ -47,7 +47,7 @@ class RayConnectionError(CaptionError):
 @dataclass(frozen=True)
 class LibraryConfig:
     inputs: tuple[str, ...]  # files, folders, @LIST files
-    output_dir: Path  # result folders mirror the input tree here
+    output_dir: Path  # a result folder per video here, named by its key (library/inputs.py)
     manifest_path: Path  # the Parquet manifest; its journal is beside it (.jsonl)
     workers: int | None = None  # actors to start; None: as many as the cluster's resources hold
     ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start one
