@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import math
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, TINY_MODEL, machine
+from benchmarks.common import TINY_MODEL, machine
 
 SENTENCES = [
     "Welcome to the kitchen. Today we are making fresh bread from scratch.",
@@ -81,8 +80,7 @@ def build_small_whisper(path: Path) -> Path:
     """whisper-small's architecture (d_model 768, 12+12 layers, 51865-token vocabulary), random
     weights, with the tiny offline tokenizer (tokens beyond it are suppressed, so the output
     projection still costs its full size)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_whisper import build_tiny_whisper
+    from tests.tiny_whisper import build_tiny_whisper
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     build_tiny_whisper(path)
@@ -131,8 +129,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="also time whisper-small's architecture")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_whisper import build_tiny_whisper
+    from tests.tiny_whisper import build_tiny_whisper
 
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -38,11 +37,9 @@ from typing import Any, Iterator
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tiny_vlms, for --serve-tiny
 
-from videocaption.backends.openai_backend import API_KEY_ENV, OpenAIVLM  # noqa: E402
-from videocaption.prompts import batch_prompt  # noqa: E402
+from videocaption.backends.openai_backend import API_KEY_ENV, OpenAIVLM
+from videocaption.prompts import batch_prompt
 from videocaption.options import DEFAULT_BATCH_PROMPT
 
 
@@ -131,7 +128,7 @@ def tiny_server(family: str, continuous_batching: bool, threads: int) -> Iterato
     """``transformers serve`` on loopback with a tiny random ``family`` checkpoint preloaded,
     its torch limited to ``threads`` threads (spinning OpenMP threads on a shared machine
     otherwise slow everything down many times over)."""
-    import tiny_vlms
+    from tests import tiny_vlms  # run from the checkout: python -m benchmarks.bench_openai_concurrency
     from tiny_server import transformers_serve
 
     with tempfile.TemporaryDirectory(prefix="bench_openai_") as folder:

@@ -5,9 +5,11 @@
 #      native on Ubuntu 22.04; on Debian 12 from Debian 11 "bullseye", pinned so that nothing
 #      else is ever taken from there. Also the ffmpeg/ffprobe tools (input checks, tests).
 #   2. A Python 3.11 virtual environment in .venv (BabitMF 0.2.0 ships cp311 wheels only).
-#   3. torch, then BabitMF-GPU where an NVIDIA driver is present (BabitMF otherwise), then
-#      requirements.txt (and requirements-test.txt with --test).
-#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests.
+#   3. torch, then BabitMF-GPU where an NVIDIA driver is present (BabitMF otherwise), then the
+#      project itself, editable (`pip install -e .[all]`, `.[test]` with --test: pyproject.toml),
+#      which gives the `llm-caption` command in .venv/bin.
+#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests, and Debian's
+#      chromium, the headless browser the HTML report's tests load the page in.
 #
 # Environment: PYTHON (interpreter to use), TORCH_SPEC (default torch==2.13.0),
 # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu for a CPU-only torch).
@@ -62,11 +64,11 @@ install_python_packages() {
     local bmf_package=BabitMF==0.2.0 torch_args=("$TORCH_SPEC")
     have_nvidia && bmf_package=BabitMF-GPU==0.2.0
     [ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--index-url "$TORCH_INDEX_URL")
-    local requirements=(-r requirements.txt)
-    [ "$WITH_TEST" = 1 ] && requirements+=(-r requirements-test.txt)
+    local project=".[all]"
+    [ "$WITH_TEST" = 1 ] && project=".[test]"
     local stamp
-    stamp="$( (cat requirements.txt; [ "$WITH_TEST" = 1 ] && cat requirements-test.txt; \
-               echo "$bmf_package $TORCH_SPEC ${TORCH_INDEX_URL:-}"; cat "$0") | sha256sum | cut -c1-16)"
+    stamp="$( (cat pyproject.toml; echo "$project $bmf_package $TORCH_SPEC ${TORCH_INDEX_URL:-}"; cat "$0") \
+               | sha256sum | cut -c1-16)"
     if [ -f "$VENV/.setup-stamp" ] && grep -qx "$stamp" "$VENV/.setup-stamp"; then
         return
     fi
@@ -76,18 +78,22 @@ install_python_packages() {
     fi
     local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
     "$VENV/bin/python" -c 'import torch' 2>/dev/null || { say "installing $TORCH_SPEC"; "${pip[@]}" "${torch_args[@]}"; }
-    say "installing $bmf_package and requirements"
-    "${pip[@]}" "$bmf_package" "${requirements[@]}"
+    say "installing $bmf_package and the project ($project)"
+    "${pip[@]}" "$bmf_package" -e "$project"
     echo "$stamp" >>"$VENV/.setup-stamp"
 }
 
 install_test_tools() {
-    # espeak-ng speaks the sentences the transcription tests place under their videos.
+    # espeak-ng speaks the sentences the transcription tests place under their videos; chromium
+    # renders the HTML report headless (tests/test_report.py).
     [ "$WITH_TEST" = 1 ] || return 0
-    command -v espeak-ng >/dev/null 2>&1 && return
-    say "installing espeak-ng (speech for the tests)"
+    local missing=()
+    command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [ ${#missing[@]} = 0 ] && return
+    say "installing ${missing[*]} (for the tests)"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 install_system_libs

@@ -15,6 +15,7 @@ from videocaption import backends
 from videocaption.graph.module import CAPTIONS_OUT, VIDEO_OUT
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError
+from videocaption.options import CaptionOptions
 
 import llm_caption
 
@@ -103,6 +104,15 @@ def test_one_model_instance_per_process(tmp_path):
         run_module({**FAST, "batch_size": batch_size, "result_path": str(tmp_path / "r.json")}, frames(3))
     models = [key for key in backends._cache if key[1] == FAST["model"]]
     assert len(models) == 1
+
+
+def test_a_model_is_loaded_from_plain_values_and_shared_with_the_options_path():
+    spec = backends.ModelSpec("deepseek_vl2", FAST["model"], device="cpu")
+    assert backends.load_backend(spec) is backends.load_model(CaptionOptions(**FAST, api_base="http://x/v1"))
+    # What the backend does not read is left out: a server's client has no device, a local model no endpoint.
+    served = backends.ModelSpec.from_options(CaptionOptions(backend="openai", api_base="http://x/v1", device="cpu"))
+    assert (served.device, served.api_base) == ("auto", "http://x/v1")
+    assert "secret" not in repr(backends.ModelSpec("openai", "m", api_key="secret"))
 
 
 def test_a_4k_frame_waits_in_its_batch_at_the_model_input_size(tmp_path, monkeypatch):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from videocaption.errors import InvalidOptionError
@@ -75,3 +77,69 @@ def test_every_option_with_a_flag_has_help_and_a_default_the_cli_uses():
         if field.metadata.get("flag", None) is not None:
             assert field.metadata["help"]
             assert defaults[field.name] == field.default, field.name
+
+
+# Each option's roles live in its field's metadata; these are the lists the modules kept before
+# (live/captioner.py LIVE_OPTIONS, captioning/checkpoint.py FINGERPRINTED_OPTIONS and
+# ADAPTIVE_OPTIONS, library/workers.py video_options, cli/main.py's --live refusal), so a role
+# changes only on purpose.
+def test_the_roles_in_the_fields_are_the_lists_the_modules_kept():
+    from videocaption.options import options_with_role
+
+    assert set(options_with_role("live_only")) == {
+        "jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
+        "max_pending_frames"}
+    assert set(options_with_role("fingerprint")) == {
+        "model", "batch_size", "fps", "prompt", "max_new_tokens", "time_aware", "dtype"}
+    assert set(options_with_role("fingerprint", "adaptive")) == {
+        "sampling", "scene_threshold", "duplicate_threshold", "max_gap"}
+    assert set(options_with_role("library", "per_video")) == {
+        "result_path", "srt_path", "vtt_path", "resume", "video_end"}
+    assert options_with_role("library", "refused") == ("live",)
+    with pytest.raises(ValueError, match="unknown option role"):
+        options_with_role("fingerprinted")
+
+
+def test_library_workers_set_exactly_the_per_video_options():
+    import dataclasses
+
+    from videocaption.library.inputs import LibraryItem
+    from videocaption.library.workers import video_options
+    from videocaption.options import options_with_role
+
+    given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", result_path="given.json")
+    per_video = video_options(given, "out", LibraryItem("in/a.mp4", "a"))
+    changed = {field.name for field in dataclasses.fields(CaptionOptions)
+               if getattr(per_video, field.name) != getattr(given, field.name)}
+    # video_end too, from the probe, in CaptionWorker.caption.
+    assert changed | {"video_end"} == set(options_with_role("library", "per_video"))
+
+
+def test_only_live_options_changed_are_reported():
+    from videocaption.options import options_changed, options_with_role
+
+    options = CaptionOptions(reconnect=5, batch_size=2, jsonl_path="-")
+    assert options_changed(options, options_with_role("live_only")) == ["jsonl_path", "reconnect"]
+    assert options_changed(CaptionOptions(), options_with_role("live_only")) == []
+
+
+def test_docs_options_table_is_the_generated_one():
+    from pathlib import Path
+
+    from videocaption.options import update_options_doc
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+    text = doc.read_text(encoding="utf-8")
+    assert text == update_options_doc(text), (
+        "docs/options.md's table differs from the options' fields; regenerate it with: "
+        ".venv/bin/python -m videocaption.options --update docs/options.md")
+
+
+def test_the_table_has_every_option_once_with_its_flag():
+    from videocaption.options import options_table_markdown
+
+    table = options_table_markdown()
+    for field in dataclasses.fields(CaptionOptions):
+        assert table.count(f"| `{field.name}` |") == 1, field.name
+    assert "| `result_path` | `--output` | `result.json` |" in table
+    assert "%(default)s" not in table

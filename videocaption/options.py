@@ -3,6 +3,11 @@
 BMF hands a module its options as a JSON-like dict, so :meth:`CaptionOptions.from_mapping`
 checks names and types itself and turns every mistake into an :class:`InvalidOptionError`
 that names the option and what it accepts, before any model is loaded or frame decoded.
+
+Each option is described once, in its field (:func:`option`): its default, its help, its CLI
+flag and its roles (live only, fingerprinted, what library mode does with it), which the
+modules acting on them ask for with :func:`options_with_role`. docs/options.md's table is
+generated from the fields: ``python -m videocaption.options --update docs/options.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ HWACCELS = ("auto", "none", "cuda")
 ASR_BACKENDS = ("whisper", "openai")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 DEFAULT_BATCH_PROMPT = (
-
     "These are frames sampled in order from a video. "
     "Describe what happens in them in two or three sentences."
 )
@@ -41,60 +45,73 @@ DEFAULT_TITLE_PROMPT = (
     "Answer with the title only."
 )
 
-# deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model transformers
-# loads; openai: a model served behind an OpenAI-compatible endpoint (vLLM, ...).
-BACKENDS = ("deepseek_vl2", "transformers", "openai")
-# uniform: every frame of the fps grid goes to the model; adaptive: only where the video
-# changes, batches ending at hard cuts (see videocaption/sampling/samplers.py).
-SAMPLINGS = ("uniform", "adaptive")
-# What --srt/--vtt cues hold: the batch captions, the transcript's speech, or both.
+# What each value means is said once, in the help of its option below.
+BACKENDS = ("deepseek_vl2", "transformers", "openai")  # videocaption/backends/
+SAMPLINGS = ("uniform", "adaptive")  # videocaption/sampling/samplers.py
 SUBTITLES = ("captions", "speech", "both")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
 
-def option(default: Any, help: str, *, flag: str | None = "", **argparse_kwargs: Any) -> Any:
-    """A field of :class:`CaptionOptions` with what the command line needs to offer it.
+# An option's roles, kept in its field's metadata (see :func:`option`) and asked for with
+# :func:`options_with_role`: the modules acting on a role hold no list of names of their own.
+ROLES = ("live_only", "fingerprint", "library")
+# library mode: "passed" to every worker as given, set "per_video" by the worker (its own
+# result, subtitles and resume), or "refused" (the command line stops with one line).
+LIBRARY_ROLES = ("passed", "per_video", "refused")
+
+
+def option(default: Any, help: str, *, flag: str | None = "", live_only: bool = False,
+           fingerprint: bool | str = False, library: str = "passed", repr: bool = True,
+           **argparse_kwargs: Any) -> Any:
+    """A field of :class:`CaptionOptions` with its one description, its roles and its CLI flag.
 
     Args:
         default: the one default of the option, for the module, the library and the CLI.
-        help: what it does, for ``--help`` (argparse's ``%(default)s`` works).
+        help: what it does, written once: ``--help``, and docs/options.md (argparse's
+            ``%(default)s`` works).
         flag: the CLI flag; "" derives ``--batch-size`` from ``batch_size``; None: no flag.
+        live_only: only a live run reads it; a file run refuses it when it is not the default.
+        fingerprint: True: it shapes the descriptions, so a checkpoint made with another value
+            is not resumed; "adaptive": the same, with adaptive sampling only.
+        library: what library mode does with it (one of :data:`LIBRARY_ROLES`).
+        repr: False keeps the value out of ``repr()`` (a secret).
         argparse_kwargs: anything else ``add_argument`` needs (``type``, ``choices``, ...).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse_kwargs})
+    if library not in LIBRARY_ROLES or fingerprint not in (False, True, "adaptive"):
+        raise ValueError(f"option roles: library={library!r}, fingerprint={fingerprint!r}")
+    metadata = {"help": help, "flag": flag, "argparse": argparse_kwargs,
+                "live_only": live_only, "fingerprint": fingerprint, "library": library}
+    return dataclasses.field(default=default, repr=repr, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class CaptionOptions:
-    """Every option of a run, with its default and its ``--help`` text (the CLI's flags come from here)."""
+    """Every option of a run: its default, its one description, its roles and its CLI flag."""
 
-    batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)")
-    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output", metavar="PATH")
+    batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)", fingerprint=True)
+    result_path: str = option("result.json", "result file (default: %(default)s)", flag="--output",
+                              library="per_video", metavar="PATH")
     multithreading: bool = option(False, "describe several batches at once in one batched model call")
     max_threads: int | None = option(
         None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
     pass_through: bool = option(False, "forward every input packet unchanged on the outputs", flag=None)
-    fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)")
+    fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)", fingerprint=True)
     sampling: str = option(
         "uniform", "uniform: every sampled frame goes to the model; adaptive: batches end at hard cuts and "
-                   "near-duplicate frames are skipped (default: %(default)s)", choices=SAMPLINGS)
-    # adaptive: mean luma change (0-255) between consecutive frames that counts as a hard cut.
+                   "near-duplicate frames are skipped (default: %(default)s)", fingerprint="adaptive",
+        choices=SAMPLINGS)
     # Lower finds subtler cuts but splits fast motion and flashes into shots; higher misses
     # cuts between similar-looking shots.
     scene_threshold: float = option(30.0, "adaptive: mean luma change (0-255) between consecutive frames that "
-                                          "counts as a cut (default: %(default)s)")
-    # adaptive: changed fraction of the picture (0-1) up to which a sampled frame is a
-    # near-duplicate of the last frame sent. Higher skips more (cheaper) but can miss a small
-    # change (a gesture, a new line on a slide); 0 skips only frames with no visible change.
+                                          "counts as a cut (default: %(default)s)", fingerprint="adaptive")
+    # Higher skips more (cheaper) but can miss a small change (a gesture, a new line on a
+    # slide); 0 skips only frames with no visible change.
     duplicate_threshold: float = option(0.02, "adaptive: changed fraction of the picture (0-1) up to which a frame "
-                                              "is a near-duplicate of the last one sent (default: %(default)s)")
-    # adaptive: a frame goes to the model at least this often (seconds), even on a static shot.
+                                              "is a near-duplicate of the last one sent (default: %(default)s)",
+                                        fingerprint="adaptive")
     max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
-                                  "(default: %(default)s)")
-    # What the decoder may leave undecoded (see videocaption/media/decoding.py): on a constant-rate
-    # stream, seek to each sample when samples lie a keyframe interval or more apart, else drop
-    # non-reference frames when there are 8 or more frames per sample. Sampled pictures stay exact.
+                                  "(default: %(default)s)", fingerprint="adaptive")
     decode_skip: str = option("auto", "frames the decoder may leave undecoded: auto (at a constant frame rate: "
                                       "seek when samples lie a keyframe interval apart, else nonref with 8+ frames "
                                       "per sample), none, nonref, seek (default: %(default)s)",
@@ -103,32 +120,33 @@ class CaptionOptions:
     hwaccel: str = option("none", "hardware decoding: none, cuda, or auto (cuda with BabitMF-GPU and a GPU; "
                                   "untested) (default: %(default)s)", choices=HWACCELS)
     model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
-                                       "served model name (default: %(default)s)")
+                                       "served model name (default: %(default)s)", fingerprint=True)
     device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
                                  "(default: %(default)s)")
-    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere (default: %(default)s)", choices=DTYPES)
-    max_new_tokens: int = option(256, "longest answer of each model call (default: %(default)s)")
-    prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames")
+    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere (default: %(default)s)",
+                        fingerprint=True, choices=DTYPES)
+    max_new_tokens: int = option(256, "longest answer of each model call (default: %(default)s)", fingerprint=True)
+    prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames", fingerprint=True)
     summary_prompt: str = option(DEFAULT_SUMMARY_PROMPT, "instruction for the summary pass")
     title_prompt: str = option(DEFAULT_TITLE_PROMPT, "instruction for the title pass")
-    # Tell the model which seconds of the video the frames cover (the CLI turns it off).
-    time_aware: bool = option(True, "do not tell the model the time of each frame", flag="--no-time-aware")
+    time_aware: bool = option(True, "do not tell the model the time of each frame (time_aware: tell it)",
+                              flag="--no-time-aware", fingerprint=True)
     backend: str = option(
         "deepseek_vl2", "deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
                         "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)",
         choices=BACKENDS)
     api_base: str | None = option(None, "openai backend: the server's URL, e.g. http://localhost:8000/v1")
-    # The key; OPENAI_API_KEY when unset. Kept out of repr; result.json never has it. The CLI
-    # offers --api-key itself (it goes through the environment, never into BMF's options).
-    api_key: str | None = dataclasses.field(default=None, repr=False)
+    # No flag of its own: the CLI's --api-key goes through the environment, never into BMF's
+    # options (BMF prints those), and result.json never has it.
+    api_key: str | None = option(None, "openai backend: the key (default: $OPENAI_API_KEY, else none)", flag=None,
+                                 repr=False)
     request_timeout: float = option(120.0, "openai backend: seconds one request may take (default: %(default)s)")
     max_retries: int = option(3, "openai backend: retries after 429, 5xx, timeouts, refused connections "
                                  "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
     srt_path: str | None = option(None, "also write SRT subtitles (alone: beside the result file)", flag="--srt",
-                                  nargs="?", metavar="PATH")
+                                  library="per_video", nargs="?", metavar="PATH")
     vtt_path: str | None = option(None, "also write WebVTT subtitles (alone: beside the result file)", flag="--vtt",
-                                  nargs="?", metavar="PATH")
-    # Speech: found by Silero VAD in the audio (input 1), transcribed, merged into the prompts.
+                                  library="per_video", nargs="?", metavar="PATH")
     transcribe: bool = option(False, "transcribe the speech in the audio and give it to the prompts")
     asr_backend: str = option("whisper", "whisper: a Whisper checkpoint in this process; openai: an "
                                          "OpenAI-compatible /v1/audio/transcriptions endpoint (default: %(default)s)",
@@ -139,29 +157,28 @@ class CaptionOptions:
     language: str | None = option(None, "spoken language (ISO code, e.g. en); default: detected")
     subtitles: str = option("captions", "what --srt/--vtt cues hold (default: %(default)s)", choices=SUBTITLES)
     summary_max_prompt_tokens: int | None = option(None, "cap on summary prompts (default: what fits)", flag=None)
-    resume: bool = option(False, "continue an interrupted run from its checkpoint (RESULT.partial)")
-    # Where the video stream ends (seconds), when the caller knows it (the CLI probes it): the
-    # last subtitle cue ends there at the latest. Unset, it ends one sampling interval after
-    # its last frame.
-    video_end: float | None = option(None, "seconds where the video stream ends", flag=None)
-    # Live streams (videocaption/live/captioner.py): a URL FFmpeg reads live (rtsp, rtmp, srt, udp, tcp,
-    # HLS .m3u8), or any input with --live, is captioned as it plays until it ends or is stopped.
+    resume: bool = option(False, "continue an interrupted run from its checkpoint (RESULT.partial)",
+                          library="per_video")
+    video_end: float | None = option(None, "seconds where the video stream ends (the CLI probes it): the last "
+                                           "subtitle cue ends there at the latest; unset, one sampling interval "
+                                           "after its last frame", flag=None, library="per_video")
     live: bool = option(False, "caption the input as a live stream: a file that is still growing (live URLs are "
-                               "always live)")
+                               "always live)", library="refused")
     jsonl_path: str | None = option(None, "live: append each described batch and summary to this JSONL file as "
-                                          "it happens ('-': stdout)", flag="--jsonl", metavar="PATH")
+                                          "it happens ('-': stdout)", flag="--jsonl", live_only=True, metavar="PATH")
     summary_every: float | None = option(None, "live: every SECONDS of stream, a summary of that window as its "
-                                                "own record", metavar="SECONDS", type=float)
-    summary_all: bool = option(False, "live: with each --summary-every summary, also summarise everything so far")
+                                                "own record", live_only=True, metavar="SECONDS", type=float)
+    summary_all: bool = option(False, "live: with each --summary-every summary, also summarise everything so far",
+                               live_only=True)
     reconnect: int = option(3, "live: reconnect attempts (with backoff) when the stream drops, stalls or cannot be "
-                               "reached, before giving up (default: %(default)s)")
+                               "reached, before giving up (default: %(default)s)", live_only=True)
     reconnect_delay: float = option(1.0, "live: seconds before the first reconnect attempt, doubling each time up "
-                                         "to 30 (default: %(default)s)")
+                                         "to 30 (default: %(default)s)", live_only=True)
     stall_timeout: float = option(15.0, "live: seconds without a frame before the stream counts as stalled "
-                                        "(default: %(default)s)")
+                                        "(default: %(default)s)", live_only=True)
     max_pending_frames: int | None = option(
         None, "live: sampled frames waiting for the model at most; when more arrive the oldest are dropped "
-              "(default: twice --batch-size)", type=int)
+              "(default: twice --batch-size)", live_only=True, type=int)
 
     @property
     def batches_in_flight(self) -> int:
@@ -302,6 +319,113 @@ class CaptionOptions:
         return dataclasses.replace(self, **changes)
 
 
+_FIELDS = {field.name: field for field in dataclasses.fields(CaptionOptions)}
+
+
+def options_with_role(role: str, value: Any = True) -> tuple[str, ...]:
+    """The names of the options whose ``role`` (one of :data:`ROLES`) is ``value``, in field order.
+
+    ``options_with_role("live_only")``, ``options_with_role("fingerprint", "adaptive")``,
+    ``options_with_role("library", "per_video")``.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown option role {role!r}; roles: {', '.join(ROLES)}")
+    return tuple(field.name for field in dataclasses.fields(CaptionOptions) if field.metadata[role] == value)
+
+
+def options_changed(options: CaptionOptions, names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` that ``options`` sets to something other than their default."""
+    return [name for name in names if getattr(options, name) != _FIELDS[name].default]
+
+
+def cli_flag(field: dataclasses.Field) -> str | None:
+    """The command-line flag of an option (``--batch-size``), or None when it has none."""
+    flag = field.metadata["flag"]
+    return None if flag is None else flag or "--" + field.name.replace("_", "-")
+
+
+# -- The options reference (docs/options.md), generated from the fields so that it cannot drift.
+
+TABLE_BEGIN = "<!-- options table: generated by `python -m videocaption.options --update docs/options.md` -->"
+TABLE_END = "<!-- end of options table -->"
+
+
+def options_table_markdown() -> str:
+    """A Markdown table of every option: name, flag, default, allowed values, roles, description."""
+    rows = ["| option | CLI flag | default | allowed | roles | description |", "|---|---|---|---|---|---|"]
+    for field in dataclasses.fields(CaptionOptions):
+        flag = cli_flag(field)
+        rows.append("| " + " | ".join([
+            f"`{field.name}`", f"`{flag}`" if flag else "-", _cell_default(field), _cell_allowed(field),
+            _cell_roles(field), _cell_description(field)]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def update_options_doc(text: str) -> str:
+    """``text`` (docs/options.md) with the table between its markers replaced by the generated one.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the options doc has no table markers ({TABLE_BEGIN} ... {TABLE_END})")
+    return text[:begin] + TABLE_BEGIN + "\n\n" + options_table_markdown() + "\n" + text[end:]
+
+
+def _cell_default(field: dataclasses.Field) -> str:
+    if field.default is None:
+        return "none"
+    if isinstance(field.default, bool):
+        return "true" if field.default else "false"
+    if isinstance(field.default, str) and len(field.default) > 40:  # the prompts
+        return "see `videocaption/options.py`"
+    return f"`{field.default}`"
+
+
+def _cell_allowed(field: dataclasses.Field) -> str:
+    choices = field.metadata["argparse"].get("choices")
+    if choices:
+        return ", ".join(f"`{choice}`" for choice in choices)
+    return field.type.replace(" | None", " or none")  # the annotation: "int", "float or none", ...
+
+
+def _cell_roles(field: dataclasses.Field) -> str:
+    roles = []
+    if field.metadata["live_only"]:
+        roles.append("live only")
+    if field.metadata["fingerprint"] is True:
+        roles.append("fingerprinted")
+    elif field.metadata["fingerprint"] == "adaptive":
+        roles.append("fingerprinted (adaptive)")
+    if field.metadata["library"] != "passed":
+        roles.append("library: " + field.metadata["library"].replace("_", " "))
+    return ", ".join(roles) or "-"
+
+
+def _cell_description(field: dataclasses.Field) -> str:
+    text = field.metadata["help"].replace(" (default: %(default)s)", "").replace("%(default)s", str(field.default))
+    return text.replace("|", "\\|")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m videocaption.options --markdown`` prints the table; ``--update FILE`` rewrites it there."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m videocaption.options", description=main.__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the options table")
+    group.add_argument("--update", metavar="FILE", help="rewrite the table between the markers in FILE")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(options_table_markdown(), end="")
+        return 0
+    path = Path(args.update)
+    path.write_text(update_options_doc(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
+
+
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidOptionError(f"{name} must be an integer, got {value!r}")
@@ -329,3 +453,7 @@ def _check_bool(name: str, value: Any) -> None:
 def _check_str(name: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise InvalidOptionError(f"{name} must be a non-empty string, got {value!r}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

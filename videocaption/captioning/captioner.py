@@ -8,11 +8,13 @@ the summary. It writes nothing; writers turn its result into files.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -29,7 +31,7 @@ from videocaption.options import CaptionOptions
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
 from videocaption.result import BatchCaption, CaptionResult
-from videocaption.sampling.samplers import Thumbnail, make_sampler
+from videocaption.sampling.samplers import Decision, Thumbnail, make_sampler
 from videocaption.captioning.scheduler import BatchScheduler
 from videocaption.captioning.summary import Summarizer
 from videocaption.usage import Usage, usage_of
@@ -107,14 +109,19 @@ class Captioner:
         model: a loaded model; by default the one ``options`` names, shared per process.
         on_progress: called with a :class:`Progress` report as frames arrive and batches finish
             (on the thread that feeds frames), e.g. to draw a progress bar.
+        checkpoint: save the described batches beside ``result_path`` as they finish, for
+            ``resume``. A live run turns it off: a stream cannot be replayed to resume it.
     """
 
     def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, *, checkpoint: bool = True) -> None:
         self.options = options
         self.on_progress = on_progress
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
+        # A local model takes one call at a time: a live run's window summaries (on the thread
+        # feeding frames) wait for the batch being described. A server takes many at once.
+        self._model_calls = contextlib.nullcontext() if self.model.concurrent_calls else threading.Lock()
         self._summarize = Summarizer(self.model, options, self._complete)
         self._started = time.perf_counter()
         self._sampler = make_sampler(options)
@@ -128,7 +135,7 @@ class Captioner:
         self._scheduler = BatchScheduler(self._describe_group, options.batches_in_flight, workers=workers)
         self._speech_gate = self._speech_gate_for(options) if options.transcribe else None
         self._speech: dict[int, str] = {}  # batch id -> what is said during its span
-        self._checkpoint = Checkpoint(options.result_path)
+        self._checkpoint = Checkpoint(options.result_path) if checkpoint else None
         self._fingerprint: str | None = None
         self._next_id = 1
         self._described: list[BatchCaption] = []
@@ -149,17 +156,31 @@ class Captioner:
             thumbnail: computes the frame's thumbnail
                 (:func:`videocaption.graph.frames.frame_thumbnail`); adaptive sampling needs it.
         """
-        decision = self._sampler.decide(timestamp, thumbnail)
+        decision = self.decide(timestamp, thumbnail)
+        self.follow(decision, timestamp)
+        return decision.keep
+
+    def decide(self, timestamp: float, thumbnail: Thumbnail | None = None) -> Decision:
+        """The sampler's decision on the frame at ``timestamp``, not yet acted on.
+
+        :meth:`wants` is :meth:`decide` then :meth:`follow`. A live run decides on its reader's
+        thread (so that only kept frames are converted and queued) and follows on the thread
+        that adds frames; frames dropped in between never reach :meth:`follow`.
+        """
+        return self._sampler.decide(timestamp, thumbnail)
+
+    def follow(self, decision: Decision, timestamp: float) -> None:
+        """Act on a :meth:`decide` decision, in frame order: a skipped near-duplicate extends the
+        batch in progress; a kept frame's shot (and cut) apply to the next :meth:`add`."""
         if decision.skipped:
             self._batcher.skip(timestamp)
         if decision.keep and self._adaptive:
             self._shot, self._new_shot = decision.shot, decision.new_shot
-        return decision.keep
 
     def add(self, image: Image.Image, timestamp: float) -> None:
         """Add a sampled frame; blocks while the model is ``max_threads`` batches behind."""
         image = self.model.prepare_image(image.convert("RGB"), self.options.batch_size)
-        if self._fingerprint is None:
+        if self._fingerprint is None and self._checkpoint is not None:
             self._fingerprint = fingerprint(self.options, image)
             if self.options.resume:
                 self._restore(self._checkpoint.load(self._fingerprint))
@@ -271,7 +292,7 @@ class Captioner:
         self._next_id += len(ready)
         self._described.extend(ready)
         if ready:
-            if self._fingerprint is not None and self._resumable():
+            if self._checkpoint is not None and self._fingerprint is not None and self._resumable():
                 self._checkpoint.save(self._fingerprint, self._resumable())
             self._report("describing")
         return ready
@@ -300,29 +321,52 @@ class Captioner:
                 raise
         return self.take_described()
 
-    def finish(self, write: Callable[[CaptionResult], object] | None = None) -> CaptionResult:
+    def finish(self, write: Callable[[CaptionResult], object] | None = None, *,
+               extra: dict[str, Any] | None = None, allow_empty: bool = False) -> CaptionResult:
         """Wait for every batch (see :meth:`finish_batches`), then run the summary and title passes.
 
         The one way a run ends with a result. The checkpoint is removed only once ``write``
         (which saves the result, e.g. :func:`videocaption.outputs.writers.write_outputs`) has
         succeeded: a failed write keeps it for ``resume``.
 
+        Args:
+            extra: added to the result (a live run's ``live`` section).
+            allow_empty: a run without any batch still ends with a result (a live run stopped
+                before its first batch), with no summary and no title.
+
         Raises:
             VideoInputError: no frame was received (the input has no video stream).
             OutputError: from ``write``.
         """
         self.finish_batches()
-        if not self._described:
+        if not self._described and not allow_empty:
             raise VideoInputError("no video frame could be decoded (the input has no video stream, or its "
                                   "frames are damaged)")
         self._report("summarizing")
-        summary, rounds = self._summarize(
-            [(b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
-             for b in self._described if b.error is None]
-        )
+        summary, rounds = self.summarize(self._described)
         self._report("titling")
-        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
-        result = CaptionResult(
+        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) \
+            if self._described else ""
+        result = self.snapshot(title, summary, rounds, extra=extra)
+        if write is not None:
+            write(result)
+        if self._checkpoint is not None:
+            self._checkpoint.remove()
+        self._report("done")
+        return result
+
+    def summarize(self, batches: list[BatchCaption]) -> tuple[str, int]:
+        """The summary of described ``batches`` (their speech included) and the rounds it took;
+        also a live run's window summaries."""
+        return self._summarize(
+            [(b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
+             for b in batches if b.error is None]
+        )
+
+    def snapshot(self, title: str = "", summary: str = "", rounds: int = 0, *,
+                 extra: dict[str, Any] | None = None) -> CaptionResult:
+        """The result of what is described so far (a live run rewrites its subtitles from it)."""
+        return CaptionResult(
             video_title=title,
             summary=summary,
             batch_size=self.options.batch_size,
@@ -332,14 +376,18 @@ class Captioner:
             turnaround_time=time.perf_counter() - self._started,
             summary_rounds=rounds,
             video_end=self.options.video_end,
+            extra=dict(extra or {}),
             transcript=(None if self._speech_gate is None
                         else [segment.to_dict() for segment in self._speech_gate.transcriber.segments]),
         )
-        if write is not None:
-            write(result)
-        self._checkpoint.remove()
-        self._report("done")
-        return result
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until a batch completed now would be described at once.
+
+        A live run takes frames for the next batch only then, so that the frames left waiting
+        (where the newest win) are the ones described next.
+        """
+        return self._scheduler.wait_for_room(timeout)
 
     def stop(self) -> int:
         """Stop early: finish the model call in progress, drop what waits, keep what is done.
@@ -366,7 +414,8 @@ class Captioner:
         ]
         started = time.perf_counter()
         try:
-            texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+            with self._model_calls:
+                texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
         except CaptionError:
             raise
         except Exception as error:  # out of memory, a backend that timed out, ...
@@ -388,7 +437,8 @@ class Captioner:
         ]
         started = time.perf_counter()
         try:
-            texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+            with self._model_calls:
+                texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
         except CaptionError:
             raise
         except Exception as error:
@@ -421,7 +471,9 @@ class Captioner:
         size = self.options.batches_in_flight
         texts: list[str] = []
         for start in range(0, len(prompts), size):
-            texts.extend(self.model.complete_batch(prompts[start:start + size], max_new_tokens=self.options.max_new_tokens))
+            with self._model_calls:
+                texts.extend(self.model.complete_batch(prompts[start:start + size],
+                                                       max_new_tokens=self.options.max_new_tokens))
         return texts
 
     def _report(self, stage: str) -> None:

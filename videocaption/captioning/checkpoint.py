@@ -19,19 +19,12 @@ from typing import Any
 
 from PIL import Image
 
-from videocaption.options import CaptionOptions
+from videocaption.options import CaptionOptions, options_with_role
 from videocaption.result import BatchCaption
 from videocaption.outputs.files import write_json_atomic
 
 log = logging.getLogger("llm_caption")
 
-# Options whose change makes saved descriptions different from what a new run would produce.
-FINGERPRINTED_OPTIONS = (
-    "model", "batch_size", "fps", "prompt", "max_new_tokens", "time_aware", "dtype",
-)
-# With adaptive sampling these decide which frames are sent too (left out of uniform runs'
-# fingerprints, so their checkpoints stay valid).
-ADAPTIVE_OPTIONS = ("sampling", "scene_threshold", "duplicate_threshold", "max_gap")
 FORMAT_VERSION = 1
 
 
@@ -56,12 +49,16 @@ def finished_result(result_path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def fingerprint(options: CaptionOptions, first_frame: Image.Image) -> str:
-    """A digest of the answer-shaping options and the first sampled frame."""
+    """A digest of the answer-shaping options (their ``fingerprint`` role) and the first sampled frame.
+
+    The adaptive options decide which frames are sent too, but are left out of uniform runs'
+    fingerprints, so that their checkpoints stay valid.
+    """
     digest = hashlib.sha256()
-    values = {name: getattr(options, name) for name in FINGERPRINTED_OPTIONS}
+    values = {name: getattr(options, name) for name in options_with_role("fingerprint")}
     values["fps"] = float(values["fps"])  # fps=1 and fps=1.0 are the same run
     if options.sampling != "uniform":
-        values.update({name: getattr(options, name) for name in ADAPTIVE_OPTIONS})
+        values.update({name: getattr(options, name) for name in options_with_role("fingerprint", "adaptive")})
     digest.update(json.dumps(values, sort_keys=True).encode())
     digest.update(f"{first_frame.size}".encode())
     digest.update(first_frame.convert("RGB").tobytes())

@@ -90,6 +90,15 @@ class BatchScheduler:
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         self._queue.put(batch)
 
+    def wait_for_room(self, timeout: float) -> bool:
+        """Whether :meth:`submit` would not block (waiting up to ``timeout`` s for a free slot).
+
+        True too once the worker failed or the scheduler stopped: :meth:`submit` then says so.
+        """
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: self._in_flight < self.max_in_flight or self._error is not None or self._stopped, timeout)
+
     def take_finished(self, next_id: int) -> list[BatchCaption]:
         """Captions finished so far that continue the video-order sequence at ``next_id``.
 
@@ -180,6 +189,7 @@ class BatchScheduler:
     def _release(self, count: int) -> None:
         with self._lock:
             self._in_flight = max(0, self._in_flight - count)
+            self._lock.notify_all()
         for _ in range(count):
             self._slots.release()
 

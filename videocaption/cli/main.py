@@ -33,17 +33,19 @@ from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.live import captioner as live
-from videocaption.graph.build import REPO_ROOT
 from videocaption.graph.runner import run_caption_graph
-from videocaption.options import DEFAULT_MODEL, CaptionOptions
+from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
 from videocaption.media.probe import VIDEO_EXTENSIONS, VideoInfo, probe_video
 from videocaption.captioning.progress import Progress
 from videocaption.prompts import format_seconds
 from videocaption.sampling.samplers import shot_spans
 from videocaption.library import command as library
 
-SAMPLE_CLIP = REPO_ROOT / "big_bunny_5s_25fps.mp4"
-TINY_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
+# The checkout the package runs from, if it runs from one (an installed package has no sample
+# clip and no test fixtures: then INPUT is required and the smoke-test hint is not given).
+CHECKOUT = Path(__file__).resolve().parents[2]
+SAMPLE_CLIP = CHECKOUT / "big_bunny_5s_25fps.mp4"
+TINY_CHECKPOINT = CHECKOUT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
 EXIT_FAILED = 1  # an unexpected error: a bug
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3  # the run finished but some batch could not be described
@@ -75,10 +77,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
 
 
+def program_name() -> str:
+    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py`` or ``python -m videocaption``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "llm-caption"
+    return "python -m videocaption" if name == "__main__.py" else name
+
+
+def smoke_test_command() -> str:
+    """The command the smoke-test hint suggests, as the user started this one."""
+    name = program_name()
+    return f"python {name}" if name.endswith(".py") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per :class:`CaptionOptions` field that has one, plus the CLI's own."""
     parser = OneLineParser(
-        prog="test_llm_caption.py",
+        prog=program_name(),
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
     parser.add_argument("video", nargs="*", metavar="INPUT",
@@ -88,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         if field.metadata.get("flag", None) is not None:
             flag, settings = _argument(field)
             parser.add_argument(flag, **settings)
-    parser.add_argument("--api-key", help=f"openai backend: the key (default: ${API_KEY_ENV}, else none); the "
-                                          "environment variable keeps it out of the process list")
+    # The key's option has no flag of its own: --api-key goes through the environment (see options_from_args).
+    api_key = next(field for field in dataclasses.fields(CaptionOptions) if field.name == "api_key")
+    parser.add_argument("--api-key", help=f"{api_key.metadata['help']}; the environment variable keeps it out of "
+                                          "the process list")
     parser.add_argument("--output-dir", default="results",
                         help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
@@ -99,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
     """The ``add_argument`` call of an option: its flag, and the settings its default implies."""
-    flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+    flag = cli_flag(field)
     settings: dict[str, Any] = {"dest": field.name, "default": field.default, "help": field.metadata["help"],
                                 **field.metadata["argparse"]}
     if isinstance(field.default, bool):  # a switch: --multithreading, or --no-time-aware
@@ -137,15 +153,15 @@ def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | No
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    library.check_library_arguments(args, parser)
-    if library.library_requested(args) and args.live:
-        parser.error("--live captions one stream; it does not go with --workers or --ray-address")
+    library.check_library_arguments(args, parser)  # with --workers: also refuses --live
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s: %(message)s", force=True)
         library.stop_on_signals()  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
         return library.run_library_command(args, parser, options)
+    if not args.video and not SAMPLE_CLIP.is_file():
+        parser.error("give a video to caption (the sample clip is only in the project's checkout)")
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
         options = options_from_args(args, parser)
@@ -153,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return live.command(args.video, options)
     live_only = live.live_options_given(options_from_args(args, parser))
     if live_only:
-        flags = {field.name: _argument(field)[0] for field in dataclasses.fields(CaptionOptions)
-                 if field.name in live_only}
-        parser.error(f"{', '.join(flags.values())} only apply to live streams (a live URL, or --live)")
+        flags = [cli_flag(field) for field in dataclasses.fields(CaptionOptions) if field.name in live_only]
+        parser.error(f"{', '.join(flags)} only apply to live streams (a live URL, or --live)")
     with stop_signals_raise():
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
@@ -170,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 print(f"error: {error}{resume_hint(options, error)}", file=sys.stderr)
                 if isinstance(error, ModelLoadError) and options.model == DEFAULT_MODEL \
-                        and options.backend == "deepseek_vl2":
-                    print(f"To smoke-test the pipeline without the real weights, run: python test_llm_caption.py "
+                        and options.backend == "deepseek_vl2" and TINY_CHECKPOINT.is_dir():
+                    print(f"To smoke-test the pipeline without the real weights, run: {smoke_test_command()} "
                           f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text "
                           "is noise)", file=sys.stderr)
                 return EXIT_BAD_INPUT

@@ -7,13 +7,14 @@ working directory.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from videocaption.audio.samples import SAMPLE_RATE
-from videocaption.errors import InvalidOptionError
+from videocaption.errors import InvalidOptionError, ModelLoadError
 from videocaption.media.decoding import AVDISCARD_ALL, choose_decode, decode_settings
 from videocaption.sampling.grid import select_expression
 from videocaption.options import CaptionOptions
@@ -21,9 +22,22 @@ from videocaption.media.probe import StreamTiming, ffmpeg_url, has_audio, is_url
 from videocaption.graph.context import RUN_ID_OPTION
 
 log = logging.getLogger("llm_caption")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_NAME = "llm_caption"
 MODULE_ENTRY = "llm_caption.llm_caption"
+
+
+def module_path() -> str:
+    """The folder BMF loads ``llm_caption.py`` from: where it is installed (``pip install``
+    ships it beside the package), or the checkout it is imported from.
+
+    Raises:
+        ModelLoadError: the module file is not importable (a broken installation).
+    """
+    spec = importlib.util.find_spec(MODULE_NAME)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"the BMF module file {MODULE_NAME}.py cannot be found: install the project "
+                             "(pip install .) or run from its checkout")
+    return str(Path(spec.origin).parent)
 
 
 def module_options(options: CaptionOptions, run_id: str | None = None) -> dict[str, Any]:
@@ -91,7 +105,7 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
         streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
                        .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"))
     node = bmf.module(streams, MODULE_NAME, module_options(options, run_id),
-                      module_path=str(REPO_ROOT), entry=MODULE_ENTRY)
+                      module_path=module_path(), entry=MODULE_ENTRY)
     return graph, node
 
 

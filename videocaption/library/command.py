@@ -8,13 +8,14 @@ then, so the single-video path never pays for it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 from pathlib import Path
 
 from videocaption.errors import CaptionError
-from videocaption.options import CaptionOptions
+from videocaption.options import CaptionOptions, cli_flag, options_with_role
 from videocaption.library.manifest import FAILED, OK, SKIPPED, ManifestRow
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -80,6 +81,11 @@ def check_library_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
         if given:
             parser.error(f"--{given[0].replace('_', '-')} needs --workers N or --ray-address ADDR")
         return
+    fields = {field.name: field for field in dataclasses.fields(CaptionOptions)}
+    for name in options_with_role("library", "refused"):  # --live: one stream, not a library
+        if getattr(args, name) != fields[name].default:
+            parser.error(f"{cli_flag(fields[name])} captions one stream; it does not go with --workers or "
+                         "--ray-address")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:

@@ -26,7 +26,6 @@ from typing import Any, Callable
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
 from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
-from videocaption.graph.build import REPO_ROOT
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
@@ -358,14 +357,14 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
         # A local instance never grows: the workers would wait for GPUs for ever.
         raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
                                  f"this machine has {available:g} (--gpus-per-worker, --workers)")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    # The workers import the installed package (pip install . on every node of a cluster); the
+    # secrets go to their constructor, never to a runtime_env (see SECRET_ENV).
     secrets = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
     remote = ray.remote(CaptionWorker).options(
         num_cpus=config.cpus_per_worker, num_gpus=gpus,
         # A dead worker process is restarted (for ever) and its video retried video_retries times;
         # a video that kills its worker every time becomes a failed row, the next video goes on.
         max_restarts=-1, max_task_retries=config.video_retries,
-        runtime_env={"env_vars": env},
     )
     worker_options = dataclasses.asdict(options)
     actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker, secrets)

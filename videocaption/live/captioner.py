@@ -2,24 +2,31 @@
 
 A live input (an ``rtsp``/``rtmp``/``srt``/``udp``/``tcp`` URL, an HLS playlist, or a growing
 file with ``live``) has no end: the run writes as it goes and stopping it is its normal end.
+Live mode is a frame source and a sink around the same
+:class:`~videocaption.captioning.captioner.Captioner` that files use (sampling, batching,
+describing with split-retry, speech, summaries, title, the result):
 
 - **Reading** (:mod:`videocaption.live.stream`): one BMF decode graph per connection
   (:class:`Connection`), run as a generator on its own thread. When it ends (the stream
   dropped), fails (refused) or delivers nothing for ``stall_timeout`` seconds, it is abandoned
   and a new one is made after a back-off (``reconnect`` attempts, ``reconnect_delay`` doubling
-  up to :data:`MAX_RECONNECT_DELAY_S`).
-- **Sampling**: by presentation time (:class:`~videocaption.sampling.grid.FrameSampler`) on one
-  stream clock that keeps going up across reconnections (:class:`StreamClock`).
-- **Falling behind**: sampled frames wait in :class:`LatestFrames`, which holds at most
+  up to :data:`MAX_RECONNECT_DELAY_S`). With ``transcribe`` it reads the audio too.
+- **Sampling**: the captioner's sampler (``uniform`` or ``adaptive``) decides on the reader's
+  thread, on one stream clock that keeps going up across reconnections (:class:`StreamClock`).
+- **Falling behind**: kept frames wait in :class:`LatestFrames`, which holds at most
   ``pending_frames``; when the model is slower than the stream, the oldest are dropped (and
   counted), so memory stays flat and what is described is the newest.
-- **Writing as it happens** (:class:`LiveRun`, on the model's thread): a JSONL record per batch
-  and per ``summary_every`` window, subtitles rewritten atomically after each cue, and at the
-  end (stream over, Ctrl-C or SIGTERM) a final summary and result.json of everything described.
+- **Writing as it happens** (:class:`LiveRun`, on its own thread): frames go to the captioner
+  when the model has room for a batch; each described batch becomes a JSONL record, the
+  subtitles are rewritten atomically, a ``summary_every`` window is summarised; at the end
+  (stream over, Ctrl-C or SIGTERM) the captioner's final summary, title and result.json.
+
+A live run keeps no checkpoint and does not ``resume``: a stream cannot be replayed.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import gc
 import logging
@@ -32,18 +39,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from videocaption.backends import load_model
+import numpy as np
+
+from videocaption.audio import audio_frame_samples
+from videocaption.captioning.captioner import Captioner
 from videocaption.errors import CaptionError, VideoInputError
-from videocaption.sampling.grid import FrameSampler
-from videocaption.graph.frames import frame_timestamp, video_frame_to_image
+from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_frame_to_image
 from videocaption.graph.runner import keep_python_signal_handlers
-from videocaption.live.stream import STALL_GRACE_S, Connection, LatestFrames, LiveFrame, StreamClock, connection_failure, read_url
-from videocaption.options import CaptionOptions
-from videocaption.captioning.captioner import check_batch_fits
+from videocaption.live.stream import (STALL_GRACE_S, AudioTrack, Connection, LatestFrames, LiveFrame, StreamClock,
+                                      connection_failure, read_url)
+from videocaption.options import CaptionOptions, options_changed, options_with_role
 from videocaption.media.probe import check_readable, is_live_url, is_url
-from videocaption.prompts import batch_prompt, clean_title, title_prompt
 from videocaption.result import BatchCaption, CaptionResult
-from videocaption.captioning.summary import Summarizer
+from videocaption.sampling.samplers import Decision, Thumbnail
 from videocaption.outputs.writers import JsonlWriter, WriteSRT, WriteVTT, write_outputs
 from videocaption.outputs.files import check_output_path, write_files_atomic
 
@@ -58,15 +66,9 @@ def is_live_input(video: str | os.PathLike, live: bool = False) -> bool:
     return live or is_live_url(video)
 
 
-# Options that only a live run reads.
-LIVE_OPTIONS = ("jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
-                "max_pending_frames")
-
-
 def live_options_given(options: CaptionOptions) -> list[str]:
     """The live-only options set to something other than their default (a file run refuses them)."""
-    defaults = CaptionOptions()
-    return [name for name in LIVE_OPTIONS if getattr(options, name) != getattr(defaults, name)]
+    return options_changed(options, options_with_role("live_only"))
 
 
 def wall_time(seconds: float | None = None) -> str:
@@ -76,29 +78,31 @@ def wall_time(seconds: float | None = None) -> str:
 
 
 class LiveRun:
-    """The model's side of a live run: batches from :class:`LatestFrames`, records out as they happen.
+    """The model's side of a live run: frames from :class:`LatestFrames` into the captioner,
+    records out as batches are described.
 
     Args:
         source: the input, as given (recorded in the result).
         options: validated options (``jsonl_path``, ``summary_every``, subtitles, ...).
-        frames: where the reader puts sampled frames.
+        frames: where the reader puts kept frames.
     """
 
     def __init__(self, source: str, options: CaptionOptions, frames: LatestFrames, model=None) -> None:
         self.source = source
         self.options = options
         self.frames = frames
-        self.model = model if model is not None else load_model(options)
-        check_batch_fits(self.model, options)
-        self._summarize = Summarizer(self.model, options, self._complete)
+        self.captioner = Captioner(options, model, checkpoint=False)
+        self.model = self.captioner.model
         self.batches: list[BatchCaption] = []
         self.summaries: list[dict[str, Any]] = []
         self.reconnects = 0
+        self.failure: BaseException | None = None
+        self._arrivals: collections.deque[float] = collections.deque()  # of the frames added, in order
+        self._audio: collections.deque[tuple[np.ndarray, float] | None] = collections.deque()  # None: no audio
+        self._track = AudioTrack()
         self._window_start = 0  # index of the first batch not yet in a window summary
         self._next_summary = options.summary_every
         self._jsonl = JsonlWriter(options.jsonl_path) if options.jsonl_path else None
-        self._started = time.perf_counter()
-        self.failure: BaseException | None = None
         self._worker = threading.Thread(target=self._work, name="live-model", daemon=True)
 
     def start(self) -> None:
@@ -113,101 +117,111 @@ class LiveRun:
     def alive(self) -> bool:
         return self._worker.is_alive()
 
+    # -- the reader's side (its thread) -----------------------------------------------------
+
+    def decide(self, stream_time: float, thumbnail: Thumbnail) -> Decision:
+        """The captioner's sampling decision on a frame, made as it is read."""
+        return self.captioner.decide(stream_time, thumbnail)
+
+    def hear(self, samples: np.ndarray | None, start_time: float = 0.0) -> None:
+        """16 kHz mono samples from ``start_time`` on the stream clock; None: the stream has no audio."""
+        self._audio.append(None if samples is None else (samples, start_time))
+
+    # -- the model's side (this run's thread) -----------------------------------------------
+
     def _work(self) -> None:
         try:
-            while frames := self.frames.take(self.options.batch_size):
-                self._described(self._describe(frames), frames)
+            while True:
+                self._feed_audio()
+                self._described(self.captioner.take_described())
+                if not self.captioner.wait_for_room(POLL_S):  # frames wait where the newest win
+                    continue
+                taken = self.frames.take(1, timeout=POLL_S)
+                if not taken and self.frames.ended:
+                    break
+                for frame in taken:
+                    self._add(frame)
+            self._feed_audio()
+            self._described(self.captioner.finish_batches())
         except BaseException as error:  # noqa: BLE001 - the supervisor ends the run with it
             self.failure = error
 
-    def _describe(self, frames: list[LiveFrame]) -> BatchCaption:
-        times = [frame.stream_time for frame in frames]
-        prompt = batch_prompt(self.options.prompt, times, time_aware=self.options.time_aware)
-        images = [self.model.prepare_image(frame.image.convert("RGB"), self.options.batch_size) for frame in frames]
-        started = time.perf_counter()
-        text, error = "", None
-        try:
-            text = self.model.describe_batch([(images, prompt)], max_new_tokens=self.options.max_new_tokens)[0]
-        except CaptionError:
-            raise
-        except Exception as failure:  # out of memory, a server that went away: recorded, the stream goes on
-            log.error("batch %d could not be described: %s", len(self.batches) + 1, failure)
-            error = f"{type(failure).__name__}: {failure}"
-        return BatchCaption(batch_id=len(self.batches) + 1, frames=len(frames), start_time=times[0],
-                            end_time=times[-1], description=text, inference_time=time.perf_counter() - started,
-                            error=error)
+    def _add(self, frame: LiveFrame) -> None:
+        if frame.decision is not None:
+            self.captioner.follow(frame.decision, frame.stream_time)
+        if frame.skipped:
+            return
+        self._arrivals.append(frame.arrived)
+        self.captioner.add(frame.image, frame.stream_time)
 
-    def _described(self, caption: BatchCaption, frames: list[LiveFrame]) -> None:
+    def _feed_audio(self) -> None:
+        """Give the captioner the audio read so far, as one track (:class:`AudioTrack`)."""
+        while self._audio:
+            piece = self._audio.popleft()
+            if piece is None:
+                self.captioner.end_audio("transcribe: no audio stream; captioning the frames only")
+                continue
+            for samples, start in self._track.pieces(*piece):
+                self.captioner.add_audio(samples, start)
+
+    def _described(self, captions: list[BatchCaption]) -> None:
         """Everything that follows a described batch, at once: its record, the subtitles, a summary."""
-        self.batches.append(caption)
-        now = time.time()
-        self._record({"type": "batch", **caption.to_dict(), "arrived": wall_time(frames[-1].arrived),
-                      "latency": round(now - frames[-1].arrived, 3),
-                      "latency_first_frame": round(now - frames[0].arrived, 3), "dropped_frames": self.frames.dropped})
-        self._write_subtitles()
-        # A batch covers its stream up to one sampling interval after its last frame (as its cue
-        # does): a window is complete once a batch reaches its end.
-        covered = caption.end_time + 1.0 / self.options.fps
-        if self._next_summary is not None and covered >= self._next_summary - 1e-6:
-            self._window_summary()
-            every = self.options.summary_every
-            self._next_summary = (math.floor(covered / every + 1e-6) + 1) * every
+        for caption in captions:
+            self.batches.append(caption)
+            arrived = [self._arrivals.popleft() for _ in range(caption.frames)]
+            now = time.time()
+            self._record({"type": "batch", **caption.to_dict(), "arrived": wall_time(arrived[-1]),
+                          "latency": round(now - arrived[-1], 3), "latency_first_frame": round(now - arrived[0], 3),
+                          "dropped_frames": self.frames.dropped})
+            self._write_subtitles()
+            # A batch covers its stream up to one sampling interval after its last frame (as its cue
+            # does): a window is complete once a batch reaches its end.
+            covered = caption.end_time + 1.0 / self.options.fps
+            if self._next_summary is not None and covered >= self._next_summary - 1e-6:
+                self._window_summary()
+                every = self.options.summary_every
+                self._next_summary = (math.floor(covered / every + 1e-6) + 1) * every
 
     def _window_summary(self) -> None:
         window = self.batches[self._window_start:]
         self._window_start = len(self.batches)
-        summary, _ = self._summarize([(b.start_time, b.end_time, b.description) for b in window if b.error is None])
+        summary, _ = self.captioner.summarize(window)
         record = {"type": "summary", "scope": "window", "start_time": round(window[0].start_time, 6),
                   "end_time": round(window[-1].end_time, 6), "batches": len(window), "summary": summary}
         self.summaries.append(record)
         self._record(record)
         if self.options.summary_all:
-            summary, rounds = self._summary_of_all()
+            summary, rounds = self.captioner.summarize(self.batches)
             self._record({"type": "summary", "scope": "all", "start_time": round(self.batches[0].start_time, 6),
                           "end_time": round(self.batches[-1].end_time, 6), "batches": len(self.batches),
                           "summary": summary, "summary_rounds": rounds})
 
-    def _summary_of_all(self) -> tuple[str, int]:
-        return self._summarize([(b.start_time, b.end_time, b.description) for b in self.batches if b.error is None])
-
     def _write_subtitles(self) -> None:
         """Rewrite the subtitle files with every cue so far, atomically: a player or a reader
         always finds a whole, valid file."""
-        result = self._result("", "", 0)
-        texts = {Path(path): writer.render(result) for writer, path in
-                 ((WriteSRT(), self.options.srt_path), (WriteVTT(), self.options.vtt_path)) if path}
-        if texts:
-            write_files_atomic(texts)
+        writers = ((WriteSRT(self.options.subtitles), self.options.srt_path),
+                   (WriteVTT(self.options.subtitles), self.options.vtt_path))
+        if any(path for _, path in writers):
+            result = self.captioner.snapshot()
+            write_files_atomic({Path(path): writer.render(result) for writer, path in writers if path})
 
     def finish(self, ended_by: str) -> CaptionResult:
         """The final summary and title, the final record, and result.json (with the subtitles)."""
-        summary, rounds = self._summary_of_all()
-        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) if summary else ""
-        result = self._result(title, summary, rounds, ended_by=ended_by)
-        write_outputs(result, self.options)
-        self._record({"type": "final", "video_title": title, "summary": summary, "summary_rounds": rounds,
-                      "frames_analysed": result.frames_analysed, "batches": len(self.batches),
-                      "dropped_frames": self.frames.dropped, "reconnects": self.reconnects, "ended_by": ended_by})
+        live = {"input": self.source, "dropped_frames": self.frames.dropped, "reconnects": self.reconnects,
+                "summaries": self.summaries, "ended_by": ended_by}
+        result = self.captioner.finish(lambda result: write_outputs(result, self.options), extra={"live": live},
+                                       allow_empty=True)
+        self._record({"type": "final", "video_title": result.video_title, "summary": result.summary,
+                      "summary_rounds": result.summary_rounds, "frames_analysed": result.frames_analysed,
+                      "batches": len(result.batches), "dropped_frames": self.frames.dropped,
+                      "reconnects": self.reconnects, "ended_by": ended_by})
         if self._jsonl is not None:
             self._jsonl.close()
         return result
 
-    def _result(self, title: str, summary: str, rounds: int, ended_by: str | None = None) -> CaptionResult:
-        live = {"input": self.source, "dropped_frames": self.frames.dropped, "reconnects": self.reconnects,
-                "summaries": self.summaries}
-        if ended_by is not None:
-            live["ended_by"] = ended_by
-        return CaptionResult(video_title=title, summary=summary, batch_size=self.options.batch_size,
-                             batches=list(self.batches), model=self.model.name, fps=float(self.options.fps),
-                             turnaround_time=time.perf_counter() - self._started, summary_rounds=rounds,
-                             extra={"live": live})
-
     def _record(self, record: dict[str, Any]) -> None:
         if self._jsonl is not None:
             self._jsonl.write({**record, "wall_time": wall_time()})
-
-    def _complete(self, prompts: list[str]) -> list[str]:
-        return self.model.complete_batch(prompts, max_new_tokens=self.options.max_new_tokens)
 
 
 class LiveCaptioner:
@@ -233,7 +247,6 @@ class LiveCaptioner:
         self.frames = LatestFrames(options.pending_frames)
         self.run = LiveRun(self.source, options, self.frames, model)
         self._clock = StreamClock(options.fps, same_timeline=self._growing_file)
-        self._sampler = FrameSampler(options.fps)
         self._stop: str | None = None
         self._ever_read = False
         self._last_new_frame = time.monotonic()
@@ -267,7 +280,9 @@ class LiveCaptioner:
         attempts = 0  # reconnect attempts since the last connection that delivered a new frame
         while True:
             url, self_timed = read_url(self.source, self.options.stall_timeout)
-            connection = Connection(url, self._on_frame, self._clock.resume_at)
+            connection = Connection(url, self._on_frame, self._clock.resume_at,
+                                    **({"on_audio": self._on_audio, "on_no_audio": lambda: self.run.hear(None)}
+                                       if self.options.transcribe else {}))
             stalled = self._watch(connection, self.options.stall_timeout + (STALL_GRACE_S if self_timed else 0))
             connection.abandon()
             if self._stop is not None:
@@ -324,7 +339,8 @@ class LiveCaptioner:
         return self._stop is None
 
     def _on_frame(self, packet, frame) -> bool:
-        """On the reader's thread: sample by presentation time, convert, hand to the model's side.
+        """On the reader's thread: sample (the captioner's sampler decides), convert what is kept,
+        hand it to the model's side.
 
         Returns whether the frame was new (not one of a reread file's frames already seen)."""
         arrived = time.time()
@@ -333,10 +349,23 @@ class LiveCaptioner:
             return False
         self._ever_read = True
         self._last_new_frame = time.monotonic()
-        if not self._sampler.want(stream_time):
-            return True
-        self.frames.put(LiveFrame(image=video_frame_to_image(frame), stream_time=stream_time, arrived=arrived))
+        decision = self.run.decide(stream_time, lambda: frame_thumbnail(frame))
+        if decision.keep or decision.skipped:
+            image = video_frame_to_image(frame) if decision.keep else None
+            self.frames.put(LiveFrame(image=image, stream_time=stream_time, arrived=arrived, decision=decision))
         return True
+
+    def _on_audio(self, packet, frame) -> None:
+        """On the reader's thread: the connection's audio, placed on the stream clock."""
+        start = self._clock.audio_time(frame_timestamp(packet, frame))
+        if start is None:  # a reconnection not placed yet: its first video frame places it
+            return
+        try:
+            samples = audio_frame_samples(frame)
+        except Exception as error:  # noqa: BLE001 - a damaged frame costs its samples, not the run
+            log.warning("skipping an audio frame that cannot be read (%s)", error)
+            return
+        self.run.hear(samples, start)
 
 
 def command(source: str, options: CaptionOptions) -> int:

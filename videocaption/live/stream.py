@@ -1,6 +1,12 @@
 """Reading a live input: one BMF decode graph per connection, a stream clock, and the frames
 waiting for the model (the newest win).
 
+The reader's thread decides on each frame with the run's sampler
+(:meth:`videocaption.captioning.captioner.Captioner.decide`): only kept frames are converted and
+queued, with their decision, and adaptive sampling's skipped near-duplicates as markers without
+a picture. With ``transcribe`` the connection's graph also delivers the audio, resampled to
+16 kHz mono float as the file graph does (:mod:`videocaption.graph.build`).
+
 :mod:`videocaption.live.captioner` supervises these: it opens a :class:`Connection`, watches it, and
 reconnects when it ends, fails or stalls.
 """
@@ -8,30 +14,45 @@ reconnects when it ends, fails or stalls.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 from PIL import Image
 
+from videocaption.audio.samples import SAMPLE_RATE
 from videocaption.graph.build import decoder_options
+from videocaption.sampling.samplers import Decision
 
 # Protocols that bind a local port: a reader stuck in them keeps the port, and the next
 # connection could not bind it. FFmpeg is told to give up itself after stall_timeout instead.
 SELF_TIMED_SCHEMES = ("udp://", "rtp://")
 # With FFmpeg timing the reads, the stall watch waits this much longer before it steps in.
 STALL_GRACE_S = 5.0
+# Reading video and audio, the reader looks at both outputs this often when neither has a packet.
+POLL_OUTPUTS_S = 0.005
+# Audio gaps shorter than this (timestamp jitter) are not filled with silence.
+AUDIO_GAP_TOLERANCE_S = 0.05
+SILENCE_CHUNK = 10 * SAMPLE_RATE  # samples of silence given at once for a longer gap
 
 
 @dataclass(frozen=True)
 class LiveFrame:
     """A sampled frame of the stream and when it arrived (its decoded picture reached Python)."""
 
-    image: Image.Image
+    image: Image.Image | None  # None for a skipped near-duplicate (a marker)
     stream_time: float  # seconds on the run's stream clock
     arrived: float  # time.time() at arrival
+    decision: Decision | None = None  # the sampler's; None: kept, as uniform sampling keeps it
+
+    @property
+    def skipped(self) -> bool:
+        """A near-duplicate that adaptive sampling skips: counted in its batch, not described."""
+        return self.decision is not None and self.decision.skipped
 
 
 class LatestFrames:
@@ -40,11 +61,16 @@ class LatestFrames:
     When a frame arrives and the buffer is full, the oldest waiting frame is dropped and
     counted: a live caption of what happened a minute ago is worth less than one of now, and an
     unbounded queue would grow for as long as the model is slower than the stream.
+
+    Skipped near-duplicates (markers, :attr:`LiveFrame.skipped`) wait in order between the
+    frames but do not count; those right after a dropped frame go with it. A dropped frame that
+    followed a cut hands the cut on to the next frame, so its batch still starts a new shot.
     """
 
     def __init__(self, capacity: int) -> None:
         self._frames: collections.deque[LiveFrame] = collections.deque()
         self._capacity = capacity
+        self._kept = 0  # waiting frames that are not markers
         self._ready = threading.Condition()
         self._closed = False
         self._drain = True
@@ -52,20 +78,52 @@ class LatestFrames:
 
     def put(self, frame: LiveFrame) -> None:
         with self._ready:
-            if len(self._frames) >= self._capacity:
-                self._frames.popleft()
-                self.dropped += 1
+            if not frame.skipped:
+                if self._kept >= self._capacity and self._drop_oldest():
+                    frame = _after_cut(frame)
+                self._kept += 1
             self._frames.append(frame)
             self._ready.notify()
 
-    def take(self, count: int) -> list[LiveFrame]:
-        """The ``count`` oldest waiting frames, blocking until there are that many; after
-        :meth:`close`, what is left (fewer, or none when not draining): [] means the end."""
+    def _drop_oldest(self) -> bool:
+        """Drop the oldest frame and its markers; True when its cut passes to the frame arriving."""
+        markers = []
+        while self._frames[0].skipped:  # they follow a frame already taken: they stay
+            markers.append(self._frames.popleft())
+        dropped = self._frames.popleft()
+        self._kept -= 1
+        self.dropped += 1
+        while self._frames and self._frames[0].skipped:
+            self._frames.popleft()
+        cut = dropped.decision is not None and dropped.decision.new_shot
+        if cut and self._frames:  # the next waiting frame (a kept one: its markers are gone) starts the shot
+            self._frames[0], cut = _after_cut(self._frames[0]), False
+        self._frames.extendleft(reversed(markers))
+        return cut
+
+    def take(self, count: int, timeout: float | None = None) -> list[LiveFrame]:
+        """The ``count`` oldest waiting frames (and the markers before them), blocking until
+        there are that many or ``timeout`` s passed (then []); after :meth:`close`, what is left
+        (fewer, or none when not draining): [] then means the end (see :attr:`ended`)."""
         with self._ready:
-            self._ready.wait_for(lambda: len(self._frames) >= count or self._closed)
+            if not self._ready.wait_for(lambda: self._kept >= count or self._closed, timeout):
+                return []
             if self._closed and not self._drain:
                 return []
-            return [self._frames.popleft() for _ in range(min(count, len(self._frames)))]
+            taken: list[LiveFrame] = []
+            while self._frames and (count > 0 or not self._kept):  # the last frame's markers go with it
+                frame = self._frames.popleft()
+                taken.append(frame)
+                if not frame.skipped:
+                    self._kept -= 1
+                    count -= 1
+            return taken
+
+    @property
+    def ended(self) -> bool:
+        """Closed, and nothing left to take."""
+        with self._ready:
+            return self._closed and (not self._drain or not self._frames)
 
     def close(self, drain: bool) -> None:
         """No more frames will come; ``drain``: the ones waiting are still described."""
@@ -74,7 +132,41 @@ class LatestFrames:
             self._ready.notify_all()
 
     def __len__(self) -> int:
-        return len(self._frames)
+        """Waiting frames, markers not counted."""
+        return self._kept
+
+
+class AudioTrack:
+    """Every connection's audio as one continuous track on the stream clock.
+
+    The speech detector counts samples, not timestamps (a later piece is taken to follow on):
+    a reconnection's gap is given to it as silence, and audio heard twice (a reread growing
+    file) is cut.
+    """
+
+    def __init__(self) -> None:
+        self.end: float | None = None  # stream time where the track ends so far
+
+    def pieces(self, samples: np.ndarray, start: float) -> Iterator[tuple[np.ndarray, float]]:
+        """(samples, start) to give the detector for audio read at ``start``, in order."""
+        if self.end is not None:
+            gap = start - self.end
+            if gap < 0:
+                samples, start = samples[round(-gap * SAMPLE_RATE):], self.end
+            elif gap > AUDIO_GAP_TOLERANCE_S:
+                total = round(gap * SAMPLE_RATE)
+                for offset in range(0, total, SILENCE_CHUNK):
+                    yield np.zeros(min(SILENCE_CHUNK, total - offset), dtype=np.float32), self.end + offset / SAMPLE_RATE
+        if len(samples):
+            self.end = start + len(samples) / SAMPLE_RATE
+            yield samples, start
+
+
+def _after_cut(frame: LiveFrame) -> LiveFrame:
+    """The frame as the first kept one after a cut (its decision's ``new_shot`` set)."""
+    if frame.decision is None:
+        return frame
+    return dataclasses.replace(frame, decision=dataclasses.replace(frame.decision, new_shot=True))
 
 
 class StreamClock:
@@ -119,6 +211,13 @@ class StreamClock:
         self._last = time_
         return time_
 
+    def audio_time(self, pts_seconds: float) -> float | None:
+        """Audio's time on the run's clock (it shares its connection's origin with the video);
+        None on a reconnection until its first video frame has placed the connection."""
+        if self._new_connection and self._last is not None:
+            return None
+        return self._offset + pts_seconds
+
 
 class Connection:
     """One attempt at reading the stream: a BMF decode graph run as a generator on its own thread.
@@ -130,34 +229,54 @@ class Connection:
 
     _abandoned: list[Any] = []
 
-    def __init__(self, url: str, on_frame: Callable[[Any, Any], bool], start_time: float | None = None) -> None:
+    def __init__(self, url: str, on_frame: Callable[[Any, Any], bool], start_time: float | None = None, *,
+                 on_audio: Callable[[Any, Any], None] | None = None,
+                 on_no_audio: Callable[[], None] | None = None) -> None:
+        """``on_frame(packet, frame)`` gets each video frame; with ``on_audio`` the audio is read
+        too (``on_audio(packet, frame)``), and ``on_no_audio()`` is called when the stream has none."""
         self.url = url
         self.start_time = start_time
         self.error: BaseException | None = None
         self.frames = 0  # new frames read (on_frame returned True)
+        self.audio_frames = 0
         self.started = time.monotonic()
         self.last_frame = self.started
         self.done = threading.Event()
         self._on_frame = on_frame
+        self._on_audio = on_audio
+        self._on_no_audio = on_no_audio
         self._graph = None
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._read, name="live-reader", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        from bmf import Timestamp, VideoFrame, graph
+        from bmf import AudioFrame, Timestamp, VideoFrame, graph
 
         try:
             self._graph = graph()
             options = decoder_options(self.url)
             if self.start_time:
                 options["start_time"] = self.start_time
-            for packet in self._graph.decode(options)["video"].start():
-                if self._abandon.is_set() or packet.timestamp == Timestamp.EOF:
+            decoded = self._graph.decode(options)
+            outputs = [_graph_output(self._graph, decoded["video"])]  # first: the decoder's output 0 is video
+            if self._on_audio is not None:  # as the VAD and the recogniser take it: 16 kHz mono float
+                outputs.append(_graph_output(self._graph, decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
+                                             .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono")))
+            video_ended = False
+            for index, packet in _run_outputs(self._graph, outputs, self._abandon):
+                if self._abandon.is_set():
                     break
-                if packet.is_(VideoFrame):
+                if packet.timestamp == Timestamp.EOF:
+                    video_ended = video_ended or index == 0
+                    if index == 1 and not self.audio_frames and not video_ended and self._on_no_audio:
+                        self._on_no_audio()
+                elif index == 0 and packet.is_(VideoFrame):
                     self.last_frame = time.monotonic()
                     self.frames += self._on_frame(packet, packet.get(VideoFrame))
+                elif index == 1 and packet.is_(AudioFrame):
+                    self.audio_frames += 1
+                    self._on_audio(packet, packet.get(AudioFrame))
         except Exception as error:  # a refused connection, an undecodable stream: the supervisor decides
             self.error = error
         finally:
@@ -180,6 +299,51 @@ class Connection:
             return
         Connection._abandoned.append(graph)
         threading.Thread(target=_force_close, args=(graph,), name="live-close", daemon=True).start()
+
+
+def _graph_output(graph, stream):
+    """Make ``stream`` an output of ``graph`` (what BMF's ``stream.start()`` does for one stream).
+
+    A decoder numbers its outputs in the order their edges are made: the video's must come first.
+    """
+    from bmf.builder.bmf_node import BmfEdge
+    from bmf.builder.bmf_stream import BmfStream
+
+    graph.output_streams_.append(stream)
+    stream.get_node().add_outgoing_edge(BmfEdge(stream, BmfStream(stream.get_name(), None, 0)))
+    return stream
+
+
+def _run_outputs(graph, outputs: list, abandoned: threading.Event) -> Iterator[tuple[int, Any]]:
+    """Run ``graph`` in generator mode over several outputs: (output index, packet) as they come,
+    each output's EOF packet included, until every output ended or ``abandoned`` is set.
+
+    BMF's own generator (``stream.start()``) reads one output; this is it for several, looking
+    at each in turn without blocking (one left: blocking, as BMF's does).
+    """
+    from bmf import Timestamp
+    from bmf.builder.bmf_graph import GraphMode
+    from bmf.lib._bmf import engine
+
+    graph.mode = GraphMode.GENERATOR
+    graph.graph_config_, graph.pre_module = graph.generate_graph_config()
+    graph.exec_graph_ = engine.Graph(graph.graph_config_.dump(), False, True)
+    graph.exec_graph_.start()
+    running = {index: stream.get_name() for index, stream in enumerate(outputs)}
+    while running and not abandoned.is_set():
+        polled = False
+        for index, name in list(running.items()):
+            packet = graph.exec_graph_.poll_output_stream_packet(name, len(running) == 1)
+            if packet is None or not packet.defined():
+                continue
+            polled = True
+            if packet.timestamp == Timestamp.EOF:
+                del running[index]
+            yield index, packet
+        if not polled:
+            time.sleep(POLL_OUTPUTS_S)
+    if not running:  # ended: let it go (an abandoned graph is force-closed by abandon())
+        graph.exec_graph_.close()
 
 
 def read_url(source: str, stall_timeout: float) -> tuple[str, bool]:

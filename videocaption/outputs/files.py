@@ -51,14 +51,14 @@ def cannot_write(path: str | os.PathLike, error: OSError) -> OutputError:
     return OutputError(f"{path}: cannot be written ({error.strerror or error})")
 
 
-def _write_temporary(path: Path, text: str) -> Path:
-    """``text`` in a new temporary file beside ``path``, flushed to disk."""
+def _write_temporary(path: Path, data: str | bytes) -> Path:
+    """``data`` (text, or bytes such as a JPEG) in a new temporary file beside ``path``, flushed to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, NEW_FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+        with (os.fdopen(fd, "wb") if isinstance(data, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
     except BaseException:
@@ -67,8 +67,8 @@ def _write_temporary(path: Path, text: str) -> Path:
     return Path(tmp)
 
 
-def write_files_atomic(texts: dict[Path, str]) -> None:
-    """Write several files all together or not at all.
+def write_files_atomic(texts: dict[Path, str | bytes]) -> None:
+    """Write several files (text, or bytes) all together or not at all.
 
     Every file is first written whole to a temporary name beside it (where a full disk or a
     missing permission shows), and only then are all renamed into place; on any failure the

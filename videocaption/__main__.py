@@ -1,0 +1,6 @@
+"""``python -m videocaption``: the same command line as ``llm-caption``."""
+
+from videocaption.cli import run
+
+if __name__ == "__main__":
+    run()
