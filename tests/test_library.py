@@ -575,3 +575,17 @@ def test_results_made_with_another_model_are_kept_with_a_warning(tmp_path: Path,
     assert run.captioned == [] and [row.status for row in run.rows] == ["ok"]
     assert any("1 finished videos keep results captioned with another model (old-model)" in record.getMessage()
                for record in caplog.records)
+
+
+def test_an_earlier_key_two_urls_shared_is_given_to_neither(tmp_path: Path) -> None:
+    from videocaption.library.manifest import ManifestRow
+    from videocaption.library.ray_runner import plan
+
+    output = tmp_path / "out"
+    (output / "_urls" / "host" / "v.mp4").mkdir(parents=True)  # ?id=1 and ?id=2 both wrote here
+    (output / "_urls" / "host" / "v.mp4" / "result.json").write_text('{"batches": []}')
+    urls = ["http://host/v.mp4?id=1", "http://host/v.mp4?id=2"]
+    previous = {url: ManifestRow(path=url, key="_urls/host/v.mp4", status="ok") for url in urls}
+    known, todo = plan(expand_inputs(urls), previous, config(tmp_path, output))
+    assert known == {} and [item.source for item in todo] == urls
+    assert (output / "_urls" / "host" / "v.mp4" / "result.json").exists()

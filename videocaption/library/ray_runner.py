@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -83,10 +83,13 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
     """
     known: dict[str, ManifestRow] = {}
     todo: list[LibraryItem] = []
+    # An earlier key two inputs shared (URLs differing only in their query) holds the result of
+    # one of them, nobody knows which: neither gets it.
+    sharing = Counter(row.key for row in previous.values())
     for item in items:
         before = previous.get(item.source)
         if before is not None and before.key != item.key and item.skip_reason is None:
-            before = _moved_to_its_key(item, before, config.output_dir)
+            before = _moved_to_its_key(item, before, config.output_dir) if sharing[before.key] == 1 else None
         if item.skip_reason is not None:
             known[item.source] = ManifestRow(path=item.source, key=item.key, status=SKIPPED, error=item.skip_reason)
         elif before is not None and before.status == FAILED and not config.retry_failed:
