@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+import fake_openai
 import helpers
 import tiny_vlms
 from tiny_server import free_port, transformers_serve
@@ -465,3 +466,69 @@ def test_deepseek_vl2_settings_come_from_a_local_checkpoint_when_the_server_name
     assert _local_geometry(None) is None and _local_geometry("deepseek-ai/deepseek-vl2-tiny") is None
     (tmp_path / "processor_config.json").write_text('{"candidate_resolutions": [[384, 384]]}')
     assert _local_geometry(str(tmp_path)) is None  # unusable (no patch_size): the hub settings apply
+
+
+# -- answers that are no chat completion (a fake server: tests/fake_openai.py) ------------------
+
+MALFORMED = {
+    "invalid-json": lambda request: (200, "application/json", b"{not json"),
+    "html": lambda request: (200, "text/html", b"<html><body>Sign in</body></html>"),
+    "json-list": lambda request: (200, "application/json", b"[1, 2]"),
+    "list-content": lambda request: fake_openai.completion([{"type": "text", "text": "a rabbit"}]),
+    "number-content": lambda request: fake_openai.completion(3),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_answer_is_a_backend_error_naming_the_endpoint(answer) -> None:
+    """Issue 26 #17: these ended with 'error: unexpected JSONDecodeError/AttributeError', exit 1."""
+    with fake_openai.FakeOpenAI(chat=answer) as server:
+        model = OpenAIVLM("m", server.url, max_retries=2)
+        with pytest.raises(BackendError) as raised:
+            model.complete_batch(["hello"], max_new_tokens=8)
+        chats = [request for request in server.requests if request.path.endswith("/chat/completions")]
+    assert f"{server.url}/chat/completions" in str(raised.value) and "\n" not in str(raised.value)
+    assert raised.value.endpoint == f"{server.url}/chat/completions"
+    assert len(chats) == 1  # a server answering nonsense is not asked again
+
+
+@pytest.mark.parametrize("answer", [(200, "text/html", b"<html><body>Welcome</body></html>"),
+                                    (200, "application/json", b'{"data": "none"}'),
+                                    (200, "application/json", b"{not json")], ids=["html", "no-list", "invalid-json"])
+def test_a_web_page_as_the_model_list_is_a_backend_error_at_load(answer) -> None:
+    with fake_openai.FakeOpenAI(models=lambda request: answer) as server:
+        with pytest.raises(BackendError, match=f"{server.url}/models ") as raised:
+            OpenAIVLM("m", server.url)
+    assert "\n" not in str(raised.value)
+
+
+def test_content_null_is_an_empty_description_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with fake_openai.FakeOpenAI(chat=lambda request: fake_openai.completion(None)) as server:
+        model = OpenAIVLM("m", server.url)
+        with caplog.at_level(logging.WARNING, logger="llm_caption"):
+            assert list(model.complete_batch(["hello"], max_new_tokens=8)) == [""]
+    assert any("no text (content null" in record.getMessage() and server.url in record.getMessage()
+               for record in caplog.records)
+
+
+def test_cli_html_answer_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    with fake_openai.FakeOpenAI(chat=MALFORMED["html"]) as server:
+        done = run_cli(tmp_path, "--backend", "openai", "--api-base", server.url, "--model", "m",
+                       "--max-new-tokens", "8", "--max-retries", "0")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
+    [error] = error_lines(done.stderr)
+    assert f"{server.url}/chat/completions" in error and "did not answer with a chat completion" in error
+
+
+def test_retry_after_on_429_is_honoured(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26 (doubtful): our own retries ignored Retry-After; now it is waited for (capped)."""
+    answers = iter([(429, "application/json", b'{"error": {"message": "slow down"}}', {"Retry-After": "1.5"})])
+    with fake_openai.FakeOpenAI(chat=lambda request: next(answers, fake_openai.completion())) as server:
+        model = OpenAIVLM("m", server.url, max_retries=1, retry_backoff=0.01)
+        caplog.set_level(logging.WARNING, logger="llm_caption")
+        started = time.monotonic()
+        assert list(model.complete_batch(["hello"], max_new_tokens=8)) == ["a rabbit in a meadow"]
+    assert time.monotonic() - started >= 1.4
+    assert any("HTTP 429" in record.getMessage() and "retrying in 1.5 s" in record.getMessage()
+               for record in caplog.records)

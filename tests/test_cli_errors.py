@@ -72,3 +72,22 @@ def test_batch_size_too_large_is_refused_before_decoding(tmp_path):
     done = run_cli(str(SAMPLE_CLIP), "--model", str(TINY_MODEL), "--device", "cpu", "--batch-size", "12",
                    cwd=tmp_path, fast=False)
     assert_clean_failure(done, tmp_path, "the largest batch that fits is 8")
+
+
+@pytest.mark.parametrize("batch_size", [10**6, 10**9])
+def test_an_absurd_batch_size_is_refused_in_constant_time(batch_size):
+    """Issue 26 #3: 10**9 grew memory by 300 MB/s and ignored Ctrl-C; 10**6 took 54 s to refuse."""
+    import time
+
+    from helpers import FAST
+    from videocaption.backends import load_model
+    from videocaption.captioning.captioner import check_batch_fits
+    from videocaption.errors import InvalidOptionError
+    from videocaption.options import CaptionOptions
+
+    options = CaptionOptions(**{**FAST, "batch_size": batch_size})
+    model = load_model(options)
+    started = time.perf_counter()
+    with pytest.raises(InvalidOptionError, match=f"batch_size {batch_size} does not fit .* the largest batch that fits is"):
+        check_batch_fits(model, options)
+    assert time.perf_counter() - started < 2.0

@@ -119,3 +119,17 @@ def test_a_folder_without_videos_is_an_error(tmp_path):
     done = run_cli(str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "no video files" in done.stderr
+
+
+def test_a_folder_with_equal_stems_and_a_name_too_long_captions_every_other_video(tmp_path):
+    """Issue 26 #7 and #8: same.mkv was 'already captioned' as same.json; a 251-character stem ended the run."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ["a" * 251 + ".mp4", "same.mkv", "same.mp4", "zz.mp4"]:
+        make_clip(videos / name, duration=1, size="160x120", rate=5)
+    done = run_cli(str(videos), "--output-dir", "results", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr  # the one that could not be written
+    assert "Traceback" not in done.stderr
+    [skipped] = [line for line in done.stderr.splitlines() if line.startswith("skipped ")]
+    assert "File name too long" in skipped
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["same.mkv.json", "same.mp4.json", "zz.json"]

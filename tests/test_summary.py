@@ -85,3 +85,25 @@ def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypat
     assert max(text_counts) <= limit
     assert max(n for kind, n in counts if kind == "image") + FAST["max_new_tokens"] <= model.context_length
     assert json.loads((tmp_path / "result.json").read_text())["summary_rounds"] == result["summary_rounds"]
+
+
+@pytest.mark.parametrize("answer", ["word " * 3000, "x" * 12000], ids=["words", "one-long-word"])
+def test_answers_as_long_as_allowed_end_in_a_bounded_number_of_calls(model, answer):
+    """Issue 26 #2: max_new_tokens half the context and answers that long never ended (a request storm)."""
+    import math
+
+    options = CaptionOptions(**{**FAST, "max_new_tokens": model.context_length // 2})
+    prompts = []
+
+    def complete(batch):
+        prompts.extend(batch)
+        assert len(prompts) < 1000, "the summary pass does not end"
+        return [answer] * len(batch)
+
+    summarize = Summarizer(model, options, complete)
+    for count in (1, 2, 3, 17):
+        prompts.clear()
+        summary, rounds = summarize(items(count, words=1500))
+        assert summary == answer
+        assert rounds <= math.ceil(math.log2(count)) + 1 and len(prompts) < 2 * count + 1
+        assert max(model.count_tokens(p) for p in prompts) <= summarize.limit

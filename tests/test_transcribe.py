@@ -229,3 +229,34 @@ def test_the_cli_writes_speech_subtitles(speech, whisper, tmp_path):
     cues = (tmp_path / "speech.srt").read_text().strip().split("\n\n")
     assert len(cues) == len(placed)
     assert len(json.loads((tmp_path / "result.json").read_text())["transcript"]) == len(placed)
+
+
+@pytest.mark.parametrize("failure", ["http-500", "nothing-listening", "html"])
+def test_a_failing_speech_server_is_one_warning_and_the_captions_go_on(speech, tmp_path, failure):
+    """Issue 26 #6: the run ended with exit 2 and nothing written; the message named no endpoint."""
+    from fake_openai import FakeOpenAI
+    from helpers import run_cli
+    from tiny_server import free_port
+
+    answers = {"http-500": (500, "application/json", b'{"error": {"message": "boom"}}'),
+               "html": (200, "text/html", b"<html><body>Sign in</body></html>")}
+    clip, _ = speech
+    with FakeOpenAI(transcription=lambda request: answers[failure]) as server:
+        api_base = f"http://127.0.0.1:{free_port()}/v1" if failure == "nothing-listening" else server.url
+        done = run_cli(str(clip), "--transcribe", "--asr-backend", "openai", "--asr-model", "whisper",
+                       "--asr-api-base", api_base, "--max-retries", "0", "--batch-size", "4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [warning] = [line for line in done.stderr.splitlines() if "transcription stopped" in line]
+    assert f"{api_base}/audio/transcriptions" in warning
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["transcript"] == [] and all(batch["description"] for batch in result["batches"])
+
+
+def test_the_cli_says_when_there_is_no_audio_and_prints_nothing_else(small_clip, whisper, tmp_path):
+    """Issue 26 #19 (the line was logged at INFO, hidden) and #20 (transformers' loading bar and
+    deprecation lines on stderr with --transcribe)."""
+    from helpers import run_cli, stderr_lines
+
+    done = run_cli(str(small_clip), "--transcribe", "--asr-model", str(whisper), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stderr_lines(done) == ["WARNING: transcribe: no audio stream; captioning the frames only"]

@@ -106,3 +106,17 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     write_atomic(tmp_path / "result.json", "{}")
     (tmp_path / "plain.json").write_text("{}")
     assert (tmp_path / "result.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+
+
+def test_shots_counts_the_shots_described_as_the_cli_lists_them():
+    """Issue 26 #21: the CLI printed '6 shots', result.json said 7 (a shot too short for any sample)."""
+    import dataclasses
+
+    from videocaption.sampling.samplers import shot_spans
+
+    result = make_result()
+    shots = [0, 1, 3]  # shot 2 lay between two samples: no batch
+    result = dataclasses.replace(result, batches=[dataclasses.replace(batch, shot=shot)
+                                                  for batch, shot in zip(result.batches, shots)])
+    document = result.to_dict()
+    assert document["shots"] == len(shot_spans(document["batches"])) == 3

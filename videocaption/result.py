@@ -84,9 +84,14 @@ class CaptionResult:
 
     @property
     def shots(self) -> int | None:
-        """Shots found (adaptive sampling), else None."""
-        shots = [batch.shot for batch in self.batches if batch.shot is not None]
-        return max(shots) + 1 if shots else None
+        """Shots described (adaptive sampling), else None.
+
+        Those with a batch: two cuts between two samples make a shot no sample fell in, which
+        has no batch, no description and no span in the CLI's list of shots, so it is not
+        counted (counting the highest shot number would).
+        """
+        shots = {batch.shot for batch in self.batches if batch.shot is not None}
+        return len(shots) if shots else None
 
     @property
     def average_inference(self) -> float:

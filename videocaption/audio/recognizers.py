@@ -8,11 +8,12 @@ configuration.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
 import wave
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,8 +53,9 @@ class WhisperRecognizer:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            self.processor = WhisperProcessor.from_pretrained(model)
-            self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=self.dtype)
+            with transformers_quiet():
+                self.processor = WhisperProcessor.from_pretrained(model)
+                self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load the Whisper model {model!r}: {str(error).splitlines()[0]}") from None
         self.model.to(self.device).eval()
@@ -65,7 +67,7 @@ class WhisperRecognizer:
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> str:
         features = self.processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         features = features.to(self.device, self.dtype)  # (1, n_mels, 3000)
-        with self._lock, self._torch.inference_mode():
+        with self._lock, self._torch.inference_mode(), transformers_quiet():
             ids = self.model.generate(features, language=language, task="transcribe",
                                       max_new_tokens=self._max_new_tokens)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -81,19 +83,65 @@ class OpenAIRecognizer:
         from openai import OpenAI
 
         self.name = model
+        self.endpoint = f"{api_base.rstrip('/')}/audio/transcriptions"
         self._client = OpenAI(base_url=api_base, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                               timeout=timeout, max_retries=max_retries)
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> str:
+        """The text of ``audio``.
+
+        Raises:
+            BackendError: the request failed (after the client's retries), or the answer is no
+                transcription: a web page or other text is never taken for speech (we ask for
+                JSON, so text means something else answered). One line naming the endpoint.
+        """
         import openai
 
         extra = {"language": language} if language else {}
         try:
             answer = self._client.audio.transcriptions.create(
                 model=self.name, file=("speech.wav", wav_bytes(audio), "audio/wav"), **extra)
-        except openai.OpenAIError as error:
-            raise BackendError(f"transcription request failed: {error}") from None
-        return (answer if isinstance(answer, str) else answer.text).strip()
+        except openai.APIStatusError as error:
+            raise self._failed(f"HTTP {error.status_code}") from None
+        except openai.APITimeoutError:
+            raise self._failed(f"no answer within {self._client.timeout} s") from None
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise self._failed(f"cannot connect ({cause})") from None
+        except (openai.OpenAIError, ValueError) as error:  # ValueError: the client's JSONDecodeError
+            raise self._failed(f"{type(error).__name__}: {error}") from None
+        text = getattr(answer, "text", None)
+        if not isinstance(text, str):
+            sketch = " ".join(str(answer).split())[:60]
+            raise self._failed(f"the answer is no transcription ({type(answer).__name__} {sketch!r})")
+        return text.strip()
+
+    def _failed(self, reason: str) -> BackendError:
+        return BackendError(f"{self.endpoint} failed for model {self.name!r}: {' '.join(reason.split())}",
+                            endpoint=self.endpoint)
+
+
+@contextlib.contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """No "Loading weights" bar and no advice or deprecation lines from transformers meanwhile.
+
+    They are transformers' notes to a developer, printed on the user's terminal between the
+    progress bar and our one-line messages; ``--verbose`` (the root logger at INFO) keeps them.
+    """
+    from transformers.utils import logging as hf_logging
+
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:

@@ -168,14 +168,30 @@ class OpenAIVLM:
                 model=self.name, messages=[message], max_tokens=max_new_tokens, temperature=0.0,
             ),
         )
-        if not response.choices:
-            endpoint = f"{self.api_base}/chat/completions"
+        endpoint = f"{self.api_base}/chat/completions"
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):  # a web page, or JSON that is no chat completion
+            raise BackendError(f"{endpoint} did not answer with a chat completion for model {self.name!r} "
+                               f"(it sent {_sketch(response)}); is --api-base an OpenAI-compatible /v1 URL?",
+                               endpoint=endpoint)
+        if not choices:
             raise BackendError(f"{endpoint} answered with no choices for model {self.name!r}", endpoint=endpoint)
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if content is not None and not isinstance(content, str):
+            raise BackendError(f"{endpoint} answered model {self.name!r} with a {type(content).__name__} as the "
+                               f"message content, where text was expected ({_sketch(content)})", endpoint=endpoint)
+        if not content:
+            # Not an error (a model may stop at once), but never silent: an empty description.
+            refusal = getattr(message, "refusal", None)
+            log.warning("%s answered model %r with no text (content %s, finish_reason %s%s)", endpoint, self.name,
+                        "null" if content is None else "empty", getattr(choices[0], "finish_reason", None),
+                        f", refusal: {_sketch(refusal)}" if refusal else "")
         usage = getattr(response, "usage", None)
         if not isinstance(getattr(usage, "prompt_tokens", None), int) or not isinstance(
                 getattr(usage, "completion_tokens", None), int):
             usage = None
-        return (response.choices[0].message.content or "").strip(), usage
+        return (content or "").strip(), usage
 
     def _message(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, Any]:
         """A user message whose content interleaves text parts and ``image_url`` parts."""
@@ -209,6 +225,8 @@ class OpenAIVLM:
                 failure, reason, retry = error, f"no answer within {self.request_timeout:g} s", True
             except openai.APIConnectionError as error:
                 failure, reason, retry = error, f"cannot connect ({_root_cause(error)})", True
+            except ValueError as error:  # the client's JSONDecodeError: a proxy's page, a broken server
+                failure, reason, retry = error, f"the answer is not valid JSON ({error})", False
             if not retry:
                 raise BackendError(f"{endpoint} failed for model {self.name!r}: {reason}",
                                    endpoint=endpoint, status=status) from failure
@@ -219,6 +237,9 @@ class OpenAIVLM:
                     endpoint=endpoint, status=status,
                 ) from failure
             delay = min(MAX_BACKOFF_SECONDS, self.retry_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+            # A server that says when to come back (429, 503) is believed, up to MAX_BACKOFF_SECONDS:
+            # asking sooner only adds to its load (the openai client does the same with its retries).
+            delay = max(delay, min(MAX_BACKOFF_SECONDS, _retry_after(failure)))
             log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", endpoint, reason, delay, attempt + 1, attempts)
             time.sleep(delay)
         raise AssertionError("unreachable")
@@ -229,19 +250,27 @@ class OpenAIVLM:
         Raises:
             BackendError: the server cannot be reached at all.
         """
+        endpoint = f"{self.api_base}/models"
         try:
             page = self._with_retries("/models", self.client.models.list)
+        except (AttributeError, TypeError):  # the client choking on a body that is no model list
+            raise BackendError(f"{endpoint} did not answer with a model list; is --api-base an "
+                               "OpenAI-compatible /v1 URL?", endpoint=endpoint) from None
         except BackendError as error:
             if error.status is None or error.status in (401, 403):  # unreachable, or a wrong key
                 raise
             log.info("%s; assuming a %d-token context", error, DEFAULT_CONTEXT_LENGTH)
             return None
-        served = [model for model in page.data if model.id == self.name]
+        data = getattr(page, "data", None)
+        if not isinstance(data, list):  # JSON, but no model list
+            raise BackendError(f"{endpoint} did not answer with a model list (it sent {_sketch(page)}); "
+                               "is --api-base an OpenAI-compatible /v1 URL?", endpoint=endpoint)
+        served = [model for model in data if getattr(model, "id", None) == self.name]
         if not served:
-            if not page.data:  # servers that load models on demand (transformers serve) list none
+            if not data:  # servers that load models on demand (transformers serve) list none
                 log.info("%s/models lists no models; assuming a %d-token context", self.api_base, DEFAULT_CONTEXT_LENGTH)
             else:
-                names = ", ".join(model.id for model in page.data)
+                names = ", ".join(str(getattr(model, "id", model)) for model in data)
                 log.warning("%s/models does not list %r (it lists: %s)", self.api_base, self.name, names)
             return None
         root = getattr(served[0], "root", None)
@@ -324,6 +353,28 @@ def _status_detail(error: Any) -> str:
             if body.get(key):
                 return str(body[key])
     return str(getattr(error, "message", "") or error)
+
+
+def _retry_after(error: Exception) -> float:
+    """Seconds the server's ``Retry-After`` (or ``retry-after-ms``) header asks for; 0 when none.
+
+    Only the seconds form: an HTTP date there is rare, and ignoring it falls back to our backoff.
+    """
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) * scale
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    return 0.0
+
+
+def _sketch(value: Any) -> str:
+    """A short, one-line picture of what a server sent: its type and its first characters."""
+    text = " ".join(str(value).split())
+    return f"{type(value).__name__} {text[:60]!r}{'...' if len(text) > 60 else ''}"
 
 
 def _root_cause(error: BaseException) -> str:

@@ -25,7 +25,7 @@ from videocaption.audio.recognizers import load_recognizer
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.captioning.batching import FrameBatch, FrameBatcher
 from videocaption.captioning.checkpoint import Checkpoint, fingerprint
-from videocaption.errors import CaptionError, InvalidOptionError, VideoInputError
+from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
 from videocaption.sampling.grid import SampledFrame
 from videocaption.options import CaptionOptions
 from videocaption.captioning.progress import Progress, ProgressCallback
@@ -73,9 +73,15 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
     Raises:
         InvalidOptionError: naming the sizes that fit.
     """
-    needed = batch_tokens(model, options, options.batch_size)
-    if needed <= model.context_length:
-        return
+    if options.batch_size + options.max_new_tokens > model.context_length:
+        # Every frame takes at least one token: refused without building a prompt of
+        # batch_size time labels, which for 10**9 would take minutes and gigabytes.
+        needed_text = f"at least {options.batch_size + options.max_new_tokens}"
+    else:
+        needed = batch_tokens(model, options, options.batch_size)
+        if needed <= model.context_length:
+            return
+        needed_text = f"up to {needed}"
     fitting = fitting_batch_sizes(model, options)
     if not fitting:
         advice = "no batch size fits; lower max_new_tokens or shorten the prompt"
@@ -90,7 +96,7 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
             )
     raise InvalidOptionError(
         f"batch_size {options.batch_size} does not fit the {model.context_length}-token context "
-        f"of {model.name}: it needs up to {needed} tokens with max_new_tokens "
+        f"of {model.name}: it needs {needed_text} tokens with max_new_tokens "
         f"{options.max_new_tokens}; {advice}"
     )
 
@@ -212,14 +218,18 @@ class Captioner:
         """No more audio (its end of stream, or ``note`` says why there is none)."""
         if self._speech_gate is None or self._speech_gate.transcriber.ended:
             return
-        if note:
-            log.info(note)
+        if note:  # a warning: with --transcribe asked for, hearing nothing must not be silent
+            log.warning(note)
         self._transcribing(self._speech_gate.transcriber.end)
 
     def _transcribing(self, step: Callable[[], None]) -> None:
         transcriber = self._speech_gate.transcriber
         try:
             step()
+        except BackendError as error:  # the recogniser's server: its message names the endpoint
+            log.warning("transcription stopped at %.1f s (%s); the captions go on without further speech",
+                        max(transcriber.covered_until(), 0.0), error)
+            transcriber.ended = True
         except CaptionError:
             raise
         except Exception as error:  # damaged audio, a recogniser that failed

@@ -18,6 +18,7 @@ interrupted run writes none and replaces none.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args, parser)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s: %(message)s", force=True)
-        for signum in STOP_SIGNALS:  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
-            signal.signal(signum, signal.default_int_handler)
+        library.stop_on_signals()  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
         return library.run_library_command(args, parser, options)
     if not args.video and not SAMPLE_CLIP.is_file():
         parser.error("give a video to caption (the sample clip is only in the project's checkout)")
@@ -244,17 +244,21 @@ def print_shots(result: CaptionResult) -> None:
 def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *, verbose: bool = False) -> int:
     """Caption every video in ``folder``, one result per video in ``output_dir``, skipping done ones.
 
-    A video that cannot be read is skipped with one line on stderr, and the exit code is then 2.
+    A video that cannot be read, or whose result cannot be written (a name too long), is skipped
+    with one line on stderr, and the exit code is then 2. Videos sharing a stem (``same.mp4``,
+    ``same.mkv``) get results named after their whole file name (``same.mp4.json``), so neither
+    is taken for the other's.
     """
     from tqdm import tqdm
 
     videos = find_videos(folder)
     if not videos:
         raise VideoInputError(f"{folder}: no video files (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    stems = collections.Counter(video.stem for video in videos)
     failures = 0
     with tqdm(videos, unit="video", desc="videos", disable=None, dynamic_ncols=True) as bar:
         for video in bar:
-            result_path = output_dir / f"{video.stem}.json"
+            result_path = output_dir / f"{video.stem if stems[video.stem] == 1 else video.name}.json"
             video_options = options.replace(
                 result_path=str(result_path),
                 srt_path=str(result_path.with_suffix(".srt")) if options.srt_path else None,
@@ -265,7 +269,7 @@ def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *
                 continue
             try:
                 result = caption_file(video, video_options, bar_position=1, verbose=verbose)
-            except VideoInputError as error:
+            except (VideoInputError, OutputError) as error:  # this video's problem: the next one goes on
                 bar.write(f"skipped {error}", file=sys.stderr)
                 failures += 1
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,23 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 DEFAULT_OUTPUT_DIR = "results"
 MANIFEST_NAME = "manifest.parquet"
 LIBRARY_ONLY = ("manifest", "cpus_per_worker", "gpus_per_worker", "video_retries", "retry_failed")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stopped_by: list[int] = []  # the stop signal that interrupted this process's run
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (the run stops, keeping its finished rows).
+
+    The exit status then says which one it was (130 or 143, as in single-video mode). Ray
+    installs its own SIGTERM handler in ``ray.init`` (a C++ stack dump, then an abort); the
+    runner puts these back after it (see ``ray_session``).
+    """
+    def stop(signum: int, frame: object) -> None:
+        _stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
 
 
 def add_library_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +48,9 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
         "With --workers or --ray-address, INPUT may be any mix of video files, folders (walked "
         "recursively) and @LIST files (one path, folder or URL a line); --output is then the output "
         f"folder (default: {DEFAULT_OUTPUT_DIR}/), where each video's result.json lands in a folder "
-        "mirroring the input tree. Rerunning the same command continues where it stopped.")
+        "mirroring its absolute path (OUTPUT/data/videos/a.mp4/ for /data/videos/a.mp4; URLs under "
+        "OUTPUT/_urls/HOST/), so adding inputs never moves a result. Rerunning the same command "
+        "continues where it stopped.")
     group.add_argument("--workers", type=int, metavar="N",
                        help="Ray workers, each holding one model (alone: starts a local Ray instance)")
     group.add_argument("--ray-address", metavar="ADDR",
@@ -103,7 +123,8 @@ def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
                         options: CaptionOptions) -> int:
-    """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input, 130 Ctrl-C)."""
+    """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input or an unwritable
+    output, 130 Ctrl-C, 143 SIGTERM)."""
     from tqdm import tqdm
 
     from videocaption.library.ray_runner import run_library, worker_shares
@@ -144,7 +165,7 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     if run.interrupted:
         print(f"interrupted: {len(run.captioned)} videos finished in this run are kept; "
               "run the same command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + _stopped_by[0] if _stopped_by else EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if run.any_failed else EXIT_OK
 
 

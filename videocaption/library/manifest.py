@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from videocaption.errors import InvalidOptionError, OutputError
 from videocaption.outputs.files import NEW_FILE_MODE
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -26,7 +27,7 @@ TIMING_COLUMNS = ("wall_seconds", "cpu_seconds", "average_inference", "turnaroun
 @dataclass(frozen=True)
 class ManifestRow:
     path: str  # the input: absolute path, or URL
-    key: str  # its path in the output folder (mirrors the input tree)
+    key: str  # its folder in the output folder (see library/inputs.py)
     status: str  # ok, failed or skipped
     error: str | None = None  # one line: why it failed or was skipped
     duration: float | None = None  # seconds of video, from the probe
@@ -69,38 +70,73 @@ class Manifest:
 
     Args:
         path: the Parquet file; the journal is the same path with ``.jsonl`` as its suffix.
+
+    Raises:
+        InvalidOptionError: ``path`` ends in ``.jsonl``: it would be its own journal, and every
+            rerun would read the Parquet file as JSON Lines.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.journal = self.path.with_suffix(".jsonl")
+        if self.journal == self.path:
+            raise InvalidOptionError(f"--manifest {path}: the manifest is a Parquet file, and its journal is the "
+                                     "same path with the suffix .jsonl; name it .parquet")
         self._file = None
+
+    def check_writable(self) -> None:
+        """Fail before any video starts when the journal or the Parquet file cannot be written.
+
+        Raises:
+            OutputError: the path is a folder, its folder cannot be made, or a byte cannot be
+                written there (read-only, a full disk); one line naming the path.
+        """
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a folder; --manifest names the Parquet file to write")
+        try:
+            self._open()
+            check_folder_writable(self.path.parent)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot write the manifest there ({_reason(error)})") from None
 
     def previous_rows(self) -> dict[str, ManifestRow]:
         """The last row of every input an earlier run recorded (a torn last line is ignored)."""
         rows: dict[str, ManifestRow] = {}
         try:
-            lines = self.journal.read_text(encoding="utf-8").splitlines()
+            lines = self.journal.read_bytes().splitlines()
         except FileNotFoundError:
             return rows
+        except OSError as error:
+            raise OutputError(f"{self.journal}: cannot read the journal ({_reason(error)})") from None
         for line in lines:
             try:
-                row = ManifestRow.from_dict(json.loads(line))
+                row = ManifestRow.from_dict(json.loads(line.decode("utf-8")))
             except (ValueError, TypeError):
-                continue  # a line cut short by a killed driver
+                continue  # a line cut short by a killed driver (or bytes that are no JSON at all)
             rows[row.path] = row
         return rows
 
     def append(self, row: ManifestRow) -> None:
-        """Add a row to the journal and make it durable before returning."""
+        """Add a row to the journal and make it durable before returning.
+
+        Raises:
+            OutputError: the row cannot be written (a full disk); the rows before it are kept.
+        """
+        try:
+            self._open()
+            self._file.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise OutputError(f"{self.journal}: cannot record {row.path} ({_reason(error)}); the rows before "
+                              "it are kept: rerun the same command to continue") from None
+
+    def _open(self) -> None:
         if self._file is None:
             self.journal.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.journal, "a", encoding="utf-8")
             if self._file.tell() and not self._ends_with_newline():
                 self._file.write("\n")  # after a torn line: start a fresh one
-        self._file.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
 
     def _ends_with_newline(self) -> bool:
         with open(self.journal, "rb") as file:
@@ -109,26 +145,57 @@ class Manifest:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # a full disk: what append fsynced is kept
+                pass
             self._file = None
 
     def write_parquet(self, rows: Iterable[ManifestRow]) -> Path:
-        """Write ``rows`` as the Parquet manifest, atomically."""
+        """Write ``rows`` as the Parquet manifest, atomically.
+
+        Raises:
+            OutputError: it cannot be written (a full disk); the journal still holds every row.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist([asdict(row) for row in rows], schema=parquet_schema())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot write the manifest ({_reason(error)}); "
+                              f"its rows are kept in {self.journal}") from None
         os.close(fd)
         try:
             pq.write_table(table, tmp)
             os.chmod(tmp, NEW_FILE_MODE)  # mkstemp's 0600 would make it owner-only
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as error:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise OutputError(f"{self.path}: cannot write the manifest ({_reason(error)}); "
+                                  f"its rows are kept in {self.journal}") from None
             raise
         return self.path
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Make ``folder`` and write (and fsync) a byte there: read-only places and full disks fail now.
+
+    Raises:
+        OSError: they do.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder) as probe:
+        probe.write(b"\n")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:

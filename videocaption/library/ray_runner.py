@@ -15,22 +15,28 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
-from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, VideoInputError
+from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
-from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow
+from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
 from videocaption.library.workers import CaptionWorker, result_path, row_from_document
 
 log = logging.getLogger("llm_caption")
-SECRET_ENV = (API_KEY_ENV,)  # handed to the workers through their environment, when set
+# Handed to each worker as an argument of its constructor, when set. Never through Ray's
+# ``runtime_env``: Ray writes those variables to runtime_env_agent.log, a file every user can
+# read that outlives the run. A small argument travels inline in the actor's creation task, in
+# memory, and Ray reuses it when it restarts the actor.
+SECRET_ENV = (API_KEY_ENV,)
 
 
 class RayConnectionError(CaptionError):
@@ -40,7 +46,7 @@ class RayConnectionError(CaptionError):
 @dataclass(frozen=True)
 class LibraryConfig:
     inputs: tuple[str, ...]  # files, folders, @LIST files
-    output_dir: Path  # result folders mirror the input tree here
+    output_dir: Path  # a result folder per video here, named by its key (library/inputs.py)
     manifest_path: Path  # the Parquet manifest; its journal is beside it (.jsonl)
     workers: int | None = None  # actors to start; None: as many as the cluster's resources hold
     ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start one
@@ -77,8 +83,13 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
     """
     known: dict[str, ManifestRow] = {}
     todo: list[LibraryItem] = []
+    # An earlier key two inputs shared (URLs differing only in their query) holds the result of
+    # one of them, nobody knows which: neither gets it.
+    sharing = Counter(row.key for row in previous.values())
     for item in items:
         before = previous.get(item.source)
+        if before is not None and before.key != item.key and item.skip_reason is None:
+            before = _moved_to_its_key(item, before, config.output_dir) if sharing[before.key] == 1 else None
         if item.skip_reason is not None:
             known[item.source] = ManifestRow(path=item.source, key=item.key, status=SKIPPED, error=item.skip_reason)
         elif before is not None and before.status == FAILED and not config.retry_failed:
@@ -94,6 +105,27 @@ def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: Lib
         else:
             todo.append(item)
     return known, todo
+
+
+def _moved_to_its_key(item: LibraryItem, before: ManifestRow, output_dir: Path) -> ManifestRow | None:
+    """An earlier run's row and outputs, moved from the key it had then to the video's key now.
+
+    Keys once depended on the other inputs (their common folder), so an earlier version's
+    results lie under other keys: they move once, rather than the video being captioned again.
+    Returns None when there is nothing to move (or it cannot be moved): caption it again.
+    """
+    root = output_dir.resolve()
+    old, new = (root / before.key).resolve(), root / item.key
+    if not old.is_relative_to(root) or old == root or new.exists() or not old.is_dir():
+        return None
+    try:
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+    except OSError as error:
+        log.warning("%s: cannot move its earlier outputs from %s to %s (%s); captioning it again",
+                    item.source, old, new, error)
+        return None
+    return dataclasses.replace(before, key=item.key)
 
 
 def run_library(config: LibraryConfig, options: CaptionOptions,
@@ -113,6 +145,9 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
 
     Raises:
         VideoInputError: an input is missing, or the inputs hold nothing.
+        OutputError: the output folder or the manifest cannot be written (checked before any
+            video starts; a disk that fills later ends the run, the journal keeping its rows).
+        InvalidOptionError: a manifest path ending in .jsonl (its own journal).
         ModelLoadError: a worker could not load the model.
         RayConnectionError: Ray could not be started or reached.
         InvalidOptionError: a local instance has fewer GPUs than the workers ask for.
@@ -121,8 +156,29 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
     items = expand_inputs(config.inputs, exclude=[config.output_dir, manifest.path, manifest.journal])
     if not items:
         raise VideoInputError(f"{' '.join(config.inputs)}: no files found")
+    try:
+        check_folder_writable(config.output_dir)
+    except OSError as error:
+        raise OutputError(f"{config.output_dir}: cannot write results there "
+                          f"({error.strerror or error})") from None
+    manifest.check_writable()
+    lock = lock_output(config.output_dir)
+    try:
+        return _run(config, options, manifest, items, on_row, on_start)
+    finally:
+        lock.close()
+
+
+def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, items: list[LibraryItem],
+         on_row: Callable[[ManifestRow, int], None] | None, on_start: Callable[[int], None] | None) -> LibraryRun:
     previous = manifest.previous_rows()
     known, todo = plan(items, previous, config)
+    other_model = sorted({row.model for row in known.values() if row.status == OK and row.model
+                          and row.model != options.model})
+    if other_model:
+        count = sum(row.status == OK and row.model in other_model for row in known.values())
+        log.warning("%d finished videos keep results captioned with another model (%s); to caption them "
+                    "with this one, give another --output", count, ", ".join(other_model))
     for row in known.values():
         if previous.get(row.path) != row:
             manifest.append(row)
@@ -139,9 +195,44 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         interrupted = True  # the videos still running keep their checkpoints for the next run
     finally:
         rows = [known[item.source] for item in items if item.source in known]
-        manifest.write_parquet(rows)
         manifest.close()
+        manifest.write_parquet(rows)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
+
+
+LOCK_NAME = ".llm_caption.lock"  # hidden: a walk of the output folder never lists it
+
+
+def lock_output(folder: Path):
+    """Hold the output folder for this run, so that two runs never caption the same videos.
+
+    Two library runs on one output folder would each see the same videos as not done and
+    caption every one twice. The lock is an ``flock`` on a file there: the kernel drops it when
+    the process ends, however it ends (a killed driver leaves no stale lock). On a network file
+    system that does not support ``flock`` the lock may not hold across machines.
+
+    Returns:
+        The open lock file; closing it releases the lock.
+
+    Raises:
+        OutputError: another run holds it (its pid and host are named).
+    """
+    import fcntl
+    import socket
+
+    handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputError(f"{folder}: another library run is writing there ({holder}); wait for it to end, "
+                          "or give another --output") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: CaptionOptions, manifest: Manifest,
@@ -269,17 +360,17 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
         # A local instance never grows: the workers would wait for GPUs for ever.
         raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
                                  f"this machine has {available:g} (--gpus-per-worker, --workers)")
-    # The workers import the installed package (pip install . on every node of a cluster).
-    env = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
+    # The workers import the installed package (pip install . on every node of a cluster); the
+    # secrets go to their constructor, never to a runtime_env (see SECRET_ENV).
+    secrets = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
     remote = ray.remote(CaptionWorker).options(
         num_cpus=config.cpus_per_worker, num_gpus=gpus,
         # A dead worker process is restarted (for ever) and its video retried video_retries times;
         # a video that kills its worker every time becomes a failed row, the next video goes on.
         max_restarts=-1, max_task_retries=config.video_retries,
-        runtime_env={"env_vars": env},
     )
     worker_options = dataclasses.asdict(options)
-    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker)
+    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker, secrets)
               for _ in range(count)]
     for state in ray.get([actor.ready.remote() for actor in actors]):
         if state["load_error"]:
@@ -317,6 +408,7 @@ class ray_session:
         if ray.is_initialized():
             return self
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        handlers = _stop_handlers()
         try:
             if self.config.ray_address:
                 check_reachable(self.config.ray_address)
@@ -330,6 +422,10 @@ class ray_session:
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = self.config.ray_address or "a local instance"
             raise RayConnectionError(f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}") from None
+        finally:
+            for signum, handler in handlers.items():  # Ray's C++ SIGTERM handler dumps a stack and aborts
+                signal.signal(signum, handler)
+        _ray_messages_to_log()
         self.started = True
         return self
 
@@ -338,6 +434,39 @@ class ray_session:
             import ray
 
             ray.shutdown()
+
+
+def _ray_messages_to_log() -> None:
+    """Send the messages Ray's raylet pushes to the driver to our log, one line each (INFO).
+
+    Ray prints them on the driver's stdout (where the summary line goes), several lines each and
+    prefixed ``(raylet)``, whatever ``log_to_driver`` says: "Task CaptionWorker.caption failed.
+    There are 3 retries remaining..." when a worker is killed or the run is stopped. The rows
+    already say what happened; ``--verbose`` shows these lines. Ray has no option for this, so
+    its printing function is wrapped (its other output goes through unchanged).
+    """
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "llm_caption_wrapped", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", []):
+            log.info("ray: %s", " ".join(str(line).split()))
+
+    print_to_stdstream.llm_caption_wrapped = True
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def _stop_handlers() -> dict[int, Any]:
+    """The Python handlers of SIGINT and SIGTERM, to put back after ``ray.init`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: handler for signum, handler in handlers.items() if handler is not None}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

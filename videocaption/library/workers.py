@@ -82,10 +82,14 @@ class CaptionWorker:
         options: the run's options as a dict (``CaptionOptions`` fields).
         output_dir: the library's output folder, shared by every worker.
         cpus: the CPUs Ray gives this worker; torch uses as many threads.
+        secrets: environment variables (the API key) set in this process only: they come as an
+            argument, in memory, because Ray writes a ``runtime_env``'s variables to its logs.
     """
 
-    def __init__(self, options: dict[str, Any], output_dir: str, cpus: float) -> None:
+    def __init__(self, options: dict[str, Any], output_dir: str, cpus: float,
+                 secrets: dict[str, str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        os.environ.update(secrets or {})
         self.options = CaptionOptions(**options)
         self.output_dir = output_dir
         self.load_error: str | None = None
