@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+import fake_openai
 from helpers import CLI, FAST_FLAGS, run_cli, stderr_lines
 from videocaption.errors import InvalidOptionError
 from videocaption.live.captioner import is_live_input
@@ -357,3 +358,120 @@ def test_rolling_summaries_of_the_window_and_of_everything_so_far(tmp_path):
     assert [r["batches"] for r in records(tmp_path) if r.get("scope") == "all"] == [1, 2, 3]
     assert result.to_dict()["live"]["summaries"] == [{k: v for k, v in w.items() if k != "wall_time"} for w in windows]
     assert (tmp_path / "result.srt").read_text().count(" --> ") == 3
+
+
+# -- a failing server or output does not lose the run (issue 26: 4, 14, 15) -------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded_stream(tmp_path_factory) -> Path:
+    """A finished 6 s MPEG-TS file: under ``--live`` it is read whole, then the run ends when it
+    does not grow for ``--stall-timeout`` (1 s here)."""
+    path = tmp_path_factory.mktemp("recorded") / "stream.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "6",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "mpegts", str(path)], check=True)
+    return path
+
+
+def served_live(stream: Path, server, tmp_path: Path, jsonl: str, **popen) -> subprocess.Popen:
+    """A live CLI run of ``stream`` against the fake OpenAI server (no model to load: it starts fast),
+    4 frames a second in batches of 2, every frame kept."""
+    return subprocess.Popen([*CLI, str(stream), "--live", "--backend", "openai", "--api-base", server.url,
+                             "--model", "m", "--max-retries", "0", "--max-new-tokens", "8", "--fps", "4",
+                             "--batch-size", "2", "--max-pending-frames", "100", "--stall-timeout", "1",
+                             "--reconnect-delay", "0.2", "--output", str(tmp_path / "result.json"),
+                             "--jsonl", jsonl], cwd=tmp_path, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def slow_completion(seconds: float):
+    def answer(request):
+        time.sleep(seconds)
+        return fake_openai.completion()
+    return answer
+
+
+def test_a_server_that_stays_down_fails_its_batches_and_the_run_ends_with_a_result(recorded_stream, tmp_path):
+    """Issue 26, 4: the server answers three batches, then 500 for good. Before: exit 2, no
+    result.json, no final record. Now the stream goes on: each batch it could not describe is
+    recorded with its error, the summary and title are left empty, and the run ends as usual."""
+    answers = iter([fake_openai.completion()] * 3)
+    down = (500, "application/json", b'{"error": {"message": "down"}}')
+    with fake_openai.FakeOpenAI(chat=lambda request: next(answers, down)) as server:
+        cli = served_live(recorded_stream, server, tmp_path, str(tmp_path / "live.jsonl"), stdout=subprocess.PIPE)
+        with stopped_afterwards(cli):
+            out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert "Traceback" not in err
+    lines = records(tmp_path)
+    assert lines[0]["type"] == "start" and lines[-1]["type"] == "final"
+    batches = [r for r in lines if r["type"] == "batch"]
+    assert [b["batch_id"] for b in batches] == list(range(1, 13))  # 6 s at 4 frames a second, 2 a batch
+    assert all("error" not in b for b in batches[:3])
+    assert all("BackendError" in b["error"] and server.url in b["error"] for b in batches[3:])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert len(result["batches"]) == 12 and result["summary"] == "" and result["video_title"] == ""
+    assert result["live"]["ended_by"].startswith("the file stopped growing")
+
+
+def test_a_jsonl_reader_that_goes_away_ends_the_run_with_its_result(recorded_stream, tmp_path):
+    """Issue 26, 14: ``--jsonl - | head -1``. Before: a BrokenPipeError traceback, exit 120, no
+    result.json. Now the run ends as a stop does, quietly, with exit 0 and result.json."""
+    with fake_openai.FakeOpenAI(chat=slow_completion(0.2)) as server:
+        cli = served_live(recorded_stream, server, tmp_path, "-", stdout=subprocess.PIPE)
+        with stopped_afterwards(cli):
+            first = json.loads(cli.stdout.readline())
+            cli.stdout.close()  # as `head -1` does
+            err = cli.stderr.read()
+            cli.wait(timeout=60)
+    assert first["type"] == "start"
+    assert cli.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "error:" not in err, err
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["live"]["ended_by"] == "the JSONL reader closed the pipe"
+    assert result["batches"] and result["video_title"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    from test_exit_paths import small_disk as fixture
+    yield from fixture.__wrapped__(tmp_path)
+
+
+def test_a_full_disk_for_the_jsonl_keeps_its_lines_whole_and_writes_the_result(recorded_stream, small_disk,
+                                                                               tmp_path):
+    """Issue 26, 15: the JSONL's disk fills mid-run. Before: a torn last line, exit 2, no
+    result.json. Now every line stays whole, result.json (on another disk) keeps what was
+    described, and the error is one line, exit 2."""
+    disk, fill = small_disk
+    fill(1)  # 4 KiB: room for some ten records
+    jsonl = disk / "live.jsonl"
+    with fake_openai.FakeOpenAI() as server:
+        cli = served_live(recorded_stream, server, tmp_path, str(jsonl), stdout=subprocess.PIPE)
+        with stopped_afterwards(cli):
+            out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(jsonl) in errors[0] and "No space left" in errors[0], err
+    text = jsonl.read_text()
+    assert text.endswith("\n")
+    lines = [json.loads(line) for line in text.splitlines()]  # every line whole
+    written = [r for r in lines if r["type"] == "batch"]
+    assert written and lines[-1]["type"] == "batch"
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert len(result["batches"]) >= len(written)
+    assert result["live"]["ended_by"].startswith("the JSONL output failed")
+
+
+def test_a_restarted_run_cuts_a_torn_last_line_before_appending(tmp_path):
+    """Issue 26, 15: a run killed mid-write leaves a torn line; the next run's records start on
+    a line of their own."""
+    path = tmp_path / "live.jsonl"
+    path.write_text('{"type": "start"}\n{"type": "batch", "desc')
+    writer = JsonlWriter(path)
+    writer.write({"type": "start"})
+    writer.close()
+    assert [json.loads(line)["type"] for line in path.read_text().splitlines()] == ["start", "start"]
+    path.write_text('{"type": "batch", "no newline at all"')
+    JsonlWriter(path).close()
+    assert path.read_text() == ""

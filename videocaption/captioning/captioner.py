@@ -111,11 +111,18 @@ class Captioner:
             (on the thread that feeds frames), e.g. to draw a progress bar.
         checkpoint: save the described batches beside ``result_path`` as they finish, for
             ``resume``. A live run turns it off: a stream cannot be replayed to resume it.
+        record_backend_errors: a model server that fails (:class:`BackendError`, after its
+            retries) fails the batch, recorded with its ``error``, and an unmade summary or title
+            is left empty, instead of ending the run. A live run turns it on: its stream goes
+            on, and what was described must not be lost. A file run ends (its checkpoint
+            keeps what was described, for ``resume``).
     """
 
     def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None,
-                 on_progress: ProgressCallback | None = None, *, checkpoint: bool = True) -> None:
+                 on_progress: ProgressCallback | None = None, *, checkpoint: bool = True,
+                 record_backend_errors: bool = False) -> None:
         self.options = options
+        self._record_backend_errors = record_backend_errors
         self.on_progress = on_progress
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
@@ -343,10 +350,17 @@ class Captioner:
             raise VideoInputError("no video frame could be decoded (the input has no video stream, or its "
                                   "frames are damaged)")
         self._report("summarizing")
-        summary, rounds = self.summarize(self._described)
-        self._report("titling")
-        title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) \
-            if self._described else ""
+        summary, rounds, title = "", 0, ""
+        try:
+            summary, rounds = self.summarize(self._described)
+            self._report("titling")
+            title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) \
+                if self._described else ""
+        except BackendError as error:
+            if not self._record_backend_errors:
+                raise
+            log.warning("the %s could not be made (%s); the result is written without it",
+                        "title" if summary else "summary and title", error)
         result = self.snapshot(title, summary, rounds, extra=extra)
         if write is not None:
             write(result)
@@ -416,6 +430,10 @@ class Captioner:
         try:
             with self._model_calls:
                 texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+        except BackendError as error:
+            if not self._record_backend_errors:
+                raise
+            return [self._server_failed(batch, error, time.perf_counter() - started) for batch in batches]
         except CaptionError:
             raise
         except Exception as error:  # out of memory, a backend that timed out, ...
@@ -439,6 +457,10 @@ class Captioner:
         try:
             with self._model_calls:
                 texts = self.model.describe_batch(requests, max_new_tokens=self.options.max_new_tokens)
+        except BackendError as error:
+            if not self._record_backend_errors:
+                raise
+            return self._server_failed(batch, error, time.perf_counter() - started)
         except CaptionError:
             raise
         except Exception as error:
@@ -447,6 +469,12 @@ class Captioner:
         parts = usage_of(texts)
         usage = None if None in parts else sum(parts[1:], parts[0])
         return self._caption(batch, " ".join(texts), time.perf_counter() - started, usage=usage)
+
+    def _server_failed(self, batch: FrameBatch, error: BackendError, seconds: float) -> BatchCaption:
+        """A batch the server failed after its retries (``record_backend_errors``): recorded
+        with its error, not split (a server that is down fails the halves too)."""
+        log.error("batch %d could not be described: %s", batch.batch_id, error)
+        return self._caption(batch, "", seconds, error=f"BackendError: {error}")
 
     def _caption(self, batch: FrameBatch, text: str, seconds: float, error: str | None = None,
                  usage: Usage | None = None) -> BatchCaption:

@@ -37,13 +37,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from videocaption.audio import audio_frame_samples
 from videocaption.captioning.captioner import Captioner
-from videocaption.errors import CaptionError, VideoInputError
+from videocaption.errors import BackendError, CaptionError, OutputError, VideoInputError
 from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_frame_to_image
 from videocaption.graph.runner import keep_python_signal_handlers
 from videocaption.live.stream import (STALL_GRACE_S, AudioTrack, Connection, LatestFrames, LiveFrame, StreamClock,
@@ -85,13 +85,21 @@ class LiveRun:
         source: the input, as given (recorded in the result).
         options: validated options (``jsonl_path``, ``summary_every``, subtitles, ...).
         frames: where the reader puts kept frames.
+        stop: ends the run (as a signal does), when the JSONL output can no longer be written.
+
+    A model server that fails does not end the run: the batch is recorded with its ``error``
+    (as a file's failed batch is) and the stream goes on; a summary or title it could not make
+    is left empty, with a warning.
     """
 
-    def __init__(self, source: str, options: CaptionOptions, frames: LatestFrames, model=None) -> None:
+    def __init__(self, source: str, options: CaptionOptions, frames: LatestFrames, model=None,
+                 stop: Callable[[str], None] = lambda reason: None) -> None:
         self.source = source
         self.options = options
         self.frames = frames
-        self.captioner = Captioner(options, model, checkpoint=False)
+        self.captioner = Captioner(options, model, checkpoint=False, record_backend_errors=True)
+        self.output_failure: OutputError | None = None  # the JSONL output failed: the run was ended
+        self._stop = stop
         self.model = self.captioner.model
         self.batches: list[BatchCaption] = []
         self.summaries: list[dict[str, Any]] = []
@@ -185,13 +193,23 @@ class LiveRun:
     def _window_summary(self) -> None:
         window = self.batches[self._window_start:]
         self._window_start = len(self.batches)
-        summary, _ = self.captioner.summarize(window)
+        failure = None
+        try:
+            summary, _ = self.captioner.summarize(window)
+        except BackendError as error:
+            log.warning("the window summary could not be made (%s); the stream goes on", error)
+            summary, failure = "", f"BackendError: {error}"
         record = {"type": "summary", "scope": "window", "start_time": round(window[0].start_time, 6),
-                  "end_time": round(window[-1].end_time, 6), "batches": len(window), "summary": summary}
+                  "end_time": round(window[-1].end_time, 6), "batches": len(window), "summary": summary,
+                  **({"error": failure} if failure else {})}
         self.summaries.append(record)
         self._record(record)
-        if self.options.summary_all:
-            summary, rounds = self.captioner.summarize(self.batches)
+        if self.options.summary_all and failure is None:
+            try:
+                summary, rounds = self.captioner.summarize(self.batches)
+            except BackendError as error:
+                log.warning("the summary so far could not be made (%s); the stream goes on", error)
+                return
             self._record({"type": "summary", "scope": "all", "start_time": round(self.batches[0].start_time, 6),
                           "end_time": round(self.batches[-1].end_time, 6), "batches": len(self.batches),
                           "summary": summary, "summary_rounds": rounds})
@@ -220,8 +238,25 @@ class LiveRun:
         return result
 
     def _record(self, record: dict[str, Any]) -> None:
-        if self._jsonl is not None:
+        """Append a record; when that fails (a full disk, a reader that went away), end the run
+        as a signal does, so that result.json is still written where it can be."""
+        if self._jsonl is None:
+            return
+        try:
             self._jsonl.write({**record, "wall_time": wall_time()})
+        except OutputError as error:
+            self._jsonl.close()
+            self._jsonl = None
+            self.output_failure = error
+            reason = ("the JSONL reader closed the pipe" if isinstance(error.__cause__, BrokenPipeError)
+                      else f"the JSONL output failed ({error})")
+            log.warning("%s; ending the run", reason)
+            self._stop(reason)
+
+    @property
+    def reader_went_away(self) -> bool:
+        """The JSONL output was a pipe whose reader closed it (``--jsonl - | head -1``)."""
+        return self.output_failure is not None and isinstance(self.output_failure.__cause__, BrokenPipeError)
 
 
 class LiveCaptioner:
@@ -245,7 +280,7 @@ class LiveCaptioner:
         if self._growing_file and not Path(self.source).is_file():
             check_readable(Path(self.source))  # says why (missing, a directory, a pipe); a growing file may be empty
         self.frames = LatestFrames(options.pending_frames)
-        self.run = LiveRun(self.source, options, self.frames, model)
+        self.run = LiveRun(self.source, options, self.frames, model, stop=self.stop)
         self._clock = StreamClock(options.fps, same_timeline=self._growing_file)
         self._stop: str | None = None
         self._ever_read = False
@@ -371,6 +406,10 @@ class LiveCaptioner:
 def command(source: str, options: CaptionOptions) -> int:
     """The CLI's live mode: caption until the stream is over or Ctrl-C / SIGTERM; exit 0.
 
+    A JSONL output that fails ends the run as a stop does (result.json is still written): a
+    reader that closed the pipe (``--jsonl - | head -1``) is a normal end, exit 0; any other
+    failure (a full disk) is one ``error:`` line and exit 2.
+
     The first Ctrl-C or SIGTERM ends the run normally (a live stream has no end: stopping it is
     its end): the model call in progress finishes, then the final summary and result.json are
     written. A second one exits at once (128 + its number); the JSONL and subtitles written so
@@ -404,6 +443,10 @@ def command(source: str, options: CaptionOptions) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         gc.collect()  # free the finished graphs now, while their shutdown log is still hidden
+    if captioner.run.reader_went_away and options.jsonl_path == "-":
+        # Nothing more can go to that pipe: point stdout at /dev/null, so that Python's last
+        # flush at exit does not fail too (a traceback and exit code 120).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     live = result.extra["live"]
     out = sys.stderr if options.jsonl_path == "-" else sys.stdout  # stdout carries the records then
     print(f"Title: {result.video_title}", file=out)
@@ -411,4 +454,7 @@ def command(source: str, options: CaptionOptions) -> int:
     print(f"{result.frames_analysed} frames in {len(result.batches)} batches, {live['dropped_frames']} dropped, "
           f"{live['reconnects']} reconnects; ended by {live['ended_by']}; result written to {options.result_path}",
           file=out)
+    if captioner.run.output_failure is not None and not captioner.run.reader_went_away:
+        print(f"error: {captioner.run.output_failure}", file=sys.stderr)  # result.json is written
+        return 2
     return 0

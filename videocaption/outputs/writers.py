@@ -7,6 +7,7 @@ file, or none, behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -167,8 +168,13 @@ def write_outputs(result: CaptionResult, options) -> list[Path]:
 class JsonlWriter:
     """Appends records, one JSON object a line, each written and flushed at once (live runs).
 
-    Each record is one ``write`` of a whole line, so a reader following the file (``tail -f``)
-    never sees half a record, and a run that is killed loses at most the line being written.
+    The file only ever holds whole lines, so a reader following it (``tail -f``) never sees
+    half a record and a restarted run never appends onto a torn one:
+
+    - each record is written as one line with unbuffered writes; a write that fails part way
+      (a full disk) is undone by truncating the file back to where the line began;
+    - on opening, a torn last line (left by a run that was killed mid-write) is cut off.
+
     The file is opened for appending: a restarted run continues the same log.
 
     Args:
@@ -179,33 +185,73 @@ class JsonlWriter:
     """
 
     def __init__(self, target: str | os.PathLike | TextIO) -> None:
-        self._owned = False
+        self._fd: int | None = None
+        self._file: TextIO | None = None
+        self.name = "standard output"
         if hasattr(target, "write"):
             self._file = target
-        elif os.fspath(target) == "-":
-            self._file = None  # sys.stdout as it is when writing (the CLI swaps it)
-        else:
+            self.name = getattr(target, "name", "the JSONL output")
+        elif os.fspath(target) != "-":  # "-": sys.stdout as it is when writing (the CLI swaps it)
             check_output_path(target)
+            self.name = os.fspath(target)
             try:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(target, "a", encoding="utf-8")
+                self._fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                cut_torn_line(self._fd)
             except OSError as error:
+                if self._fd is not None:
+                    os.close(self._fd)
                 raise cannot_write(target, error) from None
-            self._owned = True
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record.
+        """Append one record, whole or not at all.
 
         Raises:
-            OutputError: it could not be written (a full disk, a closed pipe).
+            OutputError: it could not be written (a full disk, a closed pipe); the file is as it
+                was before. ``__cause__`` is the ``OSError`` (``BrokenPipeError`` for a closed pipe).
         """
-        file = self._file if self._file is not None else sys.stdout
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         try:
-            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if self._fd is not None:
+                write_line(self._fd, line.encode("utf-8"))
+                return
+            file = self._file if self._file is not None else sys.stdout
+            file.write(line)
             file.flush()
         except OSError as error:
-            raise cannot_write(getattr(file, "name", "the JSONL output"), error) from None
+            raise cannot_write(self.name, error) from error
 
     def close(self) -> None:
-        if self._owned:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def cut_torn_line(fd: int) -> None:
+    """Cut a last line without its newline off the file open on ``fd`` (a killed run's torn record)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:  # back to the newline before the torn line, a block at a time
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def write_line(fd: int, data: bytes) -> None:
+    """Append ``data`` to the file open (``O_APPEND``) on ``fd``; on failure the file is cut back to
+    its size before, so no part of the line stays."""
+    before = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, before)
+        raise
