@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python -m benchmarks.fuzz_inputs [--mode inputs|options|paths|signals] [--seconds 120 | --tries N]
+    python -m benchmarks.fuzz_inputs [--mode inputs|options|paths|signals|library|live]
+                                     [--seconds 120 | --tries N]
                                      [--seed 0] [--video big_bunny_5s_25fps.mp4] [--model DIR] [--keep DIR]
 
 ``inputs`` (the default): each try takes the clip (as it is, moov atom last, or remuxed with
@@ -25,6 +26,13 @@ sends SIGINT, SIGTERM or SIGKILL at a seeded time within the reference run's dur
 how it ended (130, 143 or killed, at most one line on stderr, no result or subtitle file, a
 checkpoint that parses) and runs it again with ``--resume``: the result, SRT and VTT files must
 equal the reference's, timing fields aside.
+
+``library`` and ``live`` (:mod:`benchmarks.fuzz_runs`): a library run (three 2 s clips, one Ray
+worker) or a live run (a 6 s MPEG-TS stream under ``--live``) against a fake OpenAI server on
+loopback with a seeded fault (none, 500s, slow answers, down for good), stopped at a seeded time
+by a seeded SIGINT, SIGTERM or SIGKILL (or not), then rerun against a healthy server: no
+traceback, the documented exit codes, nothing lost, nothing done twice, the manifest, its journal
+and the JSONL valid. These make 3 tries by default (a library try takes about a minute).
 
 Tries go on until ``--seconds`` have passed (or ``--tries`` were made); the report counts
 outcomes per kind and lists every failure with the seed that reproduces it: tries use seeds S,
@@ -414,11 +422,38 @@ def report(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def fuzz_runs(mode: str, seconds: float, seed: int, run_timeout: float, *, tries: int | None = None,
+              log=print) -> list[Outcome]:
+    """``library`` or ``live`` mode: seeded faults and kills, then a rerun (:mod:`benchmarks.fuzz_runs`)."""
+    from benchmarks import fuzz_runs
+
+    make_input, one_try, latest = fuzz_runs.MODES[mode]
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix=f"fuzz_{mode}_") as temp:
+        root = Path(temp)
+        source = make_input(root)
+        for attempt, try_seed, rng in attempts(seconds, seed, tries):
+            fault, kill, at = rng.choice(fuzz_runs.FAULTS), rng.choice(fuzz_runs.KILLS), rng.uniform(0.5, latest)
+            workdir = root / f"try{attempt}"
+            workdir.mkdir()
+            started = time.perf_counter()
+            detail, returncode, problem, stderr = one_try(source, workdir, fault, kill, at, rng, run_timeout)
+            took = time.perf_counter() - started
+            outcomes.append(Outcome(try_seed, mode, fault, detail, returncode, took, problem,
+                                    stderr[-2000:] if problem else ""))
+            log(f"[{attempt + 1}] seed {try_seed} {detail}: {outcomes[-1].label}, then rerun; {took:.1f} s"
+                f"{'  PROBLEM: ' + problem if problem else ''}")
+            shutil.rmtree(workdir, ignore_errors=True)
+    return outcomes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("inputs", "options", "paths", "signals"), default="inputs",
+    parser.add_argument("--mode", choices=("inputs", "options", "paths", "signals", "library", "live"),
+                        default="inputs",
                         help="what to vary (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=120.0, help="time to keep trying (default: %(default)s)")
+    parser.add_argument("--seconds", type=float,
+                        help="time to keep trying (default: 120; library and live: 3 tries)")
     parser.add_argument("--tries", type=int, help="stop after this many tries instead")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--video", type=Path, default=SAMPLE, help="clip to use (default: the sample clip)")
@@ -427,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one CLI run may take before it counts as a hang (default: %(default)s)")
     parser.add_argument("--keep", type=Path, help="inputs mode: copy every damaged file that caused a problem here")
     args = parser.parse_args(argv)
+    if args.mode in ("library", "live"):
+        tries = args.tries if args.tries is not None or args.seconds is not None else 3
+        outcomes = fuzz_runs(args.mode, args.seconds or 0.0, args.seed, args.run_timeout, tries=tries)
+        print(report(outcomes))
+        return 1 if any(o.problem for o in outcomes) else 0
+    args.seconds = 120.0 if args.seconds is None else args.seconds
     if args.mode == "inputs":
         outcomes = fuzz(args.seconds, args.seed, args.video, args.model, args.run_timeout, tries=args.tries,
                         keep=args.keep)

@@ -393,15 +393,16 @@ def slow_completion(seconds: float):
 def test_a_server_that_stays_down_fails_its_batches_and_the_run_ends_with_a_result(recorded_stream, tmp_path):
     """Issue 26, 4: the server answers three batches, then 500 for good. Before: exit 2, no
     result.json, no final record. Now the stream goes on: each batch it could not describe is
-    recorded with its error, the summary and title are left empty, and the run ends as usual."""
+    recorded with its error, the summary and title are left empty, and the run ends as usual
+    (exit 3, as a file run with a failed batch)."""
     answers = iter([fake_openai.completion()] * 3)
     down = (500, "application/json", b'{"error": {"message": "down"}}')
     with fake_openai.FakeOpenAI(chat=lambda request: next(answers, down)) as server:
         cli = served_live(recorded_stream, server, tmp_path, str(tmp_path / "live.jsonl"), stdout=subprocess.PIPE)
         with stopped_afterwards(cli):
             out, err = cli.communicate(timeout=60)
-    assert cli.returncode == 0, err
-    assert "Traceback" not in err
+    assert cli.returncode == 3, err
+    assert "Traceback" not in err and "error:" not in err
     lines = records(tmp_path)
     assert lines[0]["type"] == "start" and lines[-1]["type"] == "final"
     batches = [r for r in lines if r["type"] == "batch"]

@@ -408,7 +408,8 @@ def command(source: str, options: CaptionOptions) -> int:
 
     A JSONL output that fails ends the run as a stop does (result.json is still written): a
     reader that closed the pipe (``--jsonl - | head -1``) is a normal end, exit 0; any other
-    failure (a full disk) is one ``error:`` line and exit 2.
+    failure (a full disk) is one ``error:`` line and exit 2. A batch that could not be described
+    (a server that failed, after its retries) makes it 3, as for a file.
 
     The first Ctrl-C or SIGTERM ends the run normally (a live stream has no end: stopping it is
     its end): the model call in progress finishes, then the final summary and result.json are
@@ -457,4 +458,4 @@ def command(source: str, options: CaptionOptions) -> int:
     if captioner.run.output_failure is not None and not captioner.run.reader_went_away:
         print(f"error: {captioner.run.output_failure}", file=sys.stderr)  # result.json is written
         return 2
-    return 0
+    return 3 if any(batch.error for batch in result.batches) else 0  # as for a file: see its `error`
