@@ -476,3 +476,12 @@ def test_a_restarted_run_cuts_a_torn_last_line_before_appending(tmp_path):
     path.write_text('{"type": "batch", "no newline at all"')
     JsonlWriter(path).close()
     assert path.read_text() == ""
+
+
+def test_a_seeded_live_fuzz_try_passes():
+    """One try of ``benchmarks.fuzz_inputs --mode live`` (seed 3: a server answering some 500s,
+    SIGINT mid-run, then a rerun): nothing lost, nothing twice, the JSONL valid."""
+    from benchmarks.fuzz_inputs import fuzz_runs, report
+
+    outcomes = fuzz_runs("live", 0.0, 3, 120.0, tries=1, log=lambda line: None)
+    assert not any(o.problem for o in outcomes), report(outcomes)
