@@ -328,6 +328,6 @@ def library_try(library: Path, workdir: Path, fault: str, kill: str, at: float, 
 ROOT = Path(__file__).resolve().parent.parent
 MODES: dict[str, tuple[Callable[[Path], Path], Callable, float]] = {
     # mode: (make the input once, one try, the latest seeded signal time in s)
-    "live": (make_stream, live_try, 8.0),
-    "library": (make_library, library_try, 40.0),
+    "live": (make_stream, live_try, 4.5),
+    "library": (make_library, library_try, 25.0),
 }
