@@ -73,7 +73,8 @@ def config(library: Path, output: Path, **changes) -> LibraryConfig:
 @pytest.fixture(scope="module")
 def undisturbed(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFactory):
     output = tmp_path_factory.mktemp("undisturbed")
-    run = run_library(config(library, output), CaptionOptions(**OPTIONS))
+    # With the report: each video's result.html beside its result, and index.html over them all.
+    run = run_library(config(library, output), CaptionOptions(**OPTIONS, report_path="result.html"))
     return run, output
 
 
@@ -125,6 +126,23 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
     assert len({row.worker for row in run.captioned}) == 2
     # The journal holds the same rows as the Parquet manifest.
     assert Manifest(output / MANIFEST_NAME).previous_rows().keys() == {row["path"] for row in rows.values()}
+
+
+def test_the_library_index_lists_every_video_with_its_report(undisturbed, library: Path) -> None:
+    from html import escape
+    from urllib.parse import quote
+
+    run, output = undisturbed
+    index = (output / "index.html").read_text(encoding="utf-8")
+    rows = {row["path"]: row for row in read_manifest(output / MANIFEST_NAME)}
+    for key in VIDEOS:
+        video_folder = folder(output, library / key)
+        assert (video_folder / "result.html").is_file()
+        assert (video_folder / "result_files" / "poster.jpg").is_file()  # the index's picture of it
+        assert f'href="{quote(local_key(library / key) + "/result.html")}"' in index
+    for key in BROKEN:
+        assert escape(rows[str(library / key)]["error"], quote=False) in index
+    assert index.count("<tr") == len(rows) + 1  # a header, then one row per manifest row
 
 
 def test_a_rerun_captions_nothing_again_unless_failed_ones_are_retried(undisturbed, library: Path) -> None:

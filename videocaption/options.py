@@ -52,6 +52,8 @@ DEFAULT_TITLE_PROMPT = (
 BACKENDS = ("deepseek_vl2", "transformers", "openai")  # videocaption/backends/
 SAMPLINGS = ("uniform", "adaptive")  # videocaption/sampling/samplers.py
 SUBTITLES = ("captions", "speech", "both")
+# Where the HTML report's pictures go (videocaption/outputs/report.py): in the page, or in a folder beside it.
+REPORT_IMAGES = ("embed", "folder")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
@@ -153,6 +155,13 @@ class CaptionOptions:
                                   library="per_video", nargs="?", metavar="PATH")
     vtt_path: str | None = option(None, "also write WebVTT subtitles (alone: beside the result file)", flag="--vtt",
                                   library="per_video", nargs="?", metavar="PATH")
+    report_path: str | None = option(None, "also write an HTML report: the frames, timeline and text of each batch "
+                                           "(alone: beside the result file)", flag="--report", library="per_video",
+                                     nargs="?", metavar="PATH")
+    # embed by default: one self-contained file to open, mail or attach (about 3-5 KB a frame);
+    # folder keeps the page small for long videos and live runs (each rewrite adds new pictures only).
+    report_images: str = option("embed", "where the report's pictures go: embed (in the page) or folder "
+                                         "(REPORT_files/ beside it) (default: %(default)s)", choices=REPORT_IMAGES)
     transcribe: bool = option(False, "transcribe the speech in the audio and give it to the prompts")
     asr_backend: str = option("whisper", "whisper: a Whisper checkpoint in this process; openai: an "
                                          "OpenAI-compatible /v1/audio/transcriptions endpoint (default: %(default)s)",
@@ -206,10 +215,12 @@ class CaptionOptions:
                                      "the result file (RESULT.partial)")
         if self.summary_max_prompt_tokens is not None:
             _check_int("summary_max_prompt_tokens", self.summary_max_prompt_tokens, minimum=1)
-        for name in ("srt_path", "vtt_path"):
+        for name in ("srt_path", "vtt_path", "report_path"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))
         self._check_distinct_outputs()
+        if self.report_images not in REPORT_IMAGES:
+            raise InvalidOptionError(f"report_images must be one of {', '.join(REPORT_IMAGES)}, got {self.report_images!r}")
         if self.max_threads is not None:
             _check_int("max_threads", self.max_threads, minimum=1)
             if not self.multithreading and self.max_threads != 1:
@@ -250,10 +261,10 @@ class CaptionOptions:
             raise InvalidOptionError(f"subtitles must be one of {', '.join(SUBTITLES)}, got {self.subtitles!r}")
 
     def _check_distinct_outputs(self) -> None:
-        """result_path, srt_path, vtt_path, jsonl_path and the checkpoint beside the result: different files."""
+        """result_path, srt_path, vtt_path, report_path, jsonl_path and the checkpoint beside the result: different files."""
         seen = {} if self.result_path is None else \
             {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
-        for name in ("result_path", "srt_path", "vtt_path", "jsonl_path"):
+        for name in ("result_path", "srt_path", "vtt_path", "report_path", "jsonl_path"):
             path = getattr(self, name)
             if path is None or path == "-":
                 continue

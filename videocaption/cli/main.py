@@ -137,16 +137,17 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         os.environ[API_KEY_ENV] = args.api_key
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(CaptionOptions)
               if field.metadata.get("flag", None) is not None}  # (not api_key: it went to the environment)
-    values["srt_path"] = _subtitle_path(args.srt_path, args.result_path, ".srt")
-    values["vtt_path"] = _subtitle_path(args.vtt_path, args.result_path, ".vtt")
+    values["srt_path"] = _beside_result(args.srt_path, args.result_path, ".srt")
+    values["vtt_path"] = _beside_result(args.vtt_path, args.result_path, ".vtt")
+    values["report_path"] = _beside_result(args.report_path, args.result_path, ".html")
     try:
         return CaptionOptions(**values)
     except CaptionError as error:
         parser.error(str(error))
 
 
-def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | None:
-    """``--srt`` alone puts the subtitles beside the result file; ``--srt PATH`` puts them at PATH."""
+def _beside_result(value: str | None, result_path: str, suffix: str) -> str | None:
+    """``--srt`` (``--vtt``, ``--report``) alone puts the file beside the result file; ``--srt PATH`` at PATH."""
     if value is None:
         return None
     return str(Path(result_path).with_suffix(suffix)) if value == BESIDE_RESULT else value
@@ -263,6 +264,7 @@ def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *
                 result_path=str(result_path),
                 srt_path=str(result_path.with_suffix(".srt")) if options.srt_path else None,
                 vtt_path=str(result_path.with_suffix(".vtt")) if options.vtt_path else None,
+                report_path=str(result_path.with_suffix(".html")) if options.report_path else None,
             )
             if is_done(result_path):
                 bar.write(f"Skipping {video}: already captioned in {result_path}")

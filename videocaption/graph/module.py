@@ -151,7 +151,8 @@ class CaptionModule(Module):
         with self._activity.writing() as allowed:
             if not allowed:
                 raise CaptionError("the run was stopped before its result was written")
-            write_outputs(result, self.options)
+            write_outputs(result, self.options, thumbnails=self._captioner.thumbnails, video_name=self._run.source,
+                          poster=self._run.report_poster)
 
     def _emit_captions(self, outputs, captions: list[BatchCaption]) -> None:
         for caption in captions:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
 from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
+from videocaption.outputs.report import write_library_index
 from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
@@ -197,6 +198,8 @@ def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, ite
         rows = [known[item.source] for item in items if item.source in known]
         manifest.close()
         manifest.write_parquet(rows)
+        if options.report_path:  # each video's result.html, and one page listing them all
+            write_library_index(rows, config.output_dir)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
 
 

@@ -33,12 +33,13 @@ def result_path(output_dir: str | os.PathLike, item: LibraryItem) -> Path:
 
 
 def video_options(options: CaptionOptions, output_dir: str | os.PathLike, item: LibraryItem) -> CaptionOptions:
-    """The options of one video: its own result path, subtitles beside it, resume on."""
+    """The options of one video: its own result path, subtitles and report beside it, resume on."""
     path = result_path(output_dir, item)
     return options.replace(
         result_path=str(path),
         srt_path=str(path.with_suffix(".srt")) if options.srt_path else None,
         vtt_path=str(path.with_suffix(".vtt")) if options.vtt_path else None,
+        report_path=str(path.with_suffix(".html")) if options.report_path else None,
         resume=True,
     )
 
@@ -133,7 +134,7 @@ class CaptionWorker:
             options = video_options(self.options, self.output_dir, item)
             media = probe_input(source, options)  # the one probe: the row's duration, the run's decoding
             duration = media.duration if not item.is_url else None
-            result = run_caption_graph(source, options, media=media)
+            result = run_caption_graph(source, options, media=media, report_poster=True)  # poster: index.html
         except Exception as error:  # noqa: BLE001 - one bad video must not end the library
             log.warning("%s: %s", source, one_line(error))
             row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,

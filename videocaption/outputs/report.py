@@ -34,11 +34,12 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from videocaption.options import REPORT_IMAGES
 from videocaption.outputs.files import write_files_atomic
 from videocaption.result import BatchCaption, CaptionResult
 
 ImagesMode = Literal["embed", "folder"]
-IMAGES_MODES: tuple[str, ...] = ("embed", "folder")
+IMAGES_MODES: tuple[str, ...] = REPORT_IMAGES
 DEFAULT_IMAGES: ImagesMode = "embed"  # one file to mail or attach; see the module docstring
 THUMBNAIL_WIDTH = 160  # pixels; a card shows batch_size of them side by side
 THUMBNAIL_QUALITY = 70  # JPEG quality: ~5-10 KB a frame, enough to recognise a scene
