@@ -104,7 +104,7 @@ def test_the_roles_in_the_fields_are_the_lists_the_modules_kept():
     assert set(options_with_role("fingerprint", "adaptive")) == {
         "sampling", "scene_threshold", "duplicate_threshold", "max_gap"}
     assert set(options_with_role("library", "per_video")) == {
-        "result_path", "srt_path", "vtt_path", "resume", "video_end"}
+        "result_path", "srt_path", "vtt_path", "report_path", "resume", "video_end"}
     assert options_with_role("library", "refused") == ("live",)
     with pytest.raises(ValueError, match="unknown option role"):
         options_with_role("fingerprinted")
@@ -117,7 +117,7 @@ def test_library_workers_set_exactly_the_per_video_options():
     from videocaption.library.workers import video_options
     from videocaption.options import options_with_role
 
-    given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", result_path="given.json")
+    given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", report_path="a.html", result_path="given.json")
     per_video = video_options(given, "out", LibraryItem("in/a.mp4", "a"))
     changed = {field.name for field in dataclasses.fields(CaptionOptions)
                if getattr(per_video, field.name) != getattr(given, field.name)}
