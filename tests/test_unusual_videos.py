@@ -216,3 +216,18 @@ def test_black_first_frame_is_captioned_like_any_other(runs):
 def test_long_gop_gives_a_frame_every_second(runs):
     batches = runs["long_gop"].result["batches"]
     assert [(b["start_time"], b["end_time"], b["frames"]) for b in batches] == [(0.0, 2.0, 3)]
+
+
+def test_an_mkv_with_negative_timestamps_is_captioned_not_refused(tmp_path):
+    """ffprobe cannot read such a file's packets by interval (the probe's keyframe and end
+    measure) though FFmpeg decodes it: the measures are skipped, the video is captioned
+    (issue 26, doubtful case; it used to be refused as "not a video file")."""
+    from videocaption.media.probe import probe_media
+
+    video = tmp_path / "negative.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=d=3:size=160x120:rate=25", "-c:v", "libx264", "-preset", "ultrafast",
+           "-output_ts_offset", "-1", "-avoid_negative_ts", "disabled", str(video))
+    media = probe_media(video)
+    assert media.keyframe_interval is None and media.video_end is None  # not measured
+    result = run_caption_graph(video, CaptionOptions(**FAST, result_path=None), media=media)
+    assert result.batches and result.frames_analysed >= 2

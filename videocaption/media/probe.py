@@ -11,6 +11,7 @@ ffprobe, only the file-system checks run and BMF's own errors are translated by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from videocaption.errors import VideoInputError
+
+log = logging.getLogger("llm_caption")
 
 # Demuxers that read images: such a file has a "video stream" but is a video only when it
 # holds more than one picture (an animated GIF, APNG or WebP).
@@ -148,7 +151,14 @@ def probe_media(path: str | os.PathLike, *, keyframes: bool = True) -> MediaInfo
         raise VideoInputError(f"{path}: is a still image, not a video")
     duration = _seconds(fmt.get("duration"))
     start_time = _seconds(fmt.get("start_time")) or 0.0
-    video_end, keyframe_interval = _read_packets(ffprobe, path, duration, keyframes)
+    try:
+        video_end, keyframe_interval = _read_packets(ffprobe, path, duration, keyframes)
+    except VideoInputError as error:
+        # The streams are known: only the measures are lost (no seeking, the last cue ends one
+        # sampling interval after the last frame). Seen on MKV with negative timestamps, which
+        # ffprobe cannot seek in but FFmpeg decodes from the start.
+        log.info("%s: the packets could not be read (%s); decoding it whole", path, error)
+        video_end, keyframe_interval = None, None
     return MediaInfo(
         duration=duration,
         start_time=start_time,
