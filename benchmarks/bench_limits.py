@@ -1,0 +1,224 @@
+"""The real architecture against this machine's limits: prefill vs its FLOP bound, decode vs its memory bound.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_limits [--frames 4] [--new-tokens 9] [--repeats 2] [--batches 1,4]
+
+Why: "fast" means "near what the hardware allows". In one process this measures
+
+* the bf16 matmul peak (best of several 2048^3 GEMMs) and the memory read bandwidth (sums over a
+  2 GiB buffer, far beyond any L3), first and again at the end (the lower of each pair is used,
+  which favours the bounds, i.e. makes the ratios pessimistic);
+* the prefill of one ``--frames``-frame prompt (as :mod:`benchmarks.bench_full_size` builds it:
+  deepseek-vl2-tiny with random weights, 16 vision heads), stage by stage: vision tower, projector,
+  LM prefill. Each stage's FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the
+  real shapes; bound = FLOPs / matmul peak; ratio = measured / bound (min over ``--repeats``);
+* the decode step at each batch size (batch b: b prompts of different frames, same length):
+  bytes one step reads = the language model's weights except the embedding table and the routed
+  experts, plus the distinct routed experts the step's tokens chose (counted per layer), plus the
+  KV cache; bound = bytes / bandwidth; ratio = measured ms per token / bound.
+
+Random weights never choose ``eos`` on purpose: every row decodes ``--new-tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.bench_full_size import build_runtime, sample_frames
+from benchmarks.common import machine
+from videocaption.deepseek_vl2.generation import generate, position_ids_from_mask
+from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate
+from videocaption.deepseek_vl2.threads import run_on_model_thread
+from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 6) -> float:
+    """Best FLOP/s of ``size``^3 GEMMs in ``dtype``."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def read_bandwidth(gib: float = 2.0, repeats: int = 5) -> float:
+    """Best bytes/s of a sum over a ``gib`` GiB float32 buffer (reads it once per sum)."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def _cpu_attention_flops(query, key, value, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
+    """q k^T and a v of CPU SDPA (FlopCounterMode has no formula for it); causal: half the pairs."""
+    *lead, q_len, head_dim = query
+    pairs = q_len * key[-2] // (2 if is_causal else 1)
+    return 2 * pairs * (head_dim + value[-1]) * (lead[0] * lead[1])
+
+
+def _grouped_mm_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
+    """[N, K] rows through their groups' [K, out] matrices: 2 N K out (FlopCounterMode has none)."""
+    return 2 * x[0] * x[1] * weight[-1]
+
+
+CUSTOM_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._grouped_mm: _grouped_mm_flops,
+}
+
+
+def flops(fn) -> tuple[float, object]:
+    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def requests_for(runtime, rows: int, frames: int):
+    """``rows`` prompts of ``frames`` frames each, different frames per row, same token count."""
+    pool = sample_frames(frames + rows - 1)
+    out = []
+    for r in range(rows):
+        group = pool[r: r + frames]
+        images = [runtime.prepare_image(image, frames) for image, _ in group]
+        out.append((images, batch_prompt(DEFAULT_BATCH_PROMPT, [t for _, t in group], time_aware=True)))
+    return out
+
+
+@torch.inference_mode()
+def prefill_stages(runtime, frames: int, repeats: int) -> list[tuple[str, float, list[float]]]:
+    """(stage, FLOPs, seconds per repeat) for vision, projector, LM prefill (+ lm_head on the last row)."""
+    model = runtime.model
+    batch = runtime._batch(requests_for(runtime, 1, frames)).to(runtime.device, dtype=runtime.dtype)
+    n = sum(1 + w * h for w, h in model.tiles_per_row(batch.images_spatial_crop)[0])
+    tiles = batch.images[0, :n]
+    vision = lambda: model.vision(tiles)  # noqa: E731
+    vision_flops, features = flops(vision)
+    projector = lambda: model.projector(features)  # noqa: E731
+    projector_flops, projected = flops(projector)
+    embeds = model.prepare_inputs_embeds(batch.input_ids, None, batch.images_seq_mask, batch.images_spatial_crop,
+                                         image_embeds=projected)
+    positions = position_ids_from_mask(batch.attention_mask)
+    lm = model.language
+
+    def prefill():
+        return lm.logits(lm.model(embeds, positions, None, KVCache(capacity=embeds.shape[1] + 1))[:, -1])
+
+    lm_flops, _ = flops(prefill)
+    rows = [("vision tower", vision_flops, []), ("projector", projector_flops, []), ("LM prefill", lm_flops, [])]
+    for _ in range(repeats):  # interleaved: a burst of load hits all stages alike
+        for (_, _, times), fn in zip(rows, (vision, projector, prefill)):
+            times += timed(fn, 1)
+    print(f"prompt: {frames} frames = {n} tiles, {embeds.shape[1]} tokens", flush=True)
+    return rows
+
+
+def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[int]) -> float:
+    """Bytes one decode step reads: dense LM weights + the distinct routed experts chosen + the KV cache."""
+    lm = runtime.model.language
+    size = lambda t: t.numel() * t.element_size()  # noqa: E731
+    dense = sum(size(p) for name, p in lm.named_parameters() if "experts.gate_up_proj" not in name
+                and "experts.down_proj" not in name and "embed_tokens" not in name)
+    if lm.config.tie_word_embeddings:
+        dense += size(lm.lm_head.weight)
+    routed = 0
+    for layer, used in zip((m for m in lm.modules() if isinstance(m, Experts)), experts_used):
+        routed += used * (size(layer.gate_up_proj) + size(layer.down_proj)) / layer.num_experts
+    c = lm.config
+    kv = 2 * c.num_hidden_layers * batch_rows * c.num_key_value_heads * c.head_dim * cache_len * runtime.dtype.itemsize
+    return dense + routed + kv
+
+
+@torch.inference_mode()
+def decode(runtime, rows: int, frames: int, new_tokens: int) -> tuple[float, float, int]:
+    """(ms per decode step, bytes a step reads, prompt length) for one call of ``rows`` prompts."""
+    model = runtime.model
+    batch = runtime._batch(requests_for(runtime, rows, frames)).to(runtime.device, dtype=runtime.dtype)
+    embeds = model.prepare_inputs_embeds(batch.input_ids, batch.images, batch.images_seq_mask,
+                                         batch.images_spatial_crop)
+    used: list[list[int]] = []
+    original = MoEGate.forward
+
+    def counting(self, x):  # distinct experts per MoE layer, on one-token-per-row calls only
+        idx, weight = original(self, x)
+        if x.shape[0] == rows:
+            used.append([idx.unique().numel()])
+        return idx, weight
+
+    MoEGate.forward = counting
+    try:
+        out = generate(model.language, embeds, batch.attention_mask, max_new_tokens=new_tokens, eos_token_id=-1)
+    finally:
+        MoEGate.forward = original
+    layers = sum(isinstance(m, Experts) for m in model.language.modules())
+    per_layer = [statistics.mean(u[0] for u in used[i::layers]) for i in range(layers)]
+    cache_len = embeds.shape[1] + new_tokens // 2
+    return out.decode_s / (new_tokens - 1) * 1000, step_bytes(runtime, rows, cache_len, per_layer), embeds.shape[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batches", default="1,4")
+    args = parser.parse_args()
+
+    runtime = build_runtime("cpu", "bfloat16", weights=True)
+    runtime.processor.eos_id = -1
+    print(f"machine: {machine()}; deepseek-vl2-tiny architecture, random weights, bfloat16, "
+          f"{runtime.config.vision.heads} vision heads", flush=True)
+    peak = [run_on_model_thread(matmul_peak, torch.bfloat16)]
+    bandwidth = [run_on_model_thread(read_bandwidth)]
+    print(f"measured: bf16 matmul {peak[0] / 1e12:.3f} TFLOP/s, read bandwidth {bandwidth[0] / 1e9:.1f} GB/s (2 GiB)",
+          flush=True)
+    stages = run_on_model_thread(prefill_stages, runtime, args.frames, args.repeats)
+    decodes = [(rows, *run_on_model_thread(decode, runtime, rows, args.frames, args.new_tokens))
+               for rows in map(int, args.batches.split(","))]
+    peak.append(run_on_model_thread(matmul_peak, torch.bfloat16))
+    bandwidth.append(run_on_model_thread(read_bandwidth))
+    peak_flops, read = min(peak), min(bandwidth)
+    print(f"limits used (lower of start and end): bf16 matmul {peak_flops / 1e12:.3f} TFLOP/s "
+          f"(end {peak[1] / 1e12:.3f}), read {read / 1e9:.1f} GB/s (end {bandwidth[1] / 1e9:.1f})")
+    print(f"{'stage':<14} {'GFLOP':>9} {'bound s':>8} {'min s':>8} {'median s':>9} {'ratio':>6}")
+    total_flops = total_min = 0.0
+    for name, work, times in stages:
+        bound = work / peak_flops
+        total_flops, total_min = total_flops + work, total_min + min(times)
+        print(f"{name:<14} {work / 1e9:>9.1f} {bound:>8.3f} {min(times):>8.3f} {statistics.median(times):>9.3f} "
+              f"{min(times) / bound:>5.2f}x")
+    bound = total_flops / peak_flops
+    print(f"{'prefill total':<14} {total_flops / 1e9:>9.1f} {bound:>8.3f} {total_min:>8.3f} {'':>9} "
+          f"{total_min / bound:>5.2f}x  (goal <= 1.4x)")
+    print(f"{'decode':<14} {'rows':>4} {'prompt':>6} {'MB/step':>8} {'bound ms':>9} {'ms/step':>8} {'ratio':>6}")
+    for rows, ms, nbytes, prompt in decodes:
+        bound_ms = nbytes / read * 1000
+        print(f"{'':<14} {rows:>4} {prompt:>6} {nbytes / 1e6:>8.0f} {bound_ms:>9.1f} {ms:>8.1f} {ms / bound_ms:>5.2f}x"
+              f"  (goal <= 1.25x)")
+    if len(decodes) > 1:
+        print(f"batch {decodes[-1][0]} step costs {decodes[-1][1] / decodes[0][1]:.2f}x a batch-1 step")
+
+
+if __name__ == "__main__":
+    main()
