@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -31,6 +32,17 @@ def runtime() -> DeepseekVL2:
     return DeepseekVL2.from_pretrained(FIXTURES / "model", device=str(DEVICE), dtype=str(DTYPE).removeprefix("torch."))
 
 
+def settled_thread_count() -> int:
+    """OS threads of this process once the count stops moving (exiting threads leave with a delay)."""
+    count = len(os.listdir("/proc/self/task"))
+    for _ in range(50):
+        time.sleep(0.02)
+        count, previous = len(os.listdir("/proc/self/task")), count
+        if count == previous:
+            break
+    return count
+
+
 def call_from_threads(call, callers: int = CALLERS) -> int:
     """Run ``call`` on ``callers`` new threads that stay alive; the OS threads the process gained meanwhile."""
     release, done = threading.Event(), threading.Barrier(callers + 1)
@@ -40,7 +52,7 @@ def call_from_threads(call, callers: int = CALLERS) -> int:
         done.wait()
         release.wait()
 
-    before = len(os.listdir("/proc/self/task"))
+    before = settled_thread_count()
     threads = [threading.Thread(target=work) for _ in range(callers)]
     for thread in threads:
         thread.start()
@@ -72,11 +84,11 @@ def test_model_calls_run_on_one_thread_whoever_calls(runtime, monkeypatch):
 def test_callers_add_no_openmp_pool(runtime):
     call = lambda: runtime.complete_batch(["Hello there."], max_new_tokens=3)  # noqa: E731
     call()  # lazily started pools (tokenizer, the model thread's own team) exist from here on
-    assert call_from_threads(call) == CALLERS  # the callers themselves, no worker threads of theirs
+    assert call_from_threads(call) <= CALLERS  # the callers themselves, no worker threads of theirs
     # The control, so this test can fail: the same work run on the callers' own threads brings
-    # a team of torch.get_num_threads() - 1 workers with each of them.
+    # a team of workers with them (torch.get_num_threads() - 1 each, seen as 2 or 3 of the 3 here).
     direct = call_from_threads(lambda: runtime._generate_here([([], "Hello there.")], 3))
-    assert direct == CALLERS * torch.get_num_threads()
+    assert direct > CALLERS
 
 
 @contextmanager
@@ -130,3 +142,26 @@ def test_experts_are_stacked_and_keep_checkpoint_keys(runtime):
         for name in ("gate_proj", "up_proj", "down_proj"):
             assert f"language.model.layers.{first}.mlp.experts.{e}.{name}.weight" in keys
     assert not any("gate_up_proj" in key for key in keys)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="int8 is a CPU option")
+@torch.inference_mode()
+def test_int8_option_stays_close_to_the_reference():
+    # Measured (benchmarks/bench_int8.py): relative logit error ~0.02 (bfloat16: ~0.01), greedy ids
+    # all equal on the fixtures; 0.05 is the bfloat16 bound of tests/accelerator.py.
+    from safetensors.torch import load_file
+
+    from videocaption.deepseek_vl2.generation import position_ids_from_mask
+    from videocaption.deepseek_vl2.quantize import Int8Experts, Int8Linear
+
+    runtime = DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="int8")
+    lm = runtime.model.language
+    assert isinstance(lm.lm_head, Int8Linear) and any(isinstance(m, Int8Experts) for m in lm.modules())
+    case = sorted((FIXTURES / "cases").glob("*.json"))[0]
+    ref = load_file(str(case.with_suffix(".safetensors")))
+    mask = ref["attention_mask"]
+    hidden = lm.model(ref["inputs_embeds"].to(torch.bfloat16), position_ids_from_mask(mask), mask)
+    logits, expected = lm.logits(hidden[:, -1]), ref["logits_last"]
+    assert ((logits - expected).norm() / expected.norm()).item() < 0.05
+    out = generate(lm, ref["inputs_embeds"].to(torch.bfloat16), mask, max_new_tokens=4, eos_token_id=-1)
+    assert out.lengths == [4] * mask.shape[0]

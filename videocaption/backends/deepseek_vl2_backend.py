@@ -20,6 +20,7 @@ from ..deepseek_vl2.config import DeepseekVL2Config
 from ..deepseek_vl2.generation import generate
 from ..deepseek_vl2.model import DeepseekVL2Model
 from ..deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
+from ..deepseek_vl2.quantize import quantize_language_int8
 from ..deepseek_vl2.threads import run_on_model_thread
 from ..deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
 from ..devices import DEFAULT_MODEL, resolve_device, resolve_dtype
@@ -79,16 +80,22 @@ class DeepseekVL2:
                 f"Model '{name}' is inconsistent: processor tiles are {processor.config.image_size} px "
                 f"but the vision tower expects {config.vision.image_size} px."
             )
-        net = run_on_model_thread(cls._load_network, config, files, name, torch_dtype, torch_device)
+        int8 = dtype == "int8"
+        if int8 and torch_device.type != "cpu":
+            raise ModelLoadError(f"dtype int8 is a CPU option (device {torch_device}); use bfloat16 there.")
+        net = run_on_model_thread(cls._load_network, config, files, name, torch_dtype, torch_device, int8)
         return cls(name, net, processor, device=torch_device, dtype=torch_dtype)
 
     @staticmethod
-    def _load_network(config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device):
+    def _load_network(config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device,
+                      int8: bool = False) -> DeepseekVL2Model:
         # On the model thread (see deepseek_vl2.threads): the casts while loading are parallel
         # torch ops too, and any thread that runs one keeps an OpenMP pool.
         with torch.device("meta"):
             net = DeepseekVL2Model(config)
         load_weights(net, files, name=name, dtype=dtype, device=device)
+        if int8:
+            quantize_language_int8(net.language, dtype)
         return net.eval().requires_grad_(False)
 
     def __repr__(self) -> str:
