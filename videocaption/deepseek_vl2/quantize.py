@@ -91,7 +91,12 @@ def quantize_language_int8(language: DeepseekV2ForCausalLM, dtype: torch.dtype =
         raise ValueError("int8 weights are a CPU option (torch's int8 weight-only kernel is the CPU one)")
     if language.config.tie_word_embeddings:
         raise ValueError("int8 needs an untied lm_head (it would quantize the embedding table too)")
-    for parent in list(language.modules()):
+    quantize_modules_int8(language, dtype)
+
+
+def quantize_modules_int8(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Replace every ``nn.Linear`` (but MLA's ``kv_b_proj``) and ``Experts`` inside ``module``, in place."""
+    for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Experts):
                 setattr(parent, name, Int8Experts(child, dtype))
