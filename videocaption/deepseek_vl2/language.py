@@ -129,8 +129,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        # F.rms_norm is x * rsqrt(mean(x^2) + eps) in one operator (fewer per decode step)
+        x = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=self.variance_epsilon)
         return self.weight * x.to(dtype)
 
 
