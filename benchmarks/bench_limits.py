@@ -13,7 +13,7 @@ Why: "fast" means "near what the hardware allows". In one process this measures
   deepseek-vl2-tiny with random weights, 16 vision heads), stage by stage: vision tower, projector,
   LM prefill. Each stage's FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the
   real shapes; bound = FLOPs / matmul peak; ratio = measured / bound (min over ``--repeats``);
-* the decode step at each batch size (batch b: b prompts of different frames, same length):
+* the decode step at each batch size (batch b: b prompts as long as the prefill's, of random tokens):
   bytes one step reads = the language model's weights except the embedding table and the routed
   experts, plus the distinct routed experts the step's tokens chose (counted per layer), plus the
   KV cache; bound = bytes / bandwidth; ratio = measured ms per token / bound.
@@ -107,8 +107,9 @@ def requests_for(runtime, rows: int, frames: int):
 
 
 @torch.inference_mode()
-def prefill_stages(runtime, frames: int, repeats: int) -> list[tuple[str, float, list[float]]]:
-    """(stage, FLOPs, seconds per repeat) for vision, projector, LM prefill (+ lm_head on the last row)."""
+def prefill_stages(runtime, frames: int, repeats: int) -> tuple[list[tuple[str, float, list[float]]], int]:
+    """(stage, FLOPs, seconds per repeat) for vision, projector, LM prefill (+ lm_head on the last row);
+    and the prompt's length."""
     model = runtime.model
     batch = runtime._batch(requests_for(runtime, 1, frames)).to(runtime.device, dtype=runtime.dtype)
     n = sum(1 + w * h for w, h in model.tiles_per_row(batch.images_spatial_crop)[0])
@@ -131,7 +132,7 @@ def prefill_stages(runtime, frames: int, repeats: int) -> list[tuple[str, float,
         for (_, _, times), fn in zip(rows, (vision, projector, prefill)):
             times += timed(fn, 1)
     print(f"prompt: {frames} frames = {n} tiles, {embeds.shape[1]} tokens", flush=True)
-    return rows
+    return rows, embeds.shape[1]
 
 
 def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[int]) -> float:
@@ -151,12 +152,16 @@ def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[int]
 
 
 @torch.inference_mode()
-def decode(runtime, rows: int, frames: int, new_tokens: int) -> tuple[float, float, int]:
-    """(ms per decode step, bytes a step reads, prompt length) for one call of ``rows`` prompts."""
+def decode(runtime, rows: int, prompt_len: int, new_tokens: int) -> tuple[float, float, int]:
+    """(ms per decode step, bytes a step reads, prompt length) for one call of ``rows`` prompts.
+
+    The prompts are token embeddings of random ids, ``prompt_len`` long: a decode step costs the
+    same whatever the prompt held, and the vision tower need not run again for every row.
+    """
     model = runtime.model
-    batch = runtime._batch(requests_for(runtime, rows, frames)).to(runtime.device, dtype=runtime.dtype)
-    embeds = model.prepare_inputs_embeds(batch.input_ids, batch.images, batch.images_seq_mask,
-                                         batch.images_spatial_crop)
+    ids = torch.randint(model.config.language.vocab_size, (rows, prompt_len), generator=torch.Generator().manual_seed(rows))
+    embeds = model.language.model.embed_tokens(ids.to(runtime.device))
+    mask = torch.ones(rows, prompt_len, dtype=torch.bool, device=runtime.device)
     used: list[list[int]] = []
     original = MoEGate.forward
 
@@ -168,7 +173,7 @@ def decode(runtime, rows: int, frames: int, new_tokens: int) -> tuple[float, flo
 
     MoEGate.forward = counting
     try:
-        out = generate(model.language, embeds, batch.attention_mask, max_new_tokens=new_tokens, eos_token_id=-1)
+        out = generate(model.language, embeds, mask, max_new_tokens=new_tokens, eos_token_id=-1)
     finally:
         MoEGate.forward = original
     layers = sum(isinstance(m, Experts) for m in model.language.modules())
@@ -193,8 +198,8 @@ def main() -> None:
     bandwidth = [run_on_model_thread(read_bandwidth)]
     print(f"measured: bf16 matmul {peak[0] / 1e12:.3f} TFLOP/s, read bandwidth {bandwidth[0] / 1e9:.1f} GB/s (2 GiB)",
           flush=True)
-    stages = run_on_model_thread(prefill_stages, runtime, args.frames, args.repeats)
-    decodes = [(rows, *run_on_model_thread(decode, runtime, rows, args.frames, args.new_tokens))
+    stages, prompt_len = run_on_model_thread(prefill_stages, runtime, args.frames, args.repeats)
+    decodes = [(rows, *run_on_model_thread(decode, runtime, rows, prompt_len, args.new_tokens))
                for rows in map(int, args.batches.split(","))]
     peak.append(run_on_model_thread(matmul_peak, torch.bfloat16))
     bandwidth.append(run_on_model_thread(read_bandwidth))
