@@ -188,7 +188,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 gives steadier "
+                        "ratios on a loaded machine, where OpenMP barriers wait for descheduled threads")
     args = parser.parse_args()
+    if args.threads:
+        run_on_model_thread(torch.set_num_threads, args.threads)  # where every measurement runs
 
     runtime = build_runtime("cpu", "bfloat16", weights=True)
     runtime.processor.eos_id = -1
