@@ -165,3 +165,14 @@ def test_int8_option_stays_close_to_the_reference():
     assert ((logits - expected).norm() / expected.norm()).item() < 0.05
     out = generate(lm, ref["inputs_embeds"].to(torch.bfloat16), mask, max_new_tokens=4, eos_token_id=-1)
     assert out.lengths == [4] * mask.shape[0]
+
+
+def test_model_thread_passes_exceptions_back_and_is_reentrant():
+    from videocaption.deepseek_vl2.threads import THREAD_NAME, run_on_model_thread
+
+    with pytest.raises(ZeroDivisionError):
+        run_on_model_thread(lambda: 1 / 0)
+    nested = run_on_model_thread(lambda: run_on_model_thread(threading.get_native_id))  # no deadlock
+    assert nested == model_thread_native_id()
+    thread = next(t for t in threading.enumerate() if t.name == THREAD_NAME)
+    assert thread.daemon  # Ctrl-C must not wait for a generate in progress

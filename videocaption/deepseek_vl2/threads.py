@@ -18,30 +18,41 @@ generate at a time).
 
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
 THREAD_NAME = "deepseek-vl2-model"
 _lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
+_jobs: queue.SimpleQueue | None = None
 _thread_ident: int | None = None
 
 
-def _mark() -> None:
-    global _thread_ident
-    _thread_ident = threading.get_ident()
+def _serve(jobs: queue.SimpleQueue) -> None:
+    """The model thread: run each job in turn, forever; its OpenMP team is the process's only one."""
+    while True:
+        future, fn, args, kwargs = jobs.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
 
 
-def _model_executor() -> ThreadPoolExecutor:
-    global _executor
+def _model_jobs() -> queue.SimpleQueue:
+    global _jobs, _thread_ident
     with _lock:
-        if _executor is None:
-            # One worker, started once, never retired: its OpenMP pool is the process's only one.
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME, initializer=_mark)
-        return _executor
+        if _jobs is None:
+            _jobs = queue.SimpleQueue()
+            # A daemon: Ctrl-C ends the process without waiting for a generate in progress
+            # (a ThreadPoolExecutor worker would be joined at exit).
+            thread = threading.Thread(target=_serve, args=(_jobs,), name=THREAD_NAME, daemon=True)
+            thread.start()
+            _thread_ident = thread.ident
+        return _jobs
 
 
 def on_model_thread() -> bool:
@@ -53,7 +64,9 @@ def run_on_model_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     """``fn(*args, **kwargs)`` on the model thread; its result, or its exception re-raised here."""
     if on_model_thread():
         return fn(*args, **kwargs)
-    return _model_executor().submit(fn, *args, **kwargs).result()
+    future: Future = Future()
+    _model_jobs().put((future, fn, args, kwargs))
+    return future.result()
 
 
 def model_thread_native_id() -> int:
