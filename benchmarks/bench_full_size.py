@@ -74,6 +74,10 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
     torch_dtype = resolve_dtype(dtype, torch_device)
     # Built on the model thread, where the runtime will run it (one OpenMP pool: deepseek_vl2.threads).
     net = run_on_model_thread(_random_network, torch_device, torch_dtype, weights)
+    if dtype == "int8" and weights:  # as DeepseekVL2.from_pretrained(dtype="int8") does after loading
+        from videocaption.deepseek_vl2.quantize import quantize_language_int8
+
+        run_on_model_thread(quantize_language_int8, net.language, torch_dtype)
     processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
     return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
 
@@ -152,7 +156,7 @@ def child(batch_size: int, device: str, dtype: str, new_tokens: int, warmup: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16", "int8"])
     parser.add_argument("--batch-sizes", default="1,4,max", help="comma-separated; 'max' = the largest that fits")
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=0, help="untimed calls first (1 is cheap on a GPU)")

@@ -34,6 +34,7 @@ from benchmarks.bench_full_size import build_runtime, sample_frames
 from benchmarks.common import machine
 from videocaption.deepseek_vl2.generation import generate, position_ids_from_mask
 from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate
+from videocaption.deepseek_vl2.quantize import Int8Experts
 from videocaption.deepseek_vl2.threads import run_on_model_thread
 from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
 
@@ -135,17 +136,23 @@ def prefill_stages(runtime, frames: int, repeats: int) -> tuple[list[tuple[str, 
     return rows, embeds.shape[1]
 
 
-def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[int]) -> float:
+def routed_experts(lm) -> list:
+    """The routed-expert modules of each MoE layer (bfloat16 ``Experts`` or ``Int8Experts``)."""
+    return [m for m in lm.modules() if isinstance(m, (Experts, Int8Experts))]
+
+
+def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[float]) -> float:
     """Bytes one decode step reads: dense LM weights + the distinct routed experts chosen + the KV cache."""
     lm = runtime.model.language
     size = lambda t: t.numel() * t.element_size()  # noqa: E731
-    dense = sum(size(p) for name, p in lm.named_parameters() if "experts.gate_up_proj" not in name
-                and "experts.down_proj" not in name and "embed_tokens" not in name)
+    own = lambda m: [*m.parameters(recurse=False), *m.buffers(recurse=False)]  # noqa: E731
+    routed_ids = {id(t) for m in routed_experts(lm) for t in own(m)}
+    tensors = {**dict(lm.named_parameters()), **dict(lm.named_buffers())}
+    dense = sum(size(t) for name, t in tensors.items() if id(t) not in routed_ids and "embed_tokens" not in name)
     if lm.config.tie_word_embeddings:
         dense += size(lm.lm_head.weight)
-    routed = 0
-    for layer, used in zip((m for m in lm.modules() if isinstance(m, Experts)), experts_used):
-        routed += used * (size(layer.gate_up_proj) + size(layer.down_proj)) / layer.num_experts
+    routed = sum(used * sum(size(t) for t in own(m)) / m.num_experts
+                 for m, used in zip(routed_experts(lm), experts_used))
     c = lm.config
     kv = 2 * c.num_hidden_layers * batch_rows * c.num_key_value_heads * c.head_dim * cache_len * runtime.dtype.itemsize
     return dense + routed + kv
@@ -176,7 +183,7 @@ def decode(runtime, rows: int, prompt_len: int, new_tokens: int) -> tuple[float,
         out = generate(model.language, embeds, mask, max_new_tokens=new_tokens, eos_token_id=-1)
     finally:
         MoEGate.forward = original
-    layers = sum(isinstance(m, Experts) for m in model.language.modules())
+    layers = len(routed_experts(model.language))
     per_layer = [statistics.mean(u[0] for u in used[i::layers]) for i in range(layers)]
     cache_len = embeds.shape[1] + new_tokens // 2
     return out.decode_s / (new_tokens - 1) * 1000, step_bytes(runtime, rows, cache_len, per_layer), embeds.shape[1]
@@ -188,21 +195,25 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "int8"])
+    parser.add_argument("--skip-prefill", action="store_true", help="decode only, after a --prompt-len prompt")
+    parser.add_argument("--prompt-len", type=int, default=1799, help="with --skip-prefill (4 frames: 1799)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 gives steadier "
                         "ratios on a loaded machine, where OpenMP barriers wait for descheduled threads")
     args = parser.parse_args()
     if args.threads:
         run_on_model_thread(torch.set_num_threads, args.threads)  # where every measurement runs
 
-    runtime = build_runtime("cpu", "bfloat16", weights=True)
+    runtime = build_runtime("cpu", args.dtype, weights=True)
     runtime.processor.eos_id = -1
-    print(f"machine: {machine()}; deepseek-vl2-tiny architecture, random weights, bfloat16, "
+    print(f"machine: {machine()}; deepseek-vl2-tiny architecture, random weights, {args.dtype}, "
           f"{runtime.config.vision.heads} vision heads", flush=True)
     peak = [run_on_model_thread(matmul_peak, torch.bfloat16)]
     bandwidth = [run_on_model_thread(read_bandwidth)]
     print(f"measured: bf16 matmul {peak[0] / 1e12:.3f} TFLOP/s, read bandwidth {bandwidth[0] / 1e9:.1f} GB/s (2 GiB)",
           flush=True)
-    stages, prompt_len = run_on_model_thread(prefill_stages, runtime, args.frames, args.repeats)
+    stages, prompt_len = ([], args.prompt_len) if args.skip_prefill else run_on_model_thread(
+        prefill_stages, runtime, args.frames, args.repeats)
     decodes = [(rows, *run_on_model_thread(decode, runtime, rows, prompt_len, args.new_tokens))
                for rows in map(int, args.batches.split(","))]
     peak.append(run_on_model_thread(matmul_peak, torch.bfloat16))
@@ -217,7 +228,7 @@ def main() -> None:
         total_flops, total_min = total_flops + work, total_min + min(times)
         print(f"{name:<14} {work / 1e9:>9.1f} {bound:>8.3f} {min(times):>8.3f} {statistics.median(times):>9.3f} "
               f"{min(times) / bound:>5.2f}x")
-    bound = total_flops / peak_flops
+    bound = total_flops / peak_flops or float("nan")
     print(f"{'prefill total':<14} {total_flops / 1e9:>9.1f} {bound:>8.3f} {total_min:>8.3f} {'':>9} "
           f"{total_min / bound:>5.2f}x  (goal <= 1.4x)")
     print(f"{'decode':<14} {'rows':>4} {'prompt':>6} {'MB/step':>8} {'bound ms':>9} {'ms/step':>8} {'ratio':>6}")
