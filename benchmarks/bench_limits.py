@@ -218,8 +218,9 @@ def main() -> None:
         prefill_stages, runtime, args.frames, args.repeats)
     decodes = [(rows, *run_on_model_thread(decode, runtime, rows, prompt_len, args.new_tokens))
                for rows in map(int, args.batches.split(","))]
-    print(f"{'stage':<14} {'GFLOP':>9} {'peak TFLOP/s':>12} {'bound s':>8} {'min s':>8} {'median s':>9} "
-          f"{'ratio min':>9} {'median':>7}  (bound from the peak measured just before each repeat)")
+    if stages:
+        print(f"{'stage':<14} {'GFLOP':>9} {'peak TFLOP/s':>12} {'bound s':>8} {'min s':>8} {'median s':>9} "
+              f"{'ratio min':>9} {'median':>7}  (bound from the peak measured just before each repeat)")
     total_flops = total_min = total_bound = 0.0
     for name, work, runs in stages:
         ratios = [seconds / (work / peak) for seconds, peak in runs]
