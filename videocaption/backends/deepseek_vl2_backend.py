@@ -61,7 +61,10 @@ class DeepseekVL2:
         dtype: str = "auto",
     ) -> "DeepseekVL2":
         """Load from a hub id (``deepseek-ai/deepseek-vl2-tiny``, ``-small``, ``deepseek-vl2``) or a
-        local directory with the official layout. Raises ModelLoadError if it cannot."""
+        local directory with the official layout. Raises ModelLoadError if it cannot.
+
+        ``dtype="int8"`` (CPU only) loads in bfloat16, then stores the decoder's linears, lm_head and
+        routed experts as int8 (see :mod:`~videocaption.deepseek_vl2.quantize`)."""
         name = os.fspath(model)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
