@@ -19,7 +19,8 @@ What it does, in order:
    with ``multithreading``. Random weights never pick ``eos`` on purpose, so every answer is
    ``--new-tokens`` long;
 3. times the decode step of one text prompt eagerly and under ``torch.compile(dynamic=True)``
-   (the decode loop has no host sync but its stop check, so the decoder compiles whole).
+   (the decode loop has no host sync but its stop check, so the decoder can be compiled; the
+   KV cache's Python bookkeeping may still break the graph: the figure says whether it pays).
 
 It prints, per batch size, the peak ``torch.cuda.max_memory_allocated``, seconds per batch and
 per frame, and frames per second with batched calls (at 1 frame per second of video, that is
