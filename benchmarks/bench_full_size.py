@@ -8,7 +8,7 @@ Run from the repository root::
 
 Why: the tiny test checkpoint says nothing about the real model's footprint. This builds the
 network from the official deepseek-vl2-tiny ``config.json`` values (SigLIP so400m/14 at 384 px,
-1152 wide, 27 layers; DeepSeek-MoE with vocab 129280, hidden 1280, 12 layers, 10 heads, 64 routed
+1152 wide, 27 layers, 16 heads; DeepSeek-MoE with vocab 129280, hidden 1280, 12 layers, 10 heads, 64 routed
 experts of which 6 per token plus 2 shared, dense first layer; 4096-token context; about 3.4 B
 parameters) with random weights (no download), and describes one batch of ``batch_size``
 frames of the sample clip (1280x720, prepared as the pipeline prepares them, with the pipeline's
@@ -57,18 +57,34 @@ def official_config():
     data = json.loads((TINY_MODEL / "config.json").read_text())
     for section, values in OFFICIAL_TINY.items():
         data[section] = {**data[section], **values}
+    # The official vision_config leaves heads unset, so upstream's default (16) applies; the
+    # fixture's 4 would make attention cheaper than the real model's.
+    data["vision_config"].pop("heads", None)
     return DeepseekVL2Config.from_dict(data)
 
 
 def build_runtime(device: str, dtype: str, *, weights: bool):
     """A DeepseekVL2 runtime around the full-size network; random weights, or meta tensors only."""
     from videocaption.deepseek_vl2 import DeepseekVL2
-    from videocaption.deepseek_vl2.model import DeepseekVL2Model
     from videocaption.deepseek_vl2.processor import DeepseekVL2Processor
     from videocaption.backends.devices import resolve_device, resolve_dtype
+    from videocaption.deepseek_vl2.threads import run_on_model_thread
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    # Built on the model thread, where the runtime will run it (one OpenMP pool: deepseek_vl2.threads).
+    net = run_on_model_thread(_random_network, torch_device, torch_dtype, weights)
+    if dtype == "int8" and weights:  # as DeepseekVL2.from_pretrained(dtype="int8") does after loading
+        from videocaption.deepseek_vl2.quantize import quantize_language_int8
+
+        run_on_model_thread(quantize_language_int8, net.language, torch_dtype)
+    processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
+    return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
+
+
+def _random_network(torch_device: torch.device, torch_dtype: torch.dtype, weights: bool):
+    from videocaption.deepseek_vl2.model import DeepseekVL2Model
+
     with torch.device("meta"):
         net = DeepseekVL2Model(official_config())
     if weights:
@@ -80,9 +96,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
                     param.fill_(1.0)
                 else:
                     param.normal_(0.0, 0.02, generator=generator)
-    net.eval().requires_grad_(False)
-    processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
-    return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
+    return net.eval().requires_grad_(False)
 
 
 def largest_batch(new_tokens: int) -> int:
@@ -143,7 +157,7 @@ def child(batch_size: int, device: str, dtype: str, new_tokens: int, warmup: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16", "int8"])
     parser.add_argument("--batch-sizes", default="1,4,max", help="comma-separated; 'max' = the largest that fits")
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=0, help="untimed calls first (1 is cheap on a GPU)")

@@ -40,17 +40,30 @@ from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 
+def model_thread_switches() -> int:
+    """Voluntary context switches of the model thread so far (its OpenMP team sleeping and waking
+    shows here first; see docs/performance.md). 0 where /proc is missing."""
+    from videocaption.deepseek_vl2.threads import model_thread_native_id
+
+    try:
+        status = Path(f"/proc/self/task/{model_thread_native_id()}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
 def one_repeat(video: Path, options: CaptionOptions) -> dict[str, float]:
-    """Whole run and the same calls replayed alone: wall and CPU seconds."""
+    """Whole run and the same calls replayed alone: wall and CPU seconds, model-thread context switches."""
     with recording_model_calls() as log:
-        cpu = cpu_seconds()
+        cpu, switches = cpu_seconds(), model_thread_switches()
         with stopwatch() as elapsed, quiet_bmf():
             started = time.perf_counter()  # the clock of the recorded calls
             result = run_caption_graph(video, options)
         whole, whole_cpu = elapsed(), cpu_seconds() - cpu
-    cpu = cpu_seconds()
+        whole_switches = model_thread_switches() - switches
+    cpu, switches = cpu_seconds(), model_thread_switches()
     alone = replay(load_model(options), log.calls)
-    alone_cpu = cpu_seconds() - cpu
+    alone_cpu, alone_switches = cpu_seconds() - cpu, model_thread_switches() - switches
     calls = sorted(log.calls, key=lambda c: c.start)
     return {
         "before_first_call_s": calls[0].start - started,
@@ -63,6 +76,8 @@ def one_repeat(video: Path, options: CaptionOptions) -> dict[str, float]:
         "batches": len(result.batches),
         "overhead": (whole - alone) / alone,
         "cpu_overhead": (whole_cpu - alone_cpu) / alone_cpu,
+        "switches_per_s_in_run": whole_switches / log.seconds(),
+        "switches_per_s_alone": alone_switches / alone,
     }
 
 
@@ -129,6 +144,9 @@ def main() -> None:
     in_run = statistics.median(r["model_in_run_s"] for r in runs)
     print(f"time outside the model calls (median; what load on the machine hardly moves): {outside:.3f} s = "
           f"{outside / in_run * 100:.2f}% of the {in_run:.3f} s of model calls in the run")
+    print("model thread's voluntary context switches per second of model calls (median): in the run "
+          f"{statistics.median(r['switches_per_s_in_run'] for r in runs):.0f}, alone "
+          f"{statistics.median(r['switches_per_s_alone'] for r in runs):.0f}")
     print(f"best of {len(runs)}: whole run {whole:.3f} s, model calls alone {alone:.3f} s, pipeline adds "
           f"{whole - alone:.3f} s = {overhead * 100:+.1f}% of model time (median CPU time: {cpu_overhead * 100:+.1f}%); "
           f"goal < 5%: {'met' if overhead < 0.05 else 'missed'}")

@@ -17,7 +17,10 @@ What it does, in order:
    frames, stored as JPEG in ``tests/fixtures/frames`` (no decoding), at each batch size: one
    batch a call, then ``--batches-per-call`` batches in one call as the pipeline makes them
    with ``multithreading``. Random weights never pick ``eos`` on purpose, so every answer is
-   ``--new-tokens`` long.
+   ``--new-tokens`` long;
+3. times the decode step of one text prompt eagerly and under ``torch.compile(dynamic=True)``
+   (the decode loop has no host sync but its stop check, so the decoder can be compiled; the
+   KV cache's Python bookkeeping may still break the graph: the figure says whether it pays).
 
 It prints, per batch size, the peak ``torch.cuda.max_memory_allocated``, seconds per batch and
 per frame, and frames per second with batched calls (at 1 frame per second of video, that is
@@ -184,6 +187,39 @@ def measure(model, batch_size: int, batches_per_call: int, new_tokens: int) -> d
     }
 
 
+def decode_step_ms(model, new_tokens: int, compiled: bool) -> float | str:
+    """Steady-state ms per decoded token of one text prompt, eager or under ``torch.compile``.
+
+    The decode loop has one host read per token and the experts run as grouped GEMMs, so the
+    decoder is compilable; the KV cache grows by a column per step, hence ``dynamic=True``. A
+    failure to compile is reported in one line instead of the figure.
+    """
+    import torch
+
+    from videocaption.deepseek_vl2.generation import generate
+    from videocaption.deepseek_vl2.threads import run_on_model_thread
+
+    decoder = model.model.language.model
+    forward = decoder.forward
+    if compiled:
+        decoder.forward = torch.compile(forward, dynamic=True)
+
+    @torch.inference_mode()
+    def run() -> float:
+        batch = model._batch([([], "Describe a rabbit in a forest in many words.")]).to(model.device)
+        embeds = model.model.prepare_inputs_embeds(batch.input_ids)
+        for _ in range(2):  # the first call compiles (or warms the kernels)
+            out = generate(model.model.language, embeds, batch.attention_mask, max_new_tokens=new_tokens, eos_token_id=-1)
+        return out.decode_s / (new_tokens - 1) * 1000
+
+    try:
+        return round(run_on_model_thread(run), 2)
+    except Exception as exc:  # a compiler missing or refusing: say so, keep the rest of the check
+        return f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    finally:
+        decoder.forward = forward
+
+
 def device_name(device: Any) -> str:
     import torch
 
@@ -201,6 +237,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("gpu_check.json"), help="the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="a few tests and the tiny reference checkpoint")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="no eager vs torch.compile decode-step timing")
     args = parser.parse_args()
     new_tokens = args.new_tokens or (4 if args.quick else 32)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -238,6 +275,12 @@ def main() -> None:
         print(f"{size:>5} {row['prompt_tokens']:>10} {row['s_per_batch']:>8.2f} {row['s_per_frame']:>8.3f} "
               f"{row['peak_mib_one_batch']:>9.0f}   {args.batches_per_call:>21} {row['s_per_call_batched']:>7.2f} "
               f"{row['frames_per_s_batched']:>8.2f} {row['peak_mib']:>9.0f}", flush=True)
+    if not args.skip_compile:
+        report["decode_step_ms"] = {mode: decode_step_ms(model, new_tokens, mode == "torch.compile")
+                                    for mode in ("eager", "torch.compile")}
+        print("decode step, one text prompt: " + ", ".join(
+            f"{mode} {ms if isinstance(ms, str) else f'{ms:.2f} ms'}" for mode, ms in report["decode_step_ms"].items()),
+            flush=True)
     best = max(report["batches"], key=lambda r: r["frames_per_s_batched"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(f"best: batch_size {best['batch_size']} batched, {best['frames_per_s_batched']:.2f} frames/s = "

@@ -55,7 +55,7 @@ def test_default_model_unavailable_points_to_the_smoke_test(tmp_path):
     (["--multithreading", "--max-threads", "0"], "error: max_threads must be at least 1, got 0 (see --help)"),
     (["--fps", "-1"], "error: fps must be a positive number, got -1.0 (see --help)"),
     (["--fps", "nan"], "error: fps must be a positive number, got nan (see --help)"),
-    (["--dtype", "int8"], "error: argument --dtype: invalid choice: 'int8'"),
+    (["--dtype", "int4"], "error: argument --dtype: invalid choice: 'int4'"),
     (["--colour", "red"], "error: unrecognized arguments: --colour red (see --help)"),
 ])
 def test_invalid_options_are_one_line(tmp_path, args, message):

@@ -9,6 +9,7 @@ so their stream times are the file's times.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -260,3 +261,32 @@ def test_a_live_batch_that_fails_whole_is_retried_split_in_two(model, monkeypatc
     assert [(b.frames, b.error) for b in result.batches] == [(4, None), (4, None)]
     assert all(b.description for b in result.batches)
     assert [r["error"] if "error" in r else None for r in records(tmp_path) if r["type"] == "batch"] == [None, None]
+
+
+# -- the HTML report ---------------------------------------------------------------------------
+
+def test_a_live_run_rewrites_its_report_as_batches_arrive(cuts_stream, model, tmp_path, monkeypatch):
+    """Each described batch rewrites the report, marked in progress; the end writes it whole."""
+    from videocaption.live import captioner as live_module
+    rewrites = []
+    write_outputs = live_module.write_outputs
+
+    def watched(result, options, **files):
+        written = write_outputs(result, options, **files)
+        page = (tmp_path / "r.html").read_text(encoding="utf-8")
+        rewrites.append((files.get("partial", False), len(result.batches), "In progress" in page))
+        return written
+
+    monkeypatch.setattr(live_module, "write_outputs", watched)
+    options = CaptionOptions(**FAST, fps=1, batch_size=2, max_pending_frames=40, reconnect=0, report_images="folder",
+                             result_path=str(tmp_path / "r.json"), report_path=str(tmp_path / "r.html"))
+    port = free_port()
+    with stopped_afterwards(serve_file(cuts_stream, port)):
+        result = LiveCaptioner(f"tcp://127.0.0.1:{port}", options, model=model).caption()
+    partial, final = rewrites[:-1], rewrites[-1]
+    assert [count for _, count, _ in partial] == list(range(1, len(result.batches) + 1))
+    assert all(is_partial and in_progress for is_partial, _, in_progress in partial)
+    assert final == (False, len(result.batches), False)
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"<img ", html)) == result.frames_analysed
+    assert len(list((tmp_path / "r_files").glob("*.jpg"))) == result.frames_analysed

@@ -41,7 +41,7 @@ def test_multithreading_defaults_to_several_batches_in_flight():
         ({"fps": float("nan")}, "fps must be a positive number"),
         ({"fps": "1"}, "fps must be a number"),
         ({"device": "tpu"}, "device must be one of"),
-        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"dtype": "int4"}, "dtype must be one of"),
         ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
         ({"prompt": ""}, "prompt must be a non-empty string"),
         ({"result_path": None}, "result_path must be a non-empty string"),

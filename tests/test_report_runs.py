@@ -1,8 +1,9 @@
-"""The report made by real runs: the CLI on the sample clip, a resumed run, and a live stream.
+"""The report made by real runs: the CLI on the sample clip and a resumed run (a live run's: in
+tests/test_live_core.py).
 
 tests/test_report.py checks the page itself on a hand-made result; these check the wiring: the
 pictures are the frames the pipeline held (no second decode), the report is written with the
-other outputs, a resumed run's restored batches get their pictures, and a live run rewrites it.
+other outputs, and a resumed run's restored batches get their pictures.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import re
 import pytest
 from browser import CHROMIUM, dump_dom, elements, with_probe
 from helpers import FAST, SAMPLE_CLIP, run_cli
-from test_live_core import cuts_stream, model  # noqa: F401 - fixtures of the live stream tests
 
 from videocaption import caption_video
 from videocaption.captioning.checkpoint import Checkpoint
@@ -65,35 +65,3 @@ def test_a_resumed_run_shows_the_pictures_of_the_batches_it_restored(tmp_path, m
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert len(re.findall(r"<img ", html)) == resumed.frames_analysed == whole.frames_analysed
 
-
-def test_a_live_run_rewrites_its_report_as_batches_arrive(cuts_stream, model, tmp_path, monkeypatch):
-    """Each described batch rewrites the report, marked in progress; the end writes it whole."""
-    from test_live import free_port, stopped_afterwards
-    from test_live_core import serve_file
-
-    from videocaption.live import captioner as live_module
-    from videocaption.live.captioner import LiveCaptioner
-    from videocaption.options import CaptionOptions
-
-    rewrites = []
-    write_outputs = live_module.write_outputs
-
-    def watched(result, options, **files):
-        written = write_outputs(result, options, **files)
-        page = (tmp_path / "r.html").read_text(encoding="utf-8")
-        rewrites.append((files.get("partial", False), len(result.batches), "In progress" in page))
-        return written
-
-    monkeypatch.setattr(live_module, "write_outputs", watched)
-    options = CaptionOptions(**FAST, fps=1, batch_size=2, max_pending_frames=40, reconnect=0, report_images="folder",
-                             result_path=str(tmp_path / "r.json"), report_path=str(tmp_path / "r.html"))
-    port = free_port()
-    with stopped_afterwards(serve_file(cuts_stream, port)):
-        result = LiveCaptioner(f"tcp://127.0.0.1:{port}", options, model=model).caption()
-    partial, final = rewrites[:-1], rewrites[-1]
-    assert [count for _, count, _ in partial] == list(range(1, len(result.batches) + 1))
-    assert all(is_partial and in_progress for is_partial, _, in_progress in partial)
-    assert final == (False, len(result.batches), False)
-    html = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert len(re.findall(r"<img ", html)) == result.frames_analysed
-    assert len(list((tmp_path / "r_files").glob("*.jpg"))) == result.frames_analysed

@@ -28,7 +28,7 @@ DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
 # The result file of the BMF module (an option dict without result_path) and of the CLI.
 DEFAULT_RESULT_PATH = "result.json"
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: int8 weights, bfloat16 activations (CPU)
 # What the decoder may leave undecoded (videocaption/media/decoding.py) and hardware decoding.
 DECODE_SKIPS = ("auto", "none", "nonref", "seek")
 HWACCELS = ("auto", "none", "cuda")
