@@ -131,7 +131,8 @@ class CaptionOptions:
                                        "served model name (default: %(default)s)", fingerprint=True)
     device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
                                  "(default: %(default)s)")
-    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere (default: %(default)s)",
+    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere; int8: int8 weights with bfloat16 "
+                                "activations, deepseek_vl2 on CPU (docs/performance.md) (default: %(default)s)",
                         fingerprint=True, choices=DTYPES)
     max_new_tokens: int = option(256, "longest answer of each model call (default: %(default)s)", fingerprint=True)
     prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames", fingerprint=True)
