@@ -84,6 +84,7 @@ def requests_of(images: list[Image.Image]) -> list[tuple[list[Image.Image], str]
 
 # -- talking to the real server ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_describe_batch_sends_requests_concurrently(served: OpenAIVLM, monkeypatch: pytest.MonkeyPatch) -> None:
     requests = requests_of(frames(8))
     alone = [served.describe_batch([request], max_new_tokens=MAX_NEW_TOKENS)[0] for request in requests]
@@ -421,6 +422,7 @@ class FailingProxy:
         self.httpd.server_close()
 
 
+@pytest.mark.slow
 def test_cli_server_failing_mid_run_keeps_the_described_batches(
     tmp_path: Path, server: str, checkpoints: dict[str, Path]
 ) -> None:

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import subprocess
+
+import pytest
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ def test_example_demo_graph(tmp_path):
     assert result["frames_analysed"] == 6 and result["video_title"]
 
 
+@pytest.mark.slow
 def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_path):
     output = tmp_path / "out.mp4"
     run_example("caption_and_encode.py", str(SAMPLE_CLIP), str(output), FAST["model"], "8", cwd=tmp_path)
@@ -51,6 +54,7 @@ def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_pat
     assert [b["start_time"] for b in result["batches"]] == [0.0, 4.0]
 
 
+@pytest.mark.slow
 def test_example_caption_packet_consumer(tmp_path):
     done = run_example("read_caption_packets.py", str(SAMPLE_CLIP), FAST["model"], "8", cwd=tmp_path)
     lines = [line for line in done.stdout.splitlines() if line.startswith(("[ ", "Title:", "Summary:"))]

@@ -156,6 +156,7 @@ def test_a_decoder_that_delivers_nothing_is_given_up_on_in_bounded_time():
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fuzzed_copies_of_a_clip_are_captioned_or_rejected_cleanly(tmp_path):
     """Five seeded mutations of a small clip through the CLI (see benchmarks/fuzz_inputs.py)."""
     from benchmarks.fuzz_inputs import fuzz, report

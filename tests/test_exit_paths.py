@@ -86,6 +86,7 @@ def test_a_full_disk_for_the_checkpoint_is_one_line_naming_path_and_cause(small_
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_writes_no_output_and_keeps_the_checkpoint(small_disk, tmp_path):
     disk, fill = small_disk
     # Room for the checkpoint (one page, two while it is replaced) but not for all three outputs.
@@ -180,6 +181,7 @@ def test_a_second_signal_ends_at_once(tmp_path):
 # -- odd inputs --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_path_that_starts_with_a_dash_is_a_file_not_an_option(tmp_path, small_clip):
     shutil.copy(small_clip, tmp_path / "-x.mp4")
     done = run_cli("./-x.mp4", "--output", "r.json", cwd=tmp_path)
@@ -210,6 +212,7 @@ def test_a_folder_run_reports_skipped_files_on_stderr(tmp_path, small_clip):
     assert not temporary_logs(tmp)
 
 
+@pytest.mark.slow
 def test_stderr_of_a_finished_run_is_quiet(tmp_path):
     done = run_cli(str(SAMPLE_CLIP), cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -93,6 +93,7 @@ def comparable_result(path: Path) -> dict:
 
 # -- the undisturbed run ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
     run, output = undisturbed
     rows = {row["key"]: row for row in read_manifest(output / MANIFEST_NAME)}
@@ -128,6 +129,7 @@ def test_every_row_and_mirrored_outputs(undisturbed, library: Path) -> None:
     assert Manifest(output / MANIFEST_NAME).previous_rows().keys() == {row["path"] for row in rows.values()}
 
 
+@pytest.mark.slow
 def test_the_library_index_lists_every_video_with_its_report(undisturbed, library: Path) -> None:
     from html import escape
     from urllib.parse import quote
@@ -145,6 +147,7 @@ def test_the_library_index_lists_every_video_with_its_report(undisturbed, librar
     assert index.count("<tr") == len(rows) + 1  # a header, then one row per manifest row
 
 
+@pytest.mark.slow
 def test_a_rerun_captions_nothing_again_unless_failed_ones_are_retried(undisturbed, library: Path) -> None:
     _, output = undisturbed
     before = {key: (folder(output, library / key) / "result.json").stat().st_mtime_ns for key in VIDEOS}
@@ -176,6 +179,7 @@ def wait_for(condition, timeout: float = 120, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturbed, library: Path,
                                                                        tmp_path: Path) -> None:
     _, reference = undisturbed
@@ -199,6 +203,7 @@ def test_a_killed_worker_is_replaced_and_its_video_ends_as_undisturbed(undisturb
         comparable_result(folder(reference, long_video) / "result.json")
 
 
+@pytest.mark.slow
 def test_a_video_whose_worker_dies_beyond_its_retries_is_a_failed_row(cluster: str, library: Path,
                                                                        tmp_path: Path) -> None:
     inputs = (str(library / LONG), str(library / VIDEOS[0]))
@@ -226,6 +231,7 @@ def journal_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
+@pytest.mark.slow
 def test_a_killed_driver_loses_no_finished_video(undisturbed, cluster: str, library: Path, tmp_path: Path) -> None:
     _, reference = undisturbed
     command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library), "--ray-address", cluster,
@@ -251,6 +257,7 @@ def test_a_killed_driver_loses_no_finished_video(undisturbed, cluster: str, libr
             comparable_result(folder(reference, library / key) / "result.json")
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_rows(cluster: str, library: Path, tmp_path: Path) -> None:
     command = [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(library), "--ray-address", cluster,
                "--workers", "1", "--output", str(tmp_path), *CLI_OPTIONS]
@@ -269,6 +276,7 @@ def test_ctrl_c_keeps_the_finished_rows(cluster: str, library: Path, tmp_path: P
 
 # -- the openai backend: two CPU workers in front of one server -------------------------------
 
+@pytest.mark.slow
 def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     import tiny_vlms
     from tiny_server import transformers_serve
@@ -286,6 +294,7 @@ def test_openai_backend_with_two_workers(cluster: str, library: Path, tmp_path_f
     assert all(row.prompt_tokens for row in run.rows)  # the server's usage reaches the manifest
 
 
+@pytest.mark.slow
 def test_workers_use_their_cpus_as_torch_threads(cluster: str, tmp_path: Path) -> None:
     from videocaption.library.workers import CaptionWorker
 
@@ -298,6 +307,7 @@ def test_workers_use_their_cpus_as_torch_threads(cluster: str, tmp_path: Path) -
     assert state["load_error"] is None and state["torch_threads"] == 1
 
 
+@pytest.mark.slow
 def test_a_url_input_is_decoded_from_the_server(cluster: str, tmp_path: Path) -> None:
     import functools
     import http.server
@@ -358,6 +368,7 @@ def test_single_video_mode_does_not_import_ray() -> None:
 
 # -- secrets --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_api_key_reaches_the_workers_but_no_file_log_or_process_list(cluster: str, library: Path,
                                                                         tmp_path: Path) -> None:
     """Issue 26 #1: the key went through Ray's runtime_env, which Ray logs (0644, kept after the run)."""
@@ -426,6 +437,7 @@ def test_a_symlinked_subfolder_is_walked_once_without_looping(tmp_path: Path) ->
     assert items[0].key == local_key(library / "link" / "linked.mp4")
 
 
+@pytest.mark.slow
 def test_the_output_folder_as_input_is_refused_and_the_manifest_kept(tmp_path: Path) -> None:
     """Issue 26 #18: every result.json became a skipped row, and those replaced the manifest."""
     output = tmp_path / "out"
@@ -487,6 +499,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_jsonl_manifest_path_is_refused_in_one_line(tmp_path: Path) -> None:
     """Issue 26 #11: --manifest m.jsonl was its own journal; every rerun crashed (UnicodeDecodeError)."""
     make_clip(tmp_path / "v.mp4", duration=1.0)
@@ -500,6 +513,7 @@ def test_a_jsonl_manifest_path_is_refused_in_one_line(tmp_path: Path) -> None:
     assert list(Manifest(tmp_path / "old.parquet").previous_rows()) == ["/v.mp4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["manifest-is-a-folder", "manifest-in-proc", "output-in-proc"])
 def test_an_unwritable_manifest_or_output_is_refused_before_any_video(tmp_path: Path, where: str) -> None:
     """Issue 26 #12: a traceback and exit 1, after videos had started."""
@@ -514,6 +528,7 @@ def test_an_unwritable_manifest_or_output_is_refused_before_any_video(tmp_path: 
     assert line.startswith("error: ") and ("folder" in line or "/proc" in line), line
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(tmp_path: Path, full_disk: Path) -> None:
     from videocaption.errors import OutputError
     from videocaption.library.manifest import ManifestRow
@@ -533,6 +548,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(tmp_path: Path, ful
     assert list(Manifest(tmp_path / "m.parquet").previous_rows()) == ["/a.mp4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("connect", ["local-instance", "ray-address"])
 def test_sigterm_ends_like_ctrl_c_with_143(cluster: str, library: Path, tmp_path: Path, connect: str) -> None:
     """Issue 26 #13: SIGTERM printed Ray's C++ '*** SIGTERM received ... PC: @' dump, exit 134 or 15."""
@@ -558,6 +574,7 @@ def test_a_list_with_a_byte_order_mark_reads_its_first_path(tmp_path: Path) -> N
     assert [item.source for item in expand_inputs([f"@{listing}"])] == [str(tmp_path / "v.mp4")]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
     """Issue 26 (doubtful): two runs at once captioned everything twice; now the second one stops."""
     from videocaption.errors import OutputError
@@ -575,6 +592,7 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path) -> No
     lock_output(output).close()  # free again once the first run ends
 
 
+@pytest.mark.slow
 def test_results_made_with_another_model_are_kept_with_a_warning(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Issue 26 (doubtful): a rerun with other options kept the old results silently."""

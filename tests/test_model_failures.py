@@ -142,6 +142,7 @@ CLI_WITH_FAILING_MODEL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cli_exit_code_says_the_run_was_incomplete(tmp_path):
     clip = tmp_path / "clip.mp4"
     make_clip(clip, duration=6, size="160x120")

@@ -39,6 +39,7 @@ def test_srt_has_one_cue_per_batch_at_the_batch_times(subtitled):
                                                            for b in batches]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, duration, video_end", [
     ((), 0.2, 0.2),  # five frames: one cue, 0.2 s long (not the 1 s of the sampling interval)
     # Variable frame rate: ten frames 0.04 s apart, then every seventh; the last, at 1.96 s,
@@ -89,6 +90,7 @@ def test_prompts_carry_the_frame_times(tmp_path, monkeypatch):
     assert not any("0:03.0" in prompt for prompt in seen)
 
 
+@pytest.mark.slow
 def test_a_folder_gets_one_result_per_video_and_done_ones_are_skipped(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -28,6 +28,7 @@ def cards(html_elements) -> list:
     return [element for element in html_elements if element.tag == "section" and "card" in element.classes]
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize("images", ["embed", "folder"])
 def test_the_cli_writes_a_report_of_every_batch_with_its_frames(tmp_path, images):
@@ -44,6 +45,7 @@ def test_the_cli_writes_a_report_of_every_batch_with_its_frames(tmp_path, images
     assert all(int(img.attrs["data-natural-width"]) > 0 for img in pictures)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_shows_the_pictures_of_the_batches_it_restored(tmp_path, monkeypatch):
     """The checkpoint keeps descriptions, not pictures: the resumed run makes them again from the
     frames it decodes (from the start: the first frame is part of the checkpoint's fingerprint)."""

@@ -29,6 +29,7 @@ def uninterrupted(tmp_path_factory):
     return run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, batch_size=1, result_path=str(path))).to_dict()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
     process = subprocess.Popen(CLI, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(tmp_path / "result.json.partial")
@@ -56,6 +57,7 @@ def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
     assert untimed(resumed) == untimed(uninterrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_keeps_only_the_checkpoint_and_resume_finishes(tmp_path, uninterrupted, signum, code):
     command = CLI

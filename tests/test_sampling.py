@@ -138,6 +138,7 @@ def test_every_batch_lies_within_one_shot_and_each_cut_starts_one(clips, tmp_pat
     assert [shot for shot, _, _ in spans] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_static_shot_sends_a_frame_every_max_gap(clips, tmp_path):
     adaptive = caption(clips["static"], tmp_path, batch_size=8)
     uniform = caption(clips["static"], tmp_path, batch_size=8, sampling="uniform")

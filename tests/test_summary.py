@@ -31,6 +31,7 @@ def test_everything_that_fits_is_one_round(model):
     assert rounds == 1 and len(prompts) == 1 and summary
 
 
+@pytest.mark.slow
 def test_descriptions_that_do_not_fit_are_summarised_in_rounds_within_the_limit(model):
     options = CaptionOptions(**FAST, summary_max_prompt_tokens=150)
     prompts = []
@@ -58,6 +59,7 @@ def test_a_limit_too_small_for_the_instruction_is_refused(model):
         Summarizer(model, CaptionOptions(**FAST, summary_max_prompt_tokens=10), lambda p: p)
 
 
+@pytest.mark.slow
 def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "ten_minutes.mp4", duration=600, size="160x120", rate=1)
     limit = 160

@@ -205,6 +205,7 @@ def test_speech_subtitles_come_from_the_transcript(tmp_path):
     assert WriteSRT().render(result) == WriteSRT("captions").render(make_result())
 
 
+@pytest.mark.slow
 def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_path):
     """A real OpenAI-compatible /v1/audio/transcriptions endpoint (``transformers serve``, serving
     the tiny Whisper by path, decoding our WAV uploads itself) transcribes the segments the VAD found."""
@@ -219,6 +220,7 @@ def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_p
     assert all(s["text"] for s in served["transcript"])
 
 
+@pytest.mark.slow
 def test_the_cli_writes_speech_subtitles(speech, whisper, tmp_path):
     from helpers import run_cli
 
