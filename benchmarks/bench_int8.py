@@ -36,8 +36,9 @@ def compare(runtime: DeepseekVL2, case: Path) -> tuple[float, float, int, int]:
     max_abs = (logits - expected).abs().max().item()
     relative = ((logits - expected).norm() / expected.norm()).item()
     generation = meta["generation"]
-    out = generate(lm, embeds, mask, max_new_tokens=generation["max_new_tokens"],
-                   eos_token_id=generation["eos_token_id"])
+    out = generate(
+        lm, embeds, mask, max_new_tokens=generation["max_new_tokens"], eos_token_id=generation["eos_token_id"]
+    )
     agree = total = 0
     for ours, theirs in zip(out.sequences.tolist(), ref["generated_ids"].tolist()):
         same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(theirs))

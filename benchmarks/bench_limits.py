@@ -102,14 +102,16 @@ def requests_for(runtime, rows: int, frames: int):
     pool = sample_frames(frames + rows - 1)
     out = []
     for r in range(rows):
-        group = pool[r: r + frames]
+        group = pool[r : r + frames]
         images = [runtime.prepare_image(image, frames) for image, _ in group]
         out.append((images, batch_prompt(DEFAULT_BATCH_PROMPT, [t for _, t in group], time_aware=True)))
     return out
 
 
 @torch.inference_mode()
-def prefill_stages(runtime, frames: int, repeats: int) -> tuple[list[tuple[str, float, list[tuple[float, float]]]], int]:
+def prefill_stages(
+    runtime, frames: int, repeats: int
+) -> tuple[list[tuple[str, float, list[tuple[float, float]]]], int]:
     """(stage, FLOPs, (seconds, matmul peak measured just before) per repeat) for vision, projector,
     LM prefill (+ lm_head on the last row); and the prompt's length."""
     model = runtime.model
@@ -120,8 +122,9 @@ def prefill_stages(runtime, frames: int, repeats: int) -> tuple[list[tuple[str, 
     vision_flops, features = flops(vision)
     projector = lambda: model.projector(features)  # noqa: E731
     projector_flops, projected = flops(projector)
-    embeds = model.prepare_inputs_embeds(batch.input_ids, None, batch.images_seq_mask, batch.images_spatial_crop,
-                                         image_embeds=projected)
+    embeds = model.prepare_inputs_embeds(
+        batch.input_ids, None, batch.images_seq_mask, batch.images_spatial_crop, image_embeds=projected
+    )
     positions = position_ids_from_mask(batch.attention_mask)
     lm = model.language
 
@@ -153,8 +156,9 @@ def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[floa
     dense = sum(size(t) for name, t in tensors.items() if id(t) not in routed_ids and "embed_tokens" not in name)
     if lm.config.tie_word_embeddings:
         dense += size(lm.lm_head.weight)
-    routed = sum(used * sum(size(t) for t in own(m)) / m.num_experts
-                 for m, used in zip(routed_experts(lm), experts_used))
+    routed = sum(
+        used * sum(size(t) for t in own(m)) / m.num_experts for m, used in zip(routed_experts(lm), experts_used)
+    )
     c = lm.config
     kv = 2 * c.num_hidden_layers * batch_rows * c.num_key_value_heads * c.head_dim * cache_len * runtime.dtype.itemsize
     return dense + routed + kv
@@ -169,7 +173,9 @@ def decode(runtime, rows: int, prompt_len: int, new_tokens: int) -> tuple[float,
     same whatever the prompt held, and the vision tower need not run again for every row.
     """
     model = runtime.model
-    ids = torch.randint(model.config.language.vocab_size, (rows, prompt_len), generator=torch.Generator().manual_seed(rows))
+    ids = torch.randint(
+        model.config.language.vocab_size, (rows, prompt_len), generator=torch.Generator().manual_seed(rows)
+    )
     embeds = model.language.model.embed_tokens(ids.to(runtime.device))
     mask = torch.ones(rows, prompt_len, dtype=torch.bool, device=runtime.device)
     used: list[list[int]] = []
@@ -191,8 +197,12 @@ def decode(runtime, rows: int, prompt_len: int, new_tokens: int) -> tuple[float,
     layers = len(routed_experts(model.language))
     per_layer = [statistics.mean(u[0] for u in used[i::layers]) for i in range(layers)]
     cache_len = embeds.shape[1] + new_tokens // 2
-    return (out.decode_s / (new_tokens - 1) * 1000, step_bytes(runtime, rows, cache_len, per_layer), embeds.shape[1],
-            bandwidth)
+    return (
+        out.decode_s / (new_tokens - 1) * 1000,
+        step_bytes(runtime, rows, cache_len, per_layer),
+        embeds.shape[1],
+        bandwidth,
+    )
 
 
 def main() -> None:
@@ -204,39 +214,61 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "int8"])
     parser.add_argument("--skip-prefill", action="store_true", help="decode only, after a --prompt-len prompt")
     parser.add_argument("--prompt-len", type=int, default=1799, help="with --skip-prefill (4 frames: 1799)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 gives steadier "
-                        "ratios on a loaded machine, where OpenMP barriers wait for descheduled threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's); 1 gives steadier "
+        "ratios on a loaded machine, where OpenMP barriers wait for descheduled threads",
+    )
     args = parser.parse_args()
     if args.threads:
         run_on_model_thread(torch.set_num_threads, args.threads)  # where every measurement runs
 
     runtime = build_runtime("cpu", args.dtype, weights=True)
     runtime.processor.eos_id = -1
-    print(f"machine: {machine()}; deepseek-vl2-tiny architecture, random weights, {args.dtype}, "
-          f"{runtime.config.vision.heads} vision heads", flush=True)
-    stages, prompt_len = ([], args.prompt_len) if args.skip_prefill else run_on_model_thread(
-        prefill_stages, runtime, args.frames, args.repeats)
-    decodes = [(rows, *run_on_model_thread(decode, runtime, rows, prompt_len, args.new_tokens))
-               for rows in map(int, args.batches.split(","))]
+    print(
+        f"machine: {machine()}; deepseek-vl2-tiny architecture, random weights, {args.dtype}, "
+        f"{runtime.config.vision.heads} vision heads",
+        flush=True,
+    )
+    stages, prompt_len = (
+        ([], args.prompt_len)
+        if args.skip_prefill
+        else run_on_model_thread(prefill_stages, runtime, args.frames, args.repeats)
+    )
+    decodes = [
+        (rows, *run_on_model_thread(decode, runtime, rows, prompt_len, args.new_tokens))
+        for rows in map(int, args.batches.split(","))
+    ]
     if stages:
-        print(f"{'stage':<14} {'GFLOP':>9} {'peak TFLOP/s':>12} {'bound s':>8} {'min s':>8} {'median s':>9} "
-              f"{'ratio min':>9} {'median':>7}  (bound from the peak measured just before each repeat)")
+        print(
+            f"{'stage':<14} {'GFLOP':>9} {'peak TFLOP/s':>12} {'bound s':>8} {'min s':>8} {'median s':>9} "
+            f"{'ratio min':>9} {'median':>7}  (bound from the peak measured just before each repeat)"
+        )
     total_flops = total_min = total_bound = 0.0
     for name, work, runs in stages:
         ratios = [seconds / (work / peak) for seconds, peak in runs]
         best = min(runs)
         total_flops, total_min, total_bound = total_flops + work, total_min + best[0], total_bound + work / best[1]
-        print(f"{name:<14} {work / 1e9:>9.1f} {statistics.median(p for _, p in runs) / 1e12:>12.3f} "
-              f"{work / best[1]:>8.3f} {best[0]:>8.3f} {statistics.median(t for t, _ in runs):>9.3f} "
-              f"{min(ratios):>8.2f}x {statistics.median(ratios):>6.2f}x")
+        print(
+            f"{name:<14} {work / 1e9:>9.1f} {statistics.median(p for _, p in runs) / 1e12:>12.3f} "
+            f"{work / best[1]:>8.3f} {best[0]:>8.3f} {statistics.median(t for t, _ in runs):>9.3f} "
+            f"{min(ratios):>8.2f}x {statistics.median(ratios):>6.2f}x"
+        )
     if stages:
-        print(f"{'prefill total':<14} {total_flops / 1e9:>9.1f} {'':>12} {total_bound:>8.3f} {total_min:>8.3f} {'':>9} "
-              f"{total_min / total_bound:>8.2f}x  (fastest repeat of each stage; goal <= 1.4x)")
-    print(f"{'decode':<14} {'rows':>4} {'prompt':>6} {'MB/step':>8} {'GB/s':>6} {'bound ms':>9} {'ms/step':>8} {'ratio':>6}")
+        print(
+            f"{'prefill total':<14} {total_flops / 1e9:>9.1f} {'':>12} {total_bound:>8.3f} {total_min:>8.3f} {'':>9} "
+            f"{total_min / total_bound:>8.2f}x  (fastest repeat of each stage; goal <= 1.4x)"
+        )
+    print(
+        f"{'decode':<14} {'rows':>4} {'prompt':>6} {'MB/step':>8} {'GB/s':>6} {'bound ms':>9} {'ms/step':>8} {'ratio':>6}"
+    )
     for rows, ms, nbytes, prompt, bandwidth in decodes:
         bound_ms = nbytes / bandwidth * 1000
-        print(f"{'':<14} {rows:>4} {prompt:>6} {nbytes / 1e6:>8.0f} {bandwidth / 1e9:>6.1f} {bound_ms:>9.1f} {ms:>8.1f} "
-              f"{ms / bound_ms:>5.2f}x  (goal <= 1.25x)")
+        print(
+            f"{'':<14} {rows:>4} {prompt:>6} {nbytes / 1e6:>8.0f} {bandwidth / 1e9:>6.1f} {bound_ms:>9.1f} {ms:>8.1f} "
+            f"{ms / bound_ms:>5.2f}x  (goal <= 1.25x)"
+        )
     if len(decodes) > 1:
         print(f"batch {decodes[-1][0]} step costs {decodes[-1][1] / decodes[0][1]:.2f}x a batch-1 step")
 

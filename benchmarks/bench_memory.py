@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (ROOT, TINY_MODEL, machine, make_clip, peak_rss_mib, quiet_bmf, report_to_parent,
-                               run_child)
+from benchmarks.common import ROOT, TINY_MODEL, machine, make_clip, peak_rss_mib, quiet_bmf, report_to_parent, run_child
 
 
 def child(clip: Path, result_path: Path, new_tokens: int, max_threads: int, model: str, report: bool) -> None:
@@ -36,18 +35,26 @@ def child(clip: Path, result_path: Path, new_tokens: int, max_threads: int, mode
     from videocaption.graph.runner import run_caption_graph
     from videocaption.options import CaptionOptions
 
-    options = CaptionOptions(model=model, device="cpu", max_new_tokens=new_tokens,
-                             multithreading=max_threads > 1, max_threads=max_threads, result_path=str(result_path),
-                             report_path=str(result_path.with_suffix(".html")) if report else None)
+    options = CaptionOptions(
+        model=model,
+        device="cpu",
+        max_new_tokens=new_tokens,
+        multithreading=max_threads > 1,
+        max_threads=max_threads,
+        result_path=str(result_path),
+        report_path=str(result_path.with_suffix(".html")) if report else None,
+    )
     start = time.perf_counter()
     with quiet_bmf():
         result = run_caption_graph(clip, options)
-    report_to_parent({
-        "peak_rss_mib": peak_rss_mib(),
-        "frames": result.frames_analysed,
-        "batches": len(result.batches),
-        "seconds": time.perf_counter() - start,
-    })
+    report_to_parent(
+        {
+            "peak_rss_mib": peak_rss_mib(),
+            "frames": result.frames_analysed,
+            "batches": len(result.batches),
+            "seconds": time.perf_counter() - start,
+        }
+    )
 
 
 def main() -> None:
@@ -66,38 +73,65 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        child(args.child, args.workdir / f"memory_{args.child.stem}.json", args.new_tokens, args.max_threads, args.model,
-              args.child_report)
+        child(
+            args.child,
+            args.workdir / f"memory_{args.child.stem}.json",
+            args.new_tokens,
+            args.max_threads,
+            args.model,
+            args.child_report,
+        )
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
-    print(f"clips {args.size} {args.rate} fps H.264 sampled at 1 fps, batch_size 4, max_new_tokens {args.new_tokens}, "
-          f"max_threads {args.max_threads}, model {args.model}; one fresh process per clip")
+    print(
+        f"clips {args.size} {args.rate} fps H.264 sampled at 1 fps, batch_size 4, max_new_tokens {args.new_tokens}, "
+        f"max_threads {args.max_threads}, model {args.model}; one fresh process per clip"
+    )
     results = {}
     for seconds in (args.short, args.long):
-        clip = make_clip(args.workdir / f"memory_{seconds:g}s_{args.size}_{args.rate}fps.mp4",
-                         duration=seconds, size=args.size, rate=args.rate)
+        clip = make_clip(
+            args.workdir / f"memory_{seconds:g}s_{args.size}_{args.rate}fps.mp4",
+            duration=seconds,
+            size=args.size,
+            rate=args.rate,
+        )
         for report in (False, True) if args.report and seconds == args.long else (False,):
             results[seconds, report] = run_child(
-                "benchmarks.bench_memory", "--child", str(clip), "--workdir", str(args.workdir),
-                "--new-tokens", str(args.new_tokens), "--max-threads", str(args.max_threads), "--model", args.model,
-                *(["--child-report"] if report else []))
+                "benchmarks.bench_memory",
+                "--child",
+                str(clip),
+                "--workdir",
+                str(args.workdir),
+                "--new-tokens",
+                str(args.new_tokens),
+                "--max-threads",
+                str(args.max_threads),
+                "--model",
+                args.model,
+                *(["--child-report"] if report else []),
+            )
     print(f"{'video':>7} {'frames':>6} {'batches':>7} {'run s':>6} {'peak RSS MiB':>12}")
     for (seconds, report), r in results.items():
-        print(f"{seconds:>6g}s {r['frames']:>6} {r['batches']:>7} {r['seconds']:>6.1f} {r['peak_rss_mib']:>12.1f}"
-              + ("  with the report" if report else ""))
+        print(
+            f"{seconds:>6g}s {r['frames']:>6} {r['batches']:>7} {r['seconds']:>6.1f} {r['peak_rss_mib']:>12.1f}"
+            + ("  with the report" if report else "")
+        )
     short, long = (results[s, False]["peak_rss_mib"] for s in (args.short, args.long))
     ratio = long / short
-    print(f"peak RSS {args.long:g} s / {args.short:g} s: x{ratio:.3f} ({long - short:+.1f} MiB; "
-          f"goal within 10%: {'met' if abs(ratio - 1) <= 0.10 else 'missed'})")
-
+    print(
+        f"peak RSS {args.long:g} s / {args.short:g} s: x{ratio:.3f} ({long - short:+.1f} MiB; "
+        f"goal within 10%: {'met' if abs(ratio - 1) <= 0.10 else 'missed'})"
+    )
 
     if args.report:
         with_report = results[args.long, True]["peak_rss_mib"]
         ratio = with_report / long
-        print(f"peak RSS with / without the report ({args.long:g} s): x{ratio:.3f} ({with_report - long:+.1f} MiB; "
-              f"goal within 10%: {'met' if abs(ratio - 1) <= 0.10 else 'missed'})")
+        print(
+            f"peak RSS with / without the report ({args.long:g} s): x{ratio:.3f} ({with_report - long:+.1f} MiB; "
+            f"goal within 10%: {'met' if abs(ratio - 1) <= 0.10 else 'missed'})"
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def loop_route(moe: MoE, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tenso
         if count:
             rows = slice(start, start + count)
             gate, up = moe.experts.gate_up_proj[e].split(moe.experts.intermediate_size)
-            h = F.linear(moe.experts.act_fn(F.linear(tokens[rows], gate)) * F.linear(tokens[rows], up), moe.experts.down_proj[e])
+            h = F.linear(
+                moe.experts.act_fn(F.linear(tokens[rows], gate)) * F.linear(tokens[rows], up), moe.experts.down_proj[e]
+            )
             out.index_add_(0, token_of[rows], h.float() * weights[rows])
             start += count
     return out.to(x.dtype)
@@ -75,7 +77,7 @@ def measure(tokens: list[int], repeats: int) -> None:
     print(f"{'tokens':>7} " + " ".join(f"{n + ' min':>12} {n + ' median':>13}" for n in variants) + "  (ms / layer)")
     for n in tokens:
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for r in range(repeats):
+        for _ in range(repeats):
             x = torch.randn(1, n, config.hidden_size, dtype=torch.bfloat16)  # new routing each repeat
             for name, fn in variants.items():
                 start = time.perf_counter()

@@ -23,10 +23,24 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from videocaption.deepseek_vl2 import LanguageConfig, generate
 from videocaption.deepseek_vl2.language import DeepseekV2ForCausalLM
 
-LAYOUT = dict(vocab_size=512, hidden_size=40, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=12,
-              num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64, n_shared_experts=2,
-              num_experts_per_tok=6, first_k_dense_replace=1, topk_method="greedy", use_mla=False,
-              kv_lora_rank=None, q_lora_rank=None, max_position_embeddings=4096)
+LAYOUT = dict(
+    vocab_size=512,
+    hidden_size=40,
+    intermediate_size=64,
+    moe_intermediate_size=16,
+    num_hidden_layers=12,
+    num_attention_heads=10,
+    num_key_value_heads=10,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    first_k_dense_replace=1,
+    topk_method="greedy",
+    use_mla=False,
+    kv_lora_rank=None,
+    q_lora_rank=None,
+    max_position_embeddings=4096,
+)
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero")
 
 
@@ -51,6 +65,7 @@ def count(lm: DeepseekV2ForCausalLM, batch: int, steps: int) -> tuple[int, int]:
         def wrapper(self, *args, **kwargs):
             reads[0] += 1
             return original(self, *args, **kwargs)
+
         return wrapper
 
     for name, original in originals.items():
@@ -75,7 +90,9 @@ def main() -> None:
     for batch in map(int, args.batches.split(",")):
         ops_short, reads_short = count(lm, batch, 2)
         ops_long, reads_long = count(lm, batch, 2 + args.steps)
-        print(f"{batch:>5} {(ops_long - ops_short) / args.steps:>16.1f} {(reads_long - reads_short) / args.steps:>18.1f}")
+        print(
+            f"{batch:>5} {(ops_long - ops_short) / args.steps:>16.1f} {(reads_long - reads_short) / args.steps:>18.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Relative to the checkout (the script runs there): the report shows them as given.
 SAMPLE_CLIP = "big_bunny_5s_25fps.mp4"
 TINY_MODEL = "tests/fixtures/deepseek_vl2_reference/model"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=5000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=5000",
+]
 # Sampled densely with low thresholds: the 5 s clip then has a few shots and skipped frames.
-RUN = {"max_new_tokens": 16, "sampling": "adaptive", "fps": 3.0, "scene_threshold": 6.0,
-       "duplicate_threshold": 0.25, "device": "cpu"}
+RUN = {
+    "max_new_tokens": 16,
+    "sampling": "adaptive",
+    "fps": 3.0,
+    "scene_threshold": 6.0,
+    "duplicate_threshold": 0.25,
+    "device": "cpu",
+}
 
 
 def screenshot(page: Path, png: Path, window: str) -> None:
@@ -38,9 +53,19 @@ def screenshot(page: Path, png: Path, window: str) -> None:
         sys.exit("error: chromium is not installed (scripts/setup.sh --test installs it)")
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
-                        f"--screenshot={png.resolve()}", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={window}",
+                f"--screenshot={png.resolve()}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def main() -> None:
@@ -55,8 +80,9 @@ def main() -> None:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         page = folder / "result.html"
-        caption_video(SAMPLE_CLIP, model=args.model, result_path=str(folder / "result.json"),
-                      report_path=str(page), **RUN)
+        caption_video(
+            SAMPLE_CLIP, model=args.model, result_path=str(folder / "result.json"), report_path=str(page), **RUN
+        )
         screenshot(page, args.png, args.window)
     print(f"wrote {args.png}")
 

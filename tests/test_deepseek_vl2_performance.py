@@ -16,9 +16,9 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-
-from helpers import FIXTURES
 from accelerator import DEVICE, DTYPE
+from helpers import FIXTURES
+
 from videocaption.backends import deepseek_vl2_backend
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.language import Experts
@@ -79,8 +79,10 @@ def test_model_calls_run_on_one_thread_whoever_calls(runtime, monkeypatch):
     assert set(ran_on) == {model_thread_native_id()} and threading.get_native_id() not in ran_on
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2 or DEVICE.type != "cpu",
-                    reason="counts OpenMP worker threads on a Linux CPU with 2+ torch threads")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2 or DEVICE.type != "cpu",
+    reason="counts OpenMP worker threads on a Linux CPU with 2+ torch threads",
+)
 def test_callers_add_no_openmp_pool(runtime):
     call = lambda: runtime.complete_batch(["Hello there."], max_new_tokens=3)  # noqa: E731
     call()  # lazily started pools (tokenizer, the model thread's own team) exist from here on
@@ -102,6 +104,7 @@ def counting_host_reads():
         def wrapper(self, *args, **kwargs):
             counts["n"] += 1
             return original(self, *args, **kwargs)
+
         return wrapper
 
     for name, original in originals.items():

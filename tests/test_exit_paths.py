@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import CLI, FAST, FAST_FLAGS, REPO_ROOT, SAMPLE_CLIP, ffmpeg, run_cli, stderr_lines
 
 FINISHED = {"video_title": "an earlier, finished run", "batches": [], "summary": "kept"}
@@ -63,8 +62,13 @@ def small_disk(tmp_path):
     """A 64 KiB tmpfs (needs root); yields (folder, fill) where fill(n) leaves n free 4 KiB pages."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
 
     def fill(free_pages: int) -> None:
@@ -111,9 +115,14 @@ def test_a_full_disk_at_the_end_writes_no_output_and_keeps_the_checkpoint(small_
 def test_a_signal_keeps_the_checkpoint_and_never_touches_a_finished_result(tmp_path, signum, code):
     tmp, env = private_tmp(tmp_path)
     (tmp_path / "result.json").write_text(json.dumps(FINISHED))
-    process = subprocess.Popen([*CLI, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1", "--srt", "--vtt"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **env})
+    process = subprocess.Popen(
+        [*CLI, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1", "--srt", "--vtt"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     wait_for(tmp_path / "result.json.partial", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -143,15 +152,21 @@ SLOW_MODEL = textwrap.dedent("""
 
 
 def test_interrupted_before_any_batch_says_nothing_was_saved(tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", SLOW_MODEL, str(SAMPLE_CLIP), *FAST_FLAGS],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_MODEL, str(SAMPLE_CLIP), *FAST_FLAGS],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     wait_for(tmp_path / "describing", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert [line for line in stderr.splitlines() if line.strip()] == [
-        "interrupted (Ctrl-C): no batch was described yet, so nothing was saved"]
+        "interrupted (Ctrl-C): no batch was described yet, so nothing was saved"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["describing"]
 
 
@@ -224,10 +239,10 @@ def test_stderr_of_a_finished_run_is_quiet(tmp_path):
 def test_the_progress_bar_of_a_finished_run_ends_at_100_percent():
     import io
 
-    from videocaption.cli.main import ProgressBar
-    from videocaption.options import CaptionOptions
-    from videocaption.media.probe import MediaInfo
     from videocaption.captioning.progress import Progress
+    from videocaption.cli.main import ProgressBar
+    from videocaption.media.probe import MediaInfo
+    from videocaption.options import CaptionOptions
 
     # A 60.5 s container suggests 61 frames at 1 fps; the video stream gives 60.
     console = io.StringIO()

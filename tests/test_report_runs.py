@@ -52,8 +52,11 @@ def test_a_resumed_run_shows_the_pictures_of_the_batches_it_restored(tmp_path, m
     options = dict(FAST, batch_size=2, result_path=str(tmp_path / "r.json"), report_path=str(tmp_path / "r.html"))
     fingerprints = []
     save = Checkpoint.save
-    monkeypatch.setattr(Checkpoint, "save", lambda self, fingerprint, batches: (fingerprints.append(fingerprint),
-                                                                                 save(self, fingerprint, batches)))
+    monkeypatch.setattr(
+        Checkpoint,
+        "save",
+        lambda self, fingerprint, batches: (fingerprints.append(fingerprint), save(self, fingerprint, batches)),
+    )
     whole = caption_video(SAMPLE_CLIP, **options)
     assert len(whole.batches) == 3
     # What a run interrupted after two batches leaves: a checkpoint, no result, no report.
@@ -66,4 +69,3 @@ def test_a_resumed_run_shows_the_pictures_of_the_batches_it_restored(tmp_path, m
     assert [b.inference_time for b in resumed.batches[:2]] == [b.inference_time for b in whole.batches[:2]]
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert len(re.findall(r"<img ", html)) == resumed.frames_analysed == whole.frames_analysed
-

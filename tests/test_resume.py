@@ -6,9 +6,9 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import CLI as CLI_ALONE
 from helpers import FAST, FAST_FLAGS, SAMPLE_CLIP, untimed
+
 from videocaption.captioning.checkpoint import checkpoint_path
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
@@ -49,10 +49,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupte
 
 def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
     options = CaptionOptions(**FAST, batch_size=1, result_path=str(tmp_path / "result.json"))
-    checkpoint_path(options.result_path).write_text(json.dumps({
-        "version": 1, "fingerprint": "not this video",
-        "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
-    }))
+    checkpoint_path(options.result_path).write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "fingerprint": "not this video",
+                "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
+            }
+        )
+    )
     resumed = run_caption_graph(SAMPLE_CLIP, options.replace(resume=True)).to_dict()
     assert untimed(resumed) == untimed(uninterrupted)
 

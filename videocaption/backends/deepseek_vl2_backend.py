@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 
+from videocaption.backends.devices import resolve_device, resolve_dtype
 from videocaption.deepseek_vl2.config import DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import generate
 from videocaption.deepseek_vl2.model import DeepseekVL2Model
@@ -23,9 +24,8 @@ from videocaption.deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Pro
 from videocaption.deepseek_vl2.quantize import quantize_language_int8
 from videocaption.deepseek_vl2.threads import run_on_model_thread
 from videocaption.deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
-from videocaption.backends.devices import resolve_device, resolve_dtype
-from videocaption.options import DEFAULT_MODEL
 from videocaption.errors import ContextOverflowError, ModelLoadError
+from videocaption.options import DEFAULT_MODEL
 from videocaption.usage import Answers, Usage
 
 
@@ -60,7 +60,7 @@ class DeepseekVL2:
         *,
         device: str = "auto",
         dtype: str = "auto",
-    ) -> "DeepseekVL2":
+    ) -> DeepseekVL2:
         """Load from a hub id (``deepseek-ai/deepseek-vl2-tiny``, ``-small``, ``deepseek-vl2``) or a
         local directory with the official layout. Raises ModelLoadError if it cannot.
 
@@ -91,8 +91,9 @@ class DeepseekVL2:
         return cls(name, net, processor, device=torch_device, dtype=torch_dtype)
 
     @staticmethod
-    def _load_network(config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device,
-                      int8: bool = False) -> DeepseekVL2Model:
+    def _load_network(
+        config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device, int8: bool = False
+    ) -> DeepseekVL2Model:
         # On the model thread (see deepseek_vl2.threads): the casts while loading are parallel
         # torch ops too, and any thread that runs one keeps an OpenMP pool.
         with torch.device("meta"):
@@ -154,8 +155,7 @@ class DeepseekVL2:
 
     def _batch(self, requests: list[tuple[list[Image.Image], str]]) -> DeepseekVL2Batch:
         samples = [
-            self.processor.process_one(self.processor.user_conversation(prompt), images)
-            for images, prompt in requests
+            self.processor.process_one(self.processor.user_conversation(prompt), images) for images, prompt in requests
         ]
         for sample in samples:
             if len(sample) > self.context_length:
@@ -195,6 +195,8 @@ class DeepseekVL2:
             )
         ids = out.sequences.tolist()
         texts = [self.processor.decode(row[:n]).strip() for row, n in zip(ids, out.lengths)]
-        usage = [Usage(prompt_tokens=length, generated_tokens=n, image_tokens=sum(images))
-                 for length, n, images in zip(batch.seq_lens, out.lengths, batch.num_image_tokens)]
+        usage = [
+            Usage(prompt_tokens=length, generated_tokens=n, image_tokens=sum(images))
+            for length, n, images in zip(batch.seq_lens, out.lengths, batch.num_image_tokens)
+        ]
         return Answers(texts, usage)

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is cuda, then mps, then cpu; any other name must be usable on this machine.
 

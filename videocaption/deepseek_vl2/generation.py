@@ -10,8 +10,8 @@ are run one row at a time (:func:`prefill_rows_alone`) and only the decoding ste
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -155,7 +155,7 @@ def prefill_rows_alone(
     for row in range(inputs_embeds.shape[0]):
         start = int((~mask[row]).sum())  # left padding: the real tokens are the suffix
         row_cache = KVCache()
-        hidden = language.model(inputs_embeds[row:row + 1, start:], positions[row:row + 1, start:], None, row_cache)
+        hidden = language.model(inputs_embeds[row : row + 1, start:], positions[row : row + 1, start:], None, row_cache)
         last_hidden.append(hidden[:, -1])
         row_caches.append((start, row_cache))
     cache.fill_left_padded(row_caches, inputs_embeds.shape[1])

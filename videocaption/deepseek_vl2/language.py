@@ -20,7 +20,7 @@ keys (``model.layers.N.self_attn.q_proj`` ...).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,14 +82,18 @@ class KVCache:
         start, end = self._lengths[layer_idx], self._lengths[layer_idx] + key.shape[2]
         if end > self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)
             grow = max(end, 2 * self._keys[layer_idx].shape[2]) - self._keys[layer_idx].shape[2]
-            self._keys[layer_idx] = torch.cat([self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2)
-            self._values[layer_idx] = torch.cat([self._values[layer_idx], self._values[layer_idx].new_empty(*value.shape[:2], grow, value.shape[3])], 2)
+            self._keys[layer_idx] = torch.cat(
+                [self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2
+            )
+            self._values[layer_idx] = torch.cat(
+                [self._values[layer_idx], self._values[layer_idx].new_empty(*value.shape[:2], grow, value.shape[3])], 2
+            )
         self._keys[layer_idx][:, :, start:end] = key
         self._values[layer_idx][:, :, start:end] = value
         self._lengths[layer_idx] = end
         return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
 
-    def fill_left_padded(self, rows: Sequence[tuple[int, "KVCache"]], length: int) -> None:
+    def fill_left_padded(self, rows: Sequence[tuple[int, KVCache]], length: int) -> None:
         """Become the cache of a left-padded batch of ``length`` positions from one cache per row.
 
         ``rows`` holds, per batch row, where its real tokens start and the cache of those tokens
@@ -270,7 +274,7 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is not None:
             k_pe, compressed_kv = cache.update(self.layer_idx, k_pe, compressed_kv)  # [B, 1, L, .]
         w = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-        q_absorb, out_absorb = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim:]  # [H, nope, c], [H, v, c]
+        q_absorb, out_absorb = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]  # [H, nope, c], [H, v, c]
         query = torch.cat([torch.matmul(q_nope, q_absorb), q_pe], dim=-1)  # [B, H, T, c + rope]
         key = torch.cat([compressed_kv, k_pe], dim=-1).expand(-1, self.num_heads, -1, -1)  # [B, H, L, c + rope]
         value = compressed_kv.expand(-1, self.num_heads, -1, -1)  # [B, H, L, c]
@@ -365,8 +369,13 @@ class Experts(nn.Module):
         for name in ("gate_up_proj", "down_proj"):
             param = getattr(self, name)
             if param.is_meta:
-                setattr(self, name, nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype),
-                                                 requires_grad=param.requires_grad))
+                setattr(
+                    self,
+                    name,
+                    nn.Parameter(
+                        torch.empty(param.shape, device=device, dtype=dtype), requires_grad=param.requires_grad
+                    ),
+                )
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # Per-expert keys as in the checkpoint. keep_vars: views (shapes, no copy); otherwise
@@ -375,8 +384,9 @@ class Experts(nn.Module):
             row = self.slot(key)
             destination[prefix + key] = row if keep_vars else row.detach().clone()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         keys = [k for k in self.checkpoint_keys() if prefix + k in state_dict]
         if keys:
             first = state_dict[prefix + keys[0]]

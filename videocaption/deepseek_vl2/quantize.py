@@ -64,7 +64,11 @@ class Int8Experts(nn.Module):
 
     def __init__(self, experts: Experts, dtype: torch.dtype) -> None:
         super().__init__()
-        self.num_experts, self.intermediate_size, self.act_fn = experts.num_experts, experts.intermediate_size, experts.act_fn
+        self.num_experts, self.intermediate_size, self.act_fn = (
+            experts.num_experts,
+            experts.intermediate_size,
+            experts.act_fn,
+        )
         gate_up, gate_up_scales = quantize_rows(experts.gate_up_proj)
         down, down_scales = quantize_rows(experts.down_proj)
         self.register_buffer("gate_up_proj", gate_up)

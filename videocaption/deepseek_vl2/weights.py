@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
@@ -72,7 +72,9 @@ def weight_files(model_dir: Path, name: str) -> list[Path]:
             raise ModelLoadError(f"Model '{name}' has no safetensors weights in '{model_dir}'.")
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise ModelLoadError(f"Model '{name}' is incomplete: weight file(s) {', '.join(missing)} missing in '{model_dir}'.")
+        raise ModelLoadError(
+            f"Model '{name}' is incomplete: weight file(s) {', '.join(missing)} missing in '{model_dir}'."
+        )
     return files
 
 

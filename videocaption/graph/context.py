@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.graph.watchdog import Activity
