@@ -81,7 +81,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def program_name() -> str:
-    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py`` or ``python -m videocaption``."""
+    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py``, ``python -m videocaption``,
+    or what a wrapper names itself in ``LLM_CAPTION_PROG`` (``./run.sh demo``)."""
+    if os.environ.get("LLM_CAPTION_PROG"):
+        return os.environ["LLM_CAPTION_PROG"]
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "llm-caption"
     return "python -m videocaption" if name == "__main__.py" else name
 
