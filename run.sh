@@ -10,7 +10,7 @@ job=${1:-demo}
 shift || true
 lint() { .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .; }
 case "$job" in
-    demo)  scripts/setup.sh; exec .venv/bin/llm-caption "$@" ;;
+    demo)  scripts/setup.sh; LLM_CAPTION_PROG="./run.sh demo" exec .venv/bin/llm-caption "$@" ;;
     test)  scripts/setup.sh --test; lint; exec .venv/bin/python -m pytest "$@" ;;
     lint)  scripts/setup.sh --test; lint ;;
     bench) scripts/setup.sh --test; exec .venv/bin/python -m "benchmarks.$1" "${@:2}" ;;

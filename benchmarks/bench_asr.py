@@ -52,15 +52,46 @@ def speech_clip(folder: Path) -> Path:
     labels = "".join(f"[a{i}]" for i in range(len(SENTENCES)))
     mix = ";".join(filters) + f";{labels}amix=inputs={len(SENTENCES)}:normalize=0:duration=longest[mix]"
     clip = folder / "speech60.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:duration={DURATION}",
-                    *inputs, "-filter_complex", mix, "-map", "0:v", "-map", "[mix]", "-ac", "2", "-ar", "44100",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(DURATION), str(clip)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=320x240:rate=25:duration={DURATION}",
+            *inputs,
+            "-filter_complex",
+            mix,
+            "-map",
+            "0:v",
+            "-map",
+            "[mix]",
+            "-ac",
+            "2",
+            "-ar",
+            "44100",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-t",
+            str(DURATION),
+            str(clip),
+        ],
+        check=True,
+    )
     return clip
 
 
 def audio_16k(clip: Path) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "f32le", "-ac", "1", "-ar", "16000", "-"],
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(clip), "-f", "f32le", "-ac", "1", "-ar", "16000", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, dtype=np.float32)
 
 
@@ -71,7 +102,7 @@ def time_vad(audio: np.ndarray):
     started = time.perf_counter()
     segments = []
     for start in range(0, len(audio), 1024):
-        segments += detector.feed(audio[start:start + 1024], start / 16000)
+        segments += detector.feed(audio[start : start + 1024], start / 16000)
     segments += detector.flush()
     return time.perf_counter() - started, segments
 
@@ -80,16 +111,29 @@ def build_small_whisper(path: Path) -> Path:
     """whisper-small's architecture (d_model 768, 12+12 layers, 51865-token vocabulary), random
     weights, with the tiny offline tokenizer (tokens beyond it are suppressed, so the output
     projection still costs its full size)."""
-    from tests.tiny_whisper import build_tiny_whisper
     from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from tests.tiny_whisper import build_tiny_whisper
 
     build_tiny_whisper(path)
     tiny = WhisperConfig.from_pretrained(path)
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=768, encoder_layers=12, decoder_layers=12,
-                           encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
-                           decoder_ffn_dim=3072, max_source_positions=1500, max_target_positions=448,
-                           pad_token_id=tiny.pad_token_id, bos_token_id=tiny.bos_token_id,
-                           eos_token_id=tiny.eos_token_id, decoder_start_token_id=tiny.decoder_start_token_id)
+    config = WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=768,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=tiny.pad_token_id,
+        bos_token_id=tiny.bos_token_id,
+        eos_token_id=tiny.eos_token_id,
+        decoder_start_token_id=tiny.decoder_start_token_id,
+    )
     generation = WhisperForConditionalGeneration.from_pretrained(path).generation_config
     generation.suppress_tokens = list(range(tiny.vocab_size, 51865))
     model = WhisperForConditionalGeneration(config)
@@ -114,8 +158,16 @@ def time_run(clip: Path, folder: Path, whisper: Path, transcribe: bool, repeats:
     from videocaption.graph.runner import run_caption_graph
     from videocaption.options import CaptionOptions
 
-    options = CaptionOptions(model=str(TINY_MODEL), device="cpu", max_new_tokens=32, fps=1.0, batch_size=4,
-                             transcribe=transcribe, asr_model=str(whisper), result_path=str(folder / "result.json"))
+    options = CaptionOptions(
+        model=str(TINY_MODEL),
+        device="cpu",
+        max_new_tokens=32,
+        fps=1.0,
+        batch_size=4,
+        transcribe=transcribe,
+        asr_model=str(whisper),
+        result_path=str(folder / "result.json"),
+    )
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
@@ -146,16 +198,22 @@ def main() -> None:
         print(f"recogniser tiny Whisper: {tiny_s:.2f} s, RTF {tiny_s / seconds:.4f}")
         if args.small:
             small_s = time_recognizer(build_small_whisper(folder / "small-whisper"), segments)
-            print(f"recogniser whisper-small architecture (random weights, fp32): {small_s:.2f} s, "
-                  f"RTF {small_s / seconds:.4f}")
+            print(
+                f"recogniser whisper-small architecture (random weights, fp32): {small_s:.2f} s, "
+                f"RTF {small_s / seconds:.4f}"
+            )
         plain = time_run(clip, folder, tiny, False, args.repeats)
         heard = time_run(clip, folder, tiny, True, args.repeats)
-        print(f"whole run (tiny VLM, 60 frames): {plain:.2f} s without transcribe, {heard:.2f} s with "
-              f"(tiny Whisper): +{heard - plain:.2f} s, {100 * (heard - plain) / heard:.1f}% of the run")
+        print(
+            f"whole run (tiny VLM, 60 frames): {plain:.2f} s without transcribe, {heard:.2f} s with "
+            f"(tiny Whisper): +{heard - plain:.2f} s, {100 * (heard - plain) / heard:.1f}% of the run"
+        )
         if args.small:
             added = vad_s + small_s
-            print(f"whisper-small estimate: VAD + recogniser {added:.2f} s of work beside the VLM; "
-                  f"{100 * added / (plain + added):.1f}% of this run if done serially")
+            print(
+                f"whisper-small estimate: VAD + recogniser {added:.2f} s of work beside the VLM; "
+                f"{100 * added / (plain + added):.1f}% of this run if done serially"
+            )
 
 
 if __name__ == "__main__":

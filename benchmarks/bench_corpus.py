@@ -60,17 +60,26 @@ def on_ray(clips: list[Path], options: CaptionOptions, output: Path, workers: in
     from videocaption.library.ray_runner import LibraryConfig, run_library
 
     arrivals: list[tuple[float, float]] = []  # (arrival, the video's own seconds)
-    config = LibraryConfig(inputs=tuple(map(str, clips)), output_dir=output, manifest_path=output / MANIFEST_NAME,
-                           workers=workers, cpus_per_worker=1.0)
+    config = LibraryConfig(
+        inputs=tuple(map(str, clips)),
+        output_dir=output,
+        manifest_path=output / MANIFEST_NAME,
+        workers=workers,
+        cpus_per_worker=1.0,
+    )
     started = time.perf_counter()
-    run = run_library(config, options, on_row=lambda row, _left: arrivals.append(
-        (time.perf_counter(), row.wall_seconds or 0.0)))
+    run = run_library(
+        config, options, on_row=lambda row, _left: arrivals.append((time.perf_counter(), row.wall_seconds or 0.0))
+    )
     ended = time.perf_counter()
     assert [row.status for row in run.rows] == ["ok"] * len(clips), [row.error for row in run.rows]
     first_start = min(arrival - own for arrival, own in arrivals)
-    return {"whole_s": ended - started, "steady_s": ended - first_start,
-            "wall_per_video_s": statistics.median(row.wall_seconds for row in run.captioned),
-            "cpu_per_video_s": statistics.median(row.cpu_seconds for row in run.captioned)}
+    return {
+        "whole_s": ended - started,
+        "steady_s": ended - first_start,
+        "wall_per_video_s": statistics.median(row.wall_seconds for row in run.captioned),
+        "cpu_per_video_s": statistics.median(row.cpu_seconds for row in run.captioned),
+    }
 
 
 def main() -> None:
@@ -87,12 +96,16 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="llm-caption-bench-corpus-"))
     (workdir / "clips").mkdir()
     clips = [make_clip(workdir / "clips" / f"clip{index}.mp4", duration=args.seconds) for index in range(args.clips)]
-    options = CaptionOptions(model=args.model, device="cpu", max_new_tokens=args.new_tokens,
-                             batch_size=args.batch_size)
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} (over the cores: other work is running)"
-          if os.getloadavg()[0] > (os.cpu_count() or 1) / 2 else f"machine: {machine()}")
-    print(f"{len(clips)} clips of {args.seconds:g} s (320x240, 25 fps), batch_size {args.batch_size}, fps "
-          f"{options.fps:g}, max_new_tokens {args.new_tokens}, model {args.model}")
+    options = CaptionOptions(model=args.model, device="cpu", max_new_tokens=args.new_tokens, batch_size=args.batch_size)
+    print(
+        f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} (over the cores: other work is running)"
+        if os.getloadavg()[0] > (os.cpu_count() or 1) / 2
+        else f"machine: {machine()}"
+    )
+    print(
+        f"{len(clips)} clips of {args.seconds:g} s (320x240, 25 fps), batch_size {args.batch_size}, fps "
+        f"{options.fps:g}, max_new_tokens {args.new_tokens}, model {args.model}"
+    )
 
     loop = plain_loop(clips, options, workdir / "loop")
     with stopwatch() as starting:
@@ -105,26 +118,43 @@ def main() -> None:
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     n = len(clips)
-    rate = {name: n / seconds * 60 for name, seconds in
-            [("loop", loop["videos_s"]), ("one", one["steady_s"]), ("two", two["steady_s"]),
-             ("one_whole", one["whole_s"]), ("two_whole", two["whole_s"])]}
+    rate = {
+        name: n / seconds * 60
+        for name, seconds in [
+            ("loop", loop["videos_s"]),
+            ("one", one["steady_s"]),
+            ("two", two["steady_s"]),
+            ("one_whole", one["whole_s"]),
+            ("two_whole", two["whole_s"]),
+        ]
+    }
     print(f"ray.init (local instance, once per cluster): {starting():.2f} s")
-    print(f"{'run':<22} {'whole s':>8} {'steady s':>9} {'videos/min whole':>17} {'videos/min steady':>18} "
-          f"{'s/video':>8} {'CPU s/video':>12}")
-    print(f"{'in-process loop':<22} {loop['load_s'] + loop['videos_s']:>8.2f} {loop['videos_s']:>9.2f} "
-          f"{n / (loop['load_s'] + loop['videos_s']) * 60:>17.1f} {rate['loop']:>18.1f} "
-          f"{loop['videos_s'] / n:>8.2f} {loop['cpu_per_video_s']:>12.2f}")
+    print(
+        f"{'run':<22} {'whole s':>8} {'steady s':>9} {'videos/min whole':>17} {'videos/min steady':>18} "
+        f"{'s/video':>8} {'CPU s/video':>12}"
+    )
+    print(
+        f"{'in-process loop':<22} {loop['load_s'] + loop['videos_s']:>8.2f} {loop['videos_s']:>9.2f} "
+        f"{n / (loop['load_s'] + loop['videos_s']) * 60:>17.1f} {rate['loop']:>18.1f} "
+        f"{loop['videos_s'] / n:>8.2f} {loop['cpu_per_video_s']:>12.2f}"
+    )
     for name, label, run in (("one", "Ray 1 worker x 1 CPU", one), ("two", "Ray 2 workers x 1 CPU", two)):
-        print(f"{label:<22} {run['whole_s']:>8.2f} {run['steady_s']:>9.2f} {rate[name + '_whole']:>17.1f} "
-              f"{rate[name]:>18.1f} {run['wall_per_video_s']:>8.2f} {run['cpu_per_video_s']:>12.2f}")
+        print(
+            f"{label:<22} {run['whole_s']:>8.2f} {run['steady_s']:>9.2f} {rate[name + '_whole']:>17.1f} "
+            f"{rate[name]:>18.1f} {run['wall_per_video_s']:>8.2f} {run['cpu_per_video_s']:>12.2f}"
+        )
     print("(s/video: the loop's mean, the workers' median; CPU s/video: every thread of the process captioning it)")
     speedup = rate["two"] / rate["one"]
     overhead = (one["steady_s"] - loop["videos_s"]) / n
-    print(f"2 workers vs 1 (steady): x{speedup:.2f} (whole: x{rate['two_whole'] / rate['one_whole']:.2f}); "
-          f"goal >= x1.7: {'met' if speedup >= 1.7 else 'missed'}")
-    print(f"Ray's overhead per video vs the loop (steady, 1 worker): {overhead:+.3f} s; with starting the worker "
-          f"and loading its model: {(one['whole_s'] - loop['load_s'] - loop['videos_s']) / n:+.3f} s; "
-          f"goal < 0.5 s: {'met' if overhead < 0.5 else 'missed'}")
+    print(
+        f"2 workers vs 1 (steady): x{speedup:.2f} (whole: x{rate['two_whole'] / rate['one_whole']:.2f}); "
+        f"goal >= x1.7: {'met' if speedup >= 1.7 else 'missed'}"
+    )
+    print(
+        f"Ray's overhead per video vs the loop (steady, 1 worker): {overhead:+.3f} s; with starting the worker "
+        f"and loading its model: {(one['whole_s'] - loop['load_s'] - loop['videos_s']) / n:+.3f} s; "
+        f"goal < 0.5 s: {'met' if overhead < 0.5 else 'missed'}"
+    )
 
 
 if __name__ == "__main__":

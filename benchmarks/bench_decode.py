@@ -32,20 +32,30 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (ROOT, SINK_STATS, cpu_seconds, ffmpeg_frames, machine, make_clip, quiet_bmf, stopwatch,
-                               video_size)
-from videocaption.sampling.grid import select_expression
+from benchmarks.common import (
+    ROOT,
+    SINK_STATS,
+    cpu_seconds,
+    ffmpeg_frames,
+    machine,
+    make_clip,
+    quiet_bmf,
+    stopwatch,
+    video_size,
+)
 from videocaption.graph.build import decoder_options
 from videocaption.graph.runner import wait_for_graph
 from videocaption.options import CaptionOptions
+from videocaption.sampling.grid import select_expression
 
 # FFmpeg's AVDISCARD_BIDIR: every B-frame dropped (not a pipeline mode; see the docstring).
 BIDIR = 16
 Run = tuple[float, float, int]  # wall seconds, CPU seconds, frames
 
 
-def bmf_decode(clip: Path, fps: float, key: str, mode: str = "none", *, digest: bool = False,
-               select: str | None = None) -> Run:
+def bmf_decode(
+    clip: Path, fps: float, key: str, mode: str = "none", *, digest: bool = False, select: str | None = None
+) -> Run:
     """The caption graph's decode + select, frames converted to PIL (CPU: every BMF thread).
 
     ``mode``: a ``decode_skip`` value, or ``bidir`` for FFmpeg's own ``skip_frame`` setting.
@@ -63,8 +73,13 @@ def bmf_decode(clip: Path, fps: float, key: str, mode: str = "none", *, digest: 
         graph = bmf.graph()
         video = graph.decode(settings)["video"]
         video = video.ff_filter("select", select or select_expression(fps))
-        node = bmf.module([video], "FrameSink", {"key": key, "digest": digest}, module_path=str(ROOT),
-                          entry="benchmarks.common.FrameSink")
+        node = bmf.module(
+            [video],
+            "FrameSink",
+            {"key": key, "digest": digest},
+            module_path=str(ROOT),
+            entry="benchmarks.common.FrameSink",
+        )
         wait_for_graph(graph, node)
     return elapsed(), cpu_seconds() - cpu, SINK_STATS[key]["frames"]
 
@@ -105,21 +120,29 @@ def compare(clip: Path, fps: float, modes: tuple[str, ...], repeats: int, frame:
     cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
     exact = {mode: fidelity(clip, fps, mode) for mode in modes if mode != "none"}
     print(f"\nsampling {fps:g} fps")
-    print(f"{'path':<42} {'frames':>6} {'wall s':>7} {'CPU s':>6} {'CPU / ffmpeg':>12} {'max shift':>9} {'pictures':>14}")
+    print(
+        f"{'path':<42} {'frames':>6} {'wall s':>7} {'CPU s':>6} {'CPU / ffmpeg':>12} {'max shift':>9} {'pictures':>14}"
+    )
     for key in runs:
         name = "ffmpeg -vf fps + rgb24 pipe + PIL" if key == "ffmpeg" else f"BMF decode_skip {key} + select + PIL"
         moved = f"{exact[key][2] / frame:.1f} fr" if key in exact else ""
         same = f"{exact[key][1] - exact[key][0]}/{exact[key][1]} same" if key in exact else ""
-        print(f"{name:<42} {runs[key][0][2]:>6} {wall[key]:>7.2f} {cpu[key]:>6.2f} x{cpu[key] / cpu['ffmpeg']:>11.2f} "
-              f"{moved:>9} {same:>14}")
+        print(
+            f"{name:<42} {runs[key][0][2]:>6} {wall[key]:>7.2f} {cpu[key]:>6.2f} x{cpu[key] / cpu['ffmpeg']:>11.2f} "
+            f"{moved:>9} {same:>14}"
+        )
     if "none" in modes:
         ratio = cpu["none"] / cpu["ffmpeg"]
-        print(f"BMF (every frame) / ffmpeg CPU time: x{ratio:.2f} (goal within 10%: {'met' if ratio <= 1.10 else 'missed'})")
+        print(
+            f"BMF (every frame) / ffmpeg CPU time: x{ratio:.2f} (goal within 10%: {'met' if ratio <= 1.10 else 'missed'})"
+        )
     for mode, (differing, samples, shift) in exact.items():
         ratio = cpu[mode] / cpu["ffmpeg"]
-        print(f"BMF decode_skip {mode} / full-decode ffmpeg CPU time: x{ratio:.2f} (goal <= x0.5: "
-              f"{'met' if ratio <= 0.5 else 'missed'}); samples moved by at most {shift / frame:.1f} frame intervals "
-              f"(goal <= 1: {'met' if shift <= frame + 1e-6 else 'missed'}); {differing} of {samples} pictures differ")
+        print(
+            f"BMF decode_skip {mode} / full-decode ffmpeg CPU time: x{ratio:.2f} (goal <= x0.5: "
+            f"{'met' if ratio <= 0.5 else 'missed'}); samples moved by at most {shift / frame:.1f} frame intervals "
+            f"(goal <= 1: {'met' if shift <= frame + 1e-6 else 'missed'}); {differing} of {samples} pictures differ"
+        )
 
 
 def main() -> None:
@@ -134,20 +157,33 @@ def main() -> None:
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    clip = make_clip(args.workdir / f"decode_{args.duration:g}s_{args.size}_{args.rate}fps.mp4",
-                     duration=args.duration, size=args.size, rate=args.rate)
+    clip = make_clip(
+        args.workdir / f"decode_{args.duration:g}s_{args.size}_{args.rate}fps.mp4",
+        duration=args.duration,
+        size=args.size,
+        rate=args.rate,
+    )
     print(f"machine: {machine()}")
-    print(f"clip: {args.duration:g} s, {args.size}, {args.rate} fps H.264 (x264 veryfast, B-frames); median of {args.repeats}")
+    print(
+        f"clip: {args.duration:g} s, {args.size}, {args.rate} fps H.264 (x264 veryfast, B-frames); median of {args.repeats}"
+    )
     frame = 1 / args.rate
     compare(clip, args.fps, ("none", "nonref"), args.repeats, frame)
     compare(clip, args.sparse_fps, ("none", "seek"), args.repeats, frame)
 
-    medium = make_clip(args.workdir / f"decode_20s_{args.size}_{args.rate}fps_medium.mp4", duration=20, size=args.size,
-                       rate=args.rate, codec=("-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p"))
+    medium = make_clip(
+        args.workdir / f"decode_20s_{args.size}_{args.rate}fps_medium.mp4",
+        duration=20,
+        size=args.size,
+        rate=args.rate,
+        codec=("-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p"),
+    )
     differing, samples, shift = fidelity(medium, args.fps, "bidir")
-    print(f"\nskip_frame bidir (every B-frame dropped; not offered) on a 20 s x264 medium encode at {args.fps:g} fps: "
-          f"{differing} of {samples} pictures differ from a full decode, samples up to {shift / frame:.1f} frame "
-          "intervals late")
+    print(
+        f"\nskip_frame bidir (every B-frame dropped; not offered) on a 20 s x264 medium encode at {args.fps:g} fps: "
+        f"{differing} of {samples} pictures differ from a full decode, samples up to {shift / frame:.1f} frame "
+        "intervals late"
+    )
 
 
 if __name__ == "__main__":

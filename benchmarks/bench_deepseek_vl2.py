@@ -38,7 +38,10 @@ def requests() -> list[tuple[list[Image.Image], str]]:
     return [
         ([frame("bunny_t1.0_640x360.png")], "<image>\nDescribe this frame of the video in one sentence."),
         ([frame("bikes_t4.5_640x272.png")], "<image>\nDescribe the scene."),
-        ([frame("bunny_t4.2_320x180.png"), frame("bikes_t7.5_320x136.png")], "<image>\n<image>\nWhich frame shows the rabbit?"),
+        (
+            [frame("bunny_t4.2_320x180.png"), frame("bikes_t7.5_320x136.png")],
+            "<image>\n<image>\nWhich frame shows the rabbit?",
+        ),
         ([frame("bunny_t2.6_crop5x4_700x560.png")], "<image>\nWhat is the animal doing?"),
     ]
 

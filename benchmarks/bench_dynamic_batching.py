@@ -50,10 +50,11 @@ def one_run(clip: Path, options: CaptionOptions) -> dict[str, float]:
 
 def model_alone(model, requests: list, group: int, new_tokens: int, repeats: int) -> tuple[float, float]:
     """Best seconds to describe ``requests`` one per call, and ``group`` per call, on the model alone."""
+
     def timed(size: int) -> float:
         with stopwatch() as elapsed:
             for i in range(0, len(requests), size):
-                model.describe_batch(requests[i:i + size], max_new_tokens=new_tokens)
+                model.describe_batch(requests[i : i + size], max_new_tokens=new_tokens)
         return elapsed()
 
     return min(timed(1) for _ in range(repeats)), min(timed(group) for _ in range(repeats))
@@ -61,11 +62,17 @@ def model_alone(model, requests: list, group: int, new_tokens: int, repeats: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=32.0, help="seconds of generated video (1 frame sampled a second)")
+    parser.add_argument(
+        "--duration", type=float, default=32.0, help="seconds of generated video (1 frame sampled a second)"
+    )
     parser.add_argument("--model", default=str(TINY_MODEL.relative_to(ROOT)))
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=CaptionOptions.max_new_tokens,
-                        help="answer length limit (default: the pipeline's, %(default)s)")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=CaptionOptions.max_new_tokens,
+        help="answer length limit (default: the pipeline's, %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=4, help="max_threads with multithreading on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "llm-caption-bench")
@@ -73,15 +80,22 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     clip = make_clip(args.workdir / f"batching_{args.duration:g}s_320x240.mp4", duration=args.duration)
-    base = CaptionOptions(model=args.model, device="cpu", batch_size=args.batch_size, max_new_tokens=args.new_tokens,
-                          result_path=str(args.workdir / "batching_result.json"))
+    base = CaptionOptions(
+        model=args.model,
+        device="cpu",
+        batch_size=args.batch_size,
+        max_new_tokens=args.new_tokens,
+        result_path=str(args.workdir / "batching_result.json"),
+    )
     modes = {
         "max_threads 1 (off)": base,
         f"max_threads {args.threads} (on)": base.replace(multithreading=True, max_threads=args.threads),
     }
     print(f"machine: {machine()}")
-    print(f"clip {args.duration:g} s 320x240 25 fps, batch_size {args.batch_size}, max_new_tokens {args.new_tokens}, "
-          f"model {args.model}; best of {args.repeats}")
+    print(
+        f"clip {args.duration:g} s 320x240 25 fps, batch_size {args.batch_size}, max_new_tokens {args.new_tokens}, "
+        f"model {args.model}; best of {args.repeats}"
+    )
 
     load_model(base)
     for options in modes.values():  # burn-in: every batched shape once
@@ -92,23 +106,33 @@ def main() -> None:
         for name, options in modes.items():
             runs[name].append(one_run(clip, options))
 
-    print(f"{'mode':<22} {'frames':>6} {'batches':>7} {'describe s':>10} {'batches/s':>9} {'whole run s':>11}  model calls (batches each)")
+    print(
+        f"{'mode':<22} {'frames':>6} {'batches':>7} {'describe s':>10} {'batches/s':>9} {'whole run s':>11}  model calls (batches each)"
+    )
     rates = {}
     for name, results in runs.items():
         best = min(results, key=lambda r: r["describe_s"])
         rates[name] = best["batches"] / best["describe_s"]
-        print(f"{name:<22} {best['frames']:>6} {best['batches']:>7} {best['describe_s']:>10.2f} {rates[name]:>9.2f} "
-              f"{min(r['whole_s'] for r in results):>11.2f}  {best['groups']}")
+        print(
+            f"{name:<22} {best['frames']:>6} {best['batches']:>7} {best['describe_s']:>10.2f} {rates[name]:>9.2f} "
+            f"{min(r['whole_s'] for r in results):>11.2f}  {best['groups']}"
+        )
     off, on = rates.values()
-    print(f"max_threads {args.threads} / 1: x{on / off:.2f} batches/s (goal >= x2: {'met' if on / off >= 2 else 'missed'})")
+    print(
+        f"max_threads {args.threads} / 1: x{on / off:.2f} batches/s (goal >= x2: {'met' if on / off >= 2 else 'missed'})"
+    )
     requests = runs[next(iter(modes))][0]["requests"]
     one, grouped = model_alone(load_model(base), requests, args.threads, args.new_tokens, args.repeats)
     alone = one / grouped
-    print(f"the model alone, the same {len(requests)} batches one per call vs {args.threads} per call: {one:.2f} s vs "
-          f"{grouped:.2f} s, x{alone:.2f} (the most dynamic batching can give here)")
+    print(
+        f"the model alone, the same {len(requests)} batches one per call vs {args.threads} per call: {one:.2f} s vs "
+        f"{grouped:.2f} s, x{alone:.2f} (the most dynamic batching can give here)"
+    )
     kept = (on / off - 1) / (alone - 1) if alone > 1 else float("nan")
-    print(f"the pipeline keeps {kept:.0%} of the gain batching gives the model alone "
-          f"(goal >= 85%: {'met' if kept >= 0.85 else 'missed'})")
+    print(
+        f"the pipeline keeps {kept:.0%} of the gain batching gives the model alone "
+        f"(goal >= 85%: {'met' if kept >= 0.85 else 'missed'})"
+    )
 
 
 if __name__ == "__main__":

@@ -46,18 +46,59 @@ def rss_mib(pid: int) -> float | None:
 
 def run_once(fps: float, args: argparse.Namespace, folder: Path) -> dict:
     port = free_port()
-    server = subprocess.Popen([
-        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", f"testsrc2=size={args.size}:rate={args.rate}",
-        "-t", str(args.seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-        "-g", str(args.rate), "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1",
-    ], stdin=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={args.size}:rate={args.rate}",
+            "-t",
+            str(args.seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(args.rate),
+            "-f",
+            "mpegts",
+            f"tcp://127.0.0.1:{port}?listen=1",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     jsonl = folder / f"live-{fps:g}.jsonl"
-    cli = subprocess.Popen([
-        sys.executable, str(ROOT / "test_llm_caption.py"), f"tcp://127.0.0.1:{port}", "--fps", str(fps),
-        "--batch-size", str(args.batch_size), "--model", args.model, "--device", "cpu",
-        "--max-new-tokens", str(args.new_tokens), "--reconnect", "0", "--jsonl", str(jsonl),
-        "--output", str(folder / f"result-{fps:g}.json"),
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "test_llm_caption.py"),
+            f"tcp://127.0.0.1:{port}",
+            "--fps",
+            str(fps),
+            "--batch-size",
+            str(args.batch_size),
+            "--model",
+            args.model,
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            str(args.new_tokens),
+            "--reconnect",
+            "0",
+            "--jsonl",
+            str(jsonl),
+            "--output",
+            str(folder / f"result-{fps:g}.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     rss: list[float] = []
     while cli.poll() is None:
         if jsonl.exists() and '"batch"' in jsonl.read_text():
@@ -98,18 +139,25 @@ def main() -> None:
     parser.add_argument("--model", default=str(TINY_MODEL))
     args = parser.parse_args()
     print(f"# {machine()}; load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"# {args.seconds:g} s of {args.size} at {args.rate} fps over TCP, batch_size {args.batch_size}, "
-          f"max_new_tokens {args.new_tokens}, model {args.model}")
-    print("| sampling fps | batches | frames described | frames dropped | latency from the last frame: median / "
-          "p90 / max (s) | from the first frame: median / max (s) | RSS first record -> end (MiB) |")
+    print(
+        f"# {args.seconds:g} s of {args.size} at {args.rate} fps over TCP, batch_size {args.batch_size}, "
+        f"max_new_tokens {args.new_tokens}, model {args.model}"
+    )
+    print(
+        "| sampling fps | batches | frames described | frames dropped | latency from the last frame: median / "
+        "p90 / max (s) | from the first frame: median / max (s) | RSS first record -> end (MiB) |"
+    )
     print("|---:|---:|---:|---:|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for fps in args.fps:
             row = run_once(fps, args, Path(folder))
-            print(f"| {row['fps']:g} | {row['batches']} | {row['frames']} | {row['dropped']} | "
-                  f"{row['latency_median']:.2f} / {row['latency_p90']:.2f} / {row['latency_max']:.2f} | "
-                  f"{row['first_median']:.2f} / {row['first_max']:.2f} | "
-                  f"{row['rss_first']:.0f} -> {row['rss_last']:.0f} |", flush=True)
+            print(
+                f"| {row['fps']:g} | {row['batches']} | {row['frames']} | {row['dropped']} | "
+                f"{row['latency_median']:.2f} / {row['latency_p90']:.2f} / {row['latency_max']:.2f} | "
+                f"{row['first_median']:.2f} / {row['first_max']:.2f} | "
+                f"{row['rss_first']:.0f} -> {row['rss_last']:.0f} |",
+                flush=True,
+            )
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -32,25 +32,47 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (ROOT, SAMPLE_CLIP, TINY_MODEL, cpu_seconds, machine, quiet_bmf, recording_model_calls,
-                               replay, stopwatch)
+from benchmarks.common import (
+    ROOT,
+    SAMPLE_CLIP,
+    TINY_MODEL,
+    cpu_seconds,
+    machine,
+    quiet_bmf,
+    recording_model_calls,
+    replay,
+    stopwatch,
+)
 from videocaption import backends
 from videocaption.backends import load_model
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
 
+def model_thread_switches() -> int:
+    """Voluntary context switches of the model thread so far (its OpenMP team sleeping and waking
+    shows here first; see docs/performance.md). 0 where /proc is missing."""
+    from videocaption.deepseek_vl2.threads import model_thread_native_id
+
+    try:
+        status = Path(f"/proc/self/task/{model_thread_native_id()}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
 def one_repeat(video: Path, options: CaptionOptions) -> dict[str, float]:
-    """Whole run and the same calls replayed alone: wall and CPU seconds."""
+    """Whole run and the same calls replayed alone: wall and CPU seconds, model-thread context switches."""
     with recording_model_calls() as log:
-        cpu = cpu_seconds()
+        cpu, switches = cpu_seconds(), model_thread_switches()
         with stopwatch() as elapsed, quiet_bmf():
             started = time.perf_counter()  # the clock of the recorded calls
             result = run_caption_graph(video, options)
         whole, whole_cpu = elapsed(), cpu_seconds() - cpu
-    cpu = cpu_seconds()
+        whole_switches = model_thread_switches() - switches
+    cpu, switches = cpu_seconds(), model_thread_switches()
     alone = replay(load_model(options), log.calls)
-    alone_cpu = cpu_seconds() - cpu
+    alone_cpu, alone_switches = cpu_seconds() - cpu, model_thread_switches() - switches
     calls = sorted(log.calls, key=lambda c: c.start)
     return {
         "before_first_call_s": calls[0].start - started,
@@ -63,6 +85,8 @@ def one_repeat(video: Path, options: CaptionOptions) -> dict[str, float]:
         "batches": len(result.batches),
         "overhead": (whole - alone) / alone,
         "cpu_overhead": (whole_cpu - alone_cpu) / alone_cpu,
+        "switches_per_s_in_run": whole_switches / log.seconds(),
+        "switches_per_s_alone": alone_switches / alone,
     }
 
 
@@ -86,19 +110,29 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, help="default: 5, or 1 with --full-size")
-    parser.add_argument("--full-size", action="store_true",
-                        help="the real deepseek-vl2-tiny architecture (random weights, bfloat16) instead of --model")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="the real deepseek-vl2-tiny architecture (random weights, bfloat16) instead of --model",
+    )
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.full_size else 5)
 
     workdir = Path(tempfile.mkdtemp(prefix="llm-caption-bench-"))
     model_name = "deepseek-vl2-tiny architecture (random weights, bfloat16)" if args.full_size else args.model
-    options = CaptionOptions(model=model_name if args.full_size else args.model, device="cpu",
-                             dtype="bfloat16" if args.full_size else "auto", max_new_tokens=args.new_tokens,
-                             batch_size=args.batch_size, result_path=str(workdir / "result.json"))
+    options = CaptionOptions(
+        model=model_name if args.full_size else args.model,
+        device="cpu",
+        dtype="bfloat16" if args.full_size else "auto",
+        max_new_tokens=args.new_tokens,
+        batch_size=args.batch_size,
+        result_path=str(workdir / "result.json"),
+    )
     print(f"machine: {machine()}")
-    print(f"video {args.video.name}, batch_size {args.batch_size}, fps {options.fps:g}, "
-          f"max_new_tokens {args.new_tokens}, model {model_name}; {repeats} repeat(s) after a burn-in")
+    print(
+        f"video {args.video.name}, batch_size {args.batch_size}, fps {options.fps:g}, "
+        f"max_new_tokens {args.new_tokens}, model {model_name}; {repeats} repeat(s) after a burn-in"
+    )
 
     if args.full_size:
         preload_full_size(options)
@@ -111,27 +145,42 @@ def main() -> None:
             run_caption_graph(args.video, options)  # burn-in: BMF's first graph, allocator, caches
     runs = [one_repeat(args.video, options) for _ in range(repeats)]
 
-    print(f"{'repeat':>6} {'calls':>5} {'batches':>7} {'whole run s':>11} {'model in run s':>14} "
-          f"{'model alone s':>13} {'wall overhead':>13} {'CPU overhead':>12}")
+    print(
+        f"{'repeat':>6} {'calls':>5} {'batches':>7} {'whole run s':>11} {'model in run s':>14} "
+        f"{'model alone s':>13} {'wall overhead':>13} {'CPU overhead':>12}"
+    )
     for i, r in enumerate(runs, 1):
-        print(f"{i:>6} {r['calls']:>5} {r['batches']:>7} {r['whole_s']:>11.3f} {r['model_in_run_s']:>14.3f} "
-              f"{r['model_alone_s']:>13.3f} {r['overhead'] * 100:>12.1f}% {r['cpu_overhead'] * 100:>11.1f}%")
+        print(
+            f"{i:>6} {r['calls']:>5} {r['batches']:>7} {r['whole_s']:>11.3f} {r['model_in_run_s']:>14.3f} "
+            f"{r['model_alone_s']:>13.3f} {r['overhead'] * 100:>12.1f}% {r['cpu_overhead'] * 100:>11.1f}%"
+        )
     whole = min(r["whole_s"] for r in runs)
     alone = min(r["model_alone_s"] for r in runs)
     overhead = (whole - alone) / alone
     cpu_overhead = statistics.median(r["cpu_overhead"] for r in runs)
-    print("where the added time goes (median): before the first model call (graph start, decoding the first "
-          f"batch's frames) {statistics.median(r['before_first_call_s'] for r in runs):.3f} s, between calls "
-          f"{statistics.median(r['between_calls_s'] for r in runs):.3f} s, after the last call (result files, graph "
-          f"shutdown) {statistics.median(r['after_last_call_s'] for r in runs):.3f} s; model calls slowed by decoding "
-          f"running beside them {statistics.median(r['model_in_run_s'] - r['model_alone_s'] for r in runs):+.3f} s")
+    print(
+        "where the added time goes (median): before the first model call (graph start, decoding the first "
+        f"batch's frames) {statistics.median(r['before_first_call_s'] for r in runs):.3f} s, between calls "
+        f"{statistics.median(r['between_calls_s'] for r in runs):.3f} s, after the last call (result files, graph "
+        f"shutdown) {statistics.median(r['after_last_call_s'] for r in runs):.3f} s; model calls slowed by decoding "
+        f"running beside them {statistics.median(r['model_in_run_s'] - r['model_alone_s'] for r in runs):+.3f} s"
+    )
     outside = statistics.median(r["whole_s"] - r["model_in_run_s"] for r in runs)
     in_run = statistics.median(r["model_in_run_s"] for r in runs)
-    print(f"time outside the model calls (median; what load on the machine hardly moves): {outside:.3f} s = "
-          f"{outside / in_run * 100:.2f}% of the {in_run:.3f} s of model calls in the run")
-    print(f"best of {len(runs)}: whole run {whole:.3f} s, model calls alone {alone:.3f} s, pipeline adds "
-          f"{whole - alone:.3f} s = {overhead * 100:+.1f}% of model time (median CPU time: {cpu_overhead * 100:+.1f}%); "
-          f"goal < 5%: {'met' if overhead < 0.05 else 'missed'}")
+    print(
+        f"time outside the model calls (median; what load on the machine hardly moves): {outside:.3f} s = "
+        f"{outside / in_run * 100:.2f}% of the {in_run:.3f} s of model calls in the run"
+    )
+    print(
+        "model thread's voluntary context switches per second of model calls (median): in the run "
+        f"{statistics.median(r['switches_per_s_in_run'] for r in runs):.0f}, alone "
+        f"{statistics.median(r['switches_per_s_alone'] for r in runs):.0f}"
+    )
+    print(
+        f"best of {len(runs)}: whole run {whole:.3f} s, model calls alone {alone:.3f} s, pipeline adds "
+        f"{whole - alone:.3f} s = {overhead * 100:+.1f}% of model time (median CPU time: {cpu_overhead * 100:+.1f}%); "
+        f"goal < 5%: {'met' if overhead < 0.05 else 'missed'}"
+    )
 
 
 if __name__ == "__main__":

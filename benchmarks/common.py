@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -48,8 +49,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def make_clip(path: Path, *, duration: float, size: str = "320x240", rate: int = 25,
-              codec: Sequence[str] = ("-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p")) -> Path:
+def make_clip(
+    path: Path,
+    *,
+    duration: float,
+    size: str = "320x240",
+    rate: int = 25,
+    codec: Sequence[str] = ("-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"),
+) -> Path:
     """A synthetic H.264 clip (FFmpeg's ``testsrc2``), generated once and reused while it exists.
 
     testsrc2 moves every frame, so the decoder does the work of a real video of that size; the
@@ -61,8 +68,18 @@ def make_clip(path: Path, *, duration: float, size: str = "320x240", rate: int =
         raise SystemExit("ffmpeg is needed to generate the benchmark clips")
     partial = path.with_suffix(".part" + path.suffix)
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}",
-         *codec, str(partial)],
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}:duration={duration}",
+            *codec,
+            str(partial),
+        ],
         check=True,
     )
     partial.rename(path)
@@ -81,7 +98,20 @@ def ffmpeg_frames(clip: Path, fps: float, size: tuple[int, int]) -> Iterator[Ima
     """``ffmpeg -vf fps=N`` piping raw RGB, read back as PIL images of ``size`` (see
     :func:`video_size`): the command-line way to sample frames, for comparison with the pipeline
     and for feeding the model directly."""
-    command = ["ffmpeg", "-v", "error", "-i", str(clip), "-vf", f"fps={fps:g}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    command = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-i",
+        str(clip),
+        "-vf",
+        f"fps={fps:g}",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE) as ffmpeg:
         assert ffmpeg.stdout is not None
         while chunk := ffmpeg.stdout.read(size[0] * size[1] * 3):
@@ -177,7 +207,9 @@ def recording_model_calls(model_class: type | None = None) -> Iterator[CallLog]:
     changing the pipeline. Recording costs two clock reads and an append per call.
     """
     if model_class is None:
-        from videocaption.deepseek_vl2 import DeepseekVL2 as model_class
+        from videocaption.deepseek_vl2 import DeepseekVL2
+
+        model_class = DeepseekVL2
     log = CallLog()
     lock = threading.Lock()
     originals = {name: getattr(model_class, name) for name in ("describe_batch", "complete_batch")}
@@ -193,6 +225,7 @@ def recording_model_calls(model_class: type | None = None) -> Iterator[CallLog]:
                 call = ModelCall(name, args, kwargs, start, time.perf_counter(), result)
                 with lock:
                     log.calls.append(call)
+
         return recorded
 
     for name, original in originals.items():
@@ -232,7 +265,11 @@ def run_child(module: str, *args: str, timeout: float = 900) -> dict[str, Any]:
     Peak memory is only comparable between runs that each start from an empty process.
     """
     done = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")

@@ -17,7 +17,10 @@ What it does, in order:
    frames, stored as JPEG in ``tests/fixtures/frames`` (no decoding), at each batch size: one
    batch a call, then ``--batches-per-call`` batches in one call as the pipeline makes them
    with ``multithreading``. Random weights never pick ``eos`` on purpose, so every answer is
-   ``--new-tokens`` long.
+   ``--new-tokens`` long;
+3. times the decode step of one text prompt eagerly and under ``torch.compile(dynamic=True)``
+   (the decode loop has no host sync but its stop check, so the decoder can be compiled; the
+   KV cache's Python bookkeeping may still break the graph: the figure says whether it pays).
 
 It prints, per batch size, the peak ``torch.cuda.max_memory_allocated``, seconds per batch and
 per frame, and frames per second with batched calls (at 1 frame per second of video, that is
@@ -43,12 +46,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FRAMES = sorted((ROOT / "tests" / "fixtures" / "frames").glob("bunny_t*.jpg"), key=lambda p: int(p.stem[7:]))
 TINY_MODEL = ROOT / "tests" / "fixtures" / "deepseek_vl2_reference" / "model"
-TEST_FILES = ["tests/test_deepseek_vl2_parity.py", "tests/test_deepseek_vl2_batching.py",
-              "tests/test_deepseek_vl2_language.py"]
+TEST_FILES = [
+    "tests/test_deepseek_vl2_parity.py",
+    "tests/test_deepseek_vl2_batching.py",
+    "tests/test_deepseek_vl2_language.py",
+]
 # --quick: one parity case, one batching check, one decoder check
 QUICK_TESTS = "01_single_image or batched_equals_one_by_one or cache_matches_full_forward"
-NEEDED = {"torch": "torch", "PIL": "Pillow", "numpy": "numpy", "tokenizers": "tokenizers",
-          "safetensors": "safetensors", "huggingface_hub": "huggingface_hub", "pytest": "pytest"}
+NEEDED = {
+    "torch": "torch",
+    "PIL": "Pillow",
+    "numpy": "numpy",
+    "tokenizers": "tokenizers",
+    "safetensors": "safetensors",
+    "huggingface_hub": "huggingface_hub",
+    "pytest": "pytest",
+}
 
 
 def fail(message: str) -> None:
@@ -60,13 +73,17 @@ def fail(message: str) -> None:
 def check_environment(device: str) -> None:
     missing = [package for module, package in NEEDED.items() if importlib.util.find_spec(module) is None]
     if missing:
-        fail(f"missing Python packages: {', '.join(missing)} (install them, e.g. python3 -m pip install {' '.join(missing)})")
+        fail(
+            f"missing Python packages: {', '.join(missing)} (install them, e.g. python3 -m pip install {' '.join(missing)})"
+        )
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        fail(f"CUDA is not available (torch {torch.__version__}, {build}); "
-             "run with --device cpu --quick to check the code path without a GPU")
+        fail(
+            f"CUDA is not available (torch {torch.__version__}, {build}); "
+            "run with --device cpu --quick to check the code path without a GPU"
+        )
     if not FRAMES:
         fail(f"no frames under {ROOT / 'tests' / 'fixtures' / 'frames'}")
 
@@ -87,7 +104,13 @@ def run_tests(device: str, dtype: str, quick: bool) -> dict[str, Any]:
     lines = done.stdout.strip().splitlines()
     summary = re.sub(r" in [\d.]+s.*$", "", lines[-1].strip("= ")) if lines else "no output"
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary)}
-    result = {"dtype": dtype, "passed": done.returncode == 0, "summary": summary, "seconds": round(seconds, 1), **counts}
+    result = {
+        "dtype": dtype,
+        "passed": done.returncode == 0,
+        "summary": summary,
+        "seconds": round(seconds, 1),
+        **counts,
+    }
     if done.returncode != 0:
         failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
         result["failures"] = failures or (done.stdout + done.stderr)[-3000:].splitlines()
@@ -133,9 +156,8 @@ def requests_for(model, batch_size: int, count: int) -> list[tuple[list, str]]:
     """``count`` batch prompts of ``batch_size`` consecutive frames, prepared as the pipeline does."""
     from PIL import Image
 
-    from videocaption.prompts import batch_prompt
-
     from videocaption.options import DEFAULT_BATCH_PROMPT
+    from videocaption.prompts import batch_prompt
 
     images = [Image.open(path).convert("RGB") for path in FRAMES]
     requests = []
@@ -179,9 +201,46 @@ def measure(model, batch_size: int, batches_per_call: int, new_tokens: int) -> d
         "batches_per_call": batches_per_call,
         "s_per_call_batched": round(grouped_seconds, 3),
         "frames_per_s_batched": round(frames / grouped_seconds, 3),
-        "generated_tokens_per_s_batched": round(sum(u.generated_tokens for u in grouped_answers.usage) / grouped_seconds, 1),
+        "generated_tokens_per_s_batched": round(
+            sum(u.generated_tokens for u in grouped_answers.usage) / grouped_seconds, 1
+        ),
         "peak_mib": round(peak_mib(model.device), 1),
     }
+
+
+def decode_step_ms(model, new_tokens: int, compiled: bool) -> float | str:
+    """Steady-state ms per decoded token of one text prompt, eager or under ``torch.compile``.
+
+    The decode loop has one host read per token and the experts run as grouped GEMMs, so the
+    decoder is compilable; the KV cache grows by a column per step, hence ``dynamic=True``. A
+    failure to compile is reported in one line instead of the figure.
+    """
+    import torch
+
+    from videocaption.deepseek_vl2.generation import generate
+    from videocaption.deepseek_vl2.threads import run_on_model_thread
+
+    decoder = model.model.language.model
+    forward = decoder.forward
+    if compiled:
+        decoder.forward = torch.compile(forward, dynamic=True)
+
+    @torch.inference_mode()
+    def run() -> float:
+        batch = model._batch([([], "Describe a rabbit in a forest in many words.")]).to(model.device)
+        embeds = model.model.prepare_inputs_embeds(batch.input_ids)
+        for _ in range(2):  # the first call compiles (or warms the kernels)
+            out = generate(
+                model.model.language, embeds, batch.attention_mask, max_new_tokens=new_tokens, eos_token_id=-1
+            )
+        return out.decode_s / (new_tokens - 1) * 1000
+
+    try:
+        return round(run_on_model_thread(run), 2)
+    except Exception as exc:  # a compiler missing or refusing: say so, keep the rest of the check
+        return f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    finally:
+        decoder.forward = forward
 
 
 def device_name(device: Any) -> str:
@@ -201,6 +260,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("gpu_check.json"), help="the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="a few tests and the tiny reference checkpoint")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="no eager vs torch.compile decode-step timing")
     args = parser.parse_args()
     new_tokens = args.new_tokens or (4 if args.quick else 32)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -209,8 +269,13 @@ def main() -> None:
     import torch
 
     started = time.perf_counter()
-    report: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                              "cuda": torch.version.cuda, "quick": args.quick, "tests": []}
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "quick": args.quick,
+        "tests": [],
+    }
     if not args.skip_tests:
         for dtype in ("float32", "bfloat16"):
             print(f"tests on {args.device} in {dtype} ...", flush=True)
@@ -223,26 +288,54 @@ def main() -> None:
     start = time.perf_counter()
     model = build_model(args.device, "bfloat16", args.quick)
     params = sum(p.numel() for p in model.model.parameters())
-    report.update(device=device_name(model.device), model="tiny reference checkpoint" if args.quick else
-                  "deepseek-vl2-tiny architecture, random weights", dtype="bfloat16", parameters=params,
-                  build_s=round(time.perf_counter() - start, 1), new_tokens=new_tokens,
-                  peak_kind="torch.cuda.max_memory_allocated" if model.device.type == "cuda" else "process peak RSS")
-    print(f"{report['model']} ({params / 1e6:,.1f} M parameters, bfloat16) on {report['device']}; "
-          f"{new_tokens} new tokens an answer", flush=True)
-    print(f"{'batch':>5} {'prompt tok':>10} {'s/batch':>8} {'s/frame':>8} {'peak MiB':>9}   "
-          f"{'batched: batches/call':>21} {'s/call':>7} {'frames/s':>8} {'peak MiB':>9}", flush=True)
+    report.update(
+        device=device_name(model.device),
+        model="tiny reference checkpoint" if args.quick else "deepseek-vl2-tiny architecture, random weights",
+        dtype="bfloat16",
+        parameters=params,
+        build_s=round(time.perf_counter() - start, 1),
+        new_tokens=new_tokens,
+        peak_kind="torch.cuda.max_memory_allocated" if model.device.type == "cuda" else "process peak RSS",
+    )
+    print(
+        f"{report['model']} ({params / 1e6:,.1f} M parameters, bfloat16) on {report['device']}; "
+        f"{new_tokens} new tokens an answer",
+        flush=True,
+    )
+    print(
+        f"{'batch':>5} {'prompt tok':>10} {'s/batch':>8} {'s/frame':>8} {'peak MiB':>9}   "
+        f"{'batched: batches/call':>21} {'s/call':>7} {'frames/s':>8} {'peak MiB':>9}",
+        flush=True,
+    )
     report["batches"] = []
     for size in sizes:
         row = measure(model, size, args.batches_per_call, new_tokens)
         report["batches"].append(row)
-        print(f"{size:>5} {row['prompt_tokens']:>10} {row['s_per_batch']:>8.2f} {row['s_per_frame']:>8.3f} "
-              f"{row['peak_mib_one_batch']:>9.0f}   {args.batches_per_call:>21} {row['s_per_call_batched']:>7.2f} "
-              f"{row['frames_per_s_batched']:>8.2f} {row['peak_mib']:>9.0f}", flush=True)
+        print(
+            f"{size:>5} {row['prompt_tokens']:>10} {row['s_per_batch']:>8.2f} {row['s_per_frame']:>8.3f} "
+            f"{row['peak_mib_one_batch']:>9.0f}   {args.batches_per_call:>21} {row['s_per_call_batched']:>7.2f} "
+            f"{row['frames_per_s_batched']:>8.2f} {row['peak_mib']:>9.0f}",
+            flush=True,
+        )
+    if not args.skip_compile:
+        report["decode_step_ms"] = {
+            mode: decode_step_ms(model, new_tokens, mode == "torch.compile") for mode in ("eager", "torch.compile")
+        }
+        print(
+            "decode step, one text prompt: "
+            + ", ".join(
+                f"{mode} {ms if isinstance(ms, str) else f'{ms:.2f} ms'}"
+                for mode, ms in report["decode_step_ms"].items()
+            ),
+            flush=True,
+        )
     best = max(report["batches"], key=lambda r: r["frames_per_s_batched"])
     report["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"best: batch_size {best['batch_size']} batched, {best['frames_per_s_batched']:.2f} frames/s = "
-          f"x{best['frames_per_s_batched']:.1f} realtime at 1 sampled frame per second of video "
-          f"(summary and title passes not counted); peak memory is {report['peak_kind']}")
+    print(
+        f"best: batch_size {best['batch_size']} batched, {best['frames_per_s_batched']:.2f} frames/s = "
+        f"x{best['frames_per_s_batched']:.1f} realtime at 1 sampled frame per second of video "
+        f"(summary and title passes not counted); peak memory is {report['peak_kind']}"
+    )
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"figures written to {args.output}; whole check {report['seconds']:.0f} s")
     if not all(result["passed"] for result in report["tests"]):

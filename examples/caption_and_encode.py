@@ -18,9 +18,19 @@ def main(video: str, output: str, model: str = "deepseek-ai/deepseek-vl2-tiny", 
     graph = bmf.graph()
     decoded = graph.decode({"input_path": video})
     small = decoded["video"].scale(640, 360)
-    captioned = bmf.module([small, decoded["audio"]], "llm_caption",
-                           {"model": model, "max_new_tokens": int(max_new_tokens), "pass_through": True, "fps": 1.0, "result_path": "result.json"},
-                           module_path=str(REPO), entry="llm_caption.llm_caption")
+    captioned = bmf.module(
+        [small, decoded["audio"]],
+        "llm_caption",
+        {
+            "model": model,
+            "max_new_tokens": int(max_new_tokens),
+            "pass_through": True,
+            "fps": 1.0,
+            "result_path": "result.json",
+        },
+        module_path=str(REPO),
+        entry="llm_caption.llm_caption",
+    )
     # Output 0 is the video, output 2 the audio (output 1 carries the captions).
     bmf.encode(captioned[0], captioned[2], {"output_path": output})
     graph.run()

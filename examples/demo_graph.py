@@ -1,6 +1,6 @@
 """The demo graph: decode, 1 frame a second -> llm_caption -> result.json.
 
-    python examples/demo_graph.py VIDEO [MODEL [MAX_NEW_TOKENS]]
+python examples/demo_graph.py VIDEO [MODEL [MAX_NEW_TOKENS]]
 """
 
 import sys
@@ -16,8 +16,13 @@ def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny", max_new_token
     graph = bmf.graph()
     # One frame a second, sampled by FFmpeg inside BMF; frames keep their own timestamps.
     frames = graph.decode({"input_path": video})["video"].ff_filter("select", ONE_PER_SECOND)
-    bmf.module([frames], "llm_caption", {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 4, "result_path": "result.json"},
-               module_path=str(REPO), entry="llm_caption.llm_caption").run()
+    bmf.module(
+        [frames],
+        "llm_caption",
+        {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 4, "result_path": "result.json"},
+        module_path=str(REPO),
+        entry="llm_caption.llm_caption",
+    ).run()
 
 
 if __name__ == "__main__":

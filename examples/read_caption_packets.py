@@ -19,8 +19,13 @@ def main(video: str, model: str = "deepseek-ai/deepseek-vl2-tiny", max_new_token
     graph = bmf.graph()
     # One frame a second, sampled by FFmpeg inside BMF; frames keep their own timestamps.
     frames = graph.decode({"input_path": video})["video"].ff_filter("select", ONE_PER_SECOND)
-    captioned = bmf.module([frames], "llm_caption", {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 3},
-                           module_path=str(REPO), entry="llm_caption.llm_caption")
+    captioned = bmf.module(
+        [frames],
+        "llm_caption",
+        {"model": model, "max_new_tokens": int(max_new_tokens), "batch_size": 3},
+        module_path=str(REPO),
+        entry="llm_caption.llm_caption",
+    )
     for packet in graph.start(captioned[1]):  # a generator over the caption stream
         caption = packet.get(dict)
         if caption["type"] == "batch":

@@ -66,10 +66,12 @@ install_python_packages() {
     [ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--index-url "$TORCH_INDEX_URL")
     local project=".[all]"
     [ "$WITH_TEST" = 1 ] && project=".[test]"
-    local stamp
-    stamp="$( (cat pyproject.toml; echo "$project $bmf_package $TORCH_SPEC ${TORCH_INDEX_URL:-}"; cat "$0") \
-               | sha256sum | cut -c1-16)"
-    if [ -f "$VENV/.setup-stamp" ] && grep -qx "$stamp" "$VENV/.setup-stamp"; then
+    stamp_of() { (cat pyproject.toml; echo "$1 $bmf_package $TORCH_SPEC ${TORCH_INDEX_URL:-}"; cat "$0") \
+                 | sha256sum | cut -c1-16; }
+    local stamp test_stamp
+    stamp="$(stamp_of "$project")"
+    test_stamp="$(stamp_of ".[test]")"  # the test extra holds every other one: enough for the demo too
+    if [ -f "$VENV/.setup-stamp" ] && grep -qx -e "$stamp" -e "$test_stamp" "$VENV/.setup-stamp"; then
         return
     fi
     if [ ! -x "$VENV/bin/python" ]; then

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 Answer = tuple  # (HTTP status, content type, body), optionally + a dict of more headers
 
 
 def completion(content: Any = "a rabbit in a meadow", **message: Any) -> Answer:
     """A chat completion whose message ``content`` is ``content`` (any JSON value)."""
-    body = {"id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, **message}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+    body = {
+        "id": "fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content, **message}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }
     return 200, "application/json", json.dumps(body).encode()
 
 
@@ -45,9 +52,15 @@ class FakeOpenAI:
 
     chat: Callable[[Request], Answer] = lambda request: completion()
     transcription: Callable[[Request], Answer] = lambda request: (
-        200, "application/json", json.dumps({"text": "hello there"}).encode())
+        200,
+        "application/json",
+        json.dumps({"text": "hello there"}).encode(),
+    )
     models: Callable[[Request], Answer] = lambda request: (
-        200, "application/json", json.dumps({"object": "list", "data": []}).encode())
+        200,
+        "application/json",
+        json.dumps({"object": "list", "data": []}).encode(),
+    )
     requests: list[Request] = field(default_factory=list)
 
     def __enter__(self) -> FakeOpenAI:
@@ -63,7 +76,9 @@ class FakeOpenAI:
                 self._answer(*answer(request))
 
             def _record(self, body: bytes) -> Request:
-                request = Request(self.command, self.path, {name.lower(): value for name, value in self.headers.items()}, body)
+                request = Request(
+                    self.command, self.path, {name.lower(): value for name, value in self.headers.items()}, body
+                )
                 fake.requests.append(request)
                 return request
 

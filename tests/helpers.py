@@ -26,12 +26,19 @@ CLI = [sys.executable, str(REPO_ROOT / "test_llm_caption.py")]
 CLI_TIMEOUT_S = 300  # far above any run in the tests: reaching it means the CLI hung
 
 
-def run_cli(*args: str, cwd: Path, fast: bool = True, env: dict[str, str] | None = None,
-            timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, fast: bool = True, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     """Run ``test_llm_caption.py`` as a user would, in ``cwd`` (with the tiny checkpoint when ``fast``)."""
     command = [*CLI, *args, *(FAST_FLAGS if fast else [])]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -45,8 +52,16 @@ def ffmpeg(*args: str) -> None:
 
 def make_clip(path: Path, *args: str, duration: float = 2.0, size: str = "320x240", rate: int = 25) -> Path:
     """Generate a small yuv420p test video with ffmpeg (``args`` are extra output options)."""
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={duration}", "-pix_fmt", "yuv420p",
-           *args, str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={rate}:duration={duration}",
+        "-pix_fmt",
+        "yuv420p",
+        *args,
+        str(path),
+    )
     return path
 
 

@@ -71,7 +71,8 @@ def test_no_relative_imports_outside_the_model_runtime():
     """Absolute imports say where a name comes from; the runtime keeps its own relative ones."""
     relative = [
         f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
-        for path in PACKAGE.rglob("*.py") if "deepseek_vl2" not in path.parts
+        for path in PACKAGE.rglob("*.py")
+        if "deepseek_vl2" not in path.parts
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.ImportFrom) and node.level > 0
     ]

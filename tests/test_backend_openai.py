@@ -16,22 +16,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import pytest
-from PIL import Image
 
 import fake_openai
 import helpers
+import pytest
 import tiny_vlms
+from PIL import Image
 from tiny_server import free_port, transformers_serve
+
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.backends.openai_backend import DEFAULT_CONTEXT_LENGTH, OpenAIVLM, data_url
 from videocaption.backends.transformers_backend import TransformersVLM
+from videocaption.captioning.captioner import Captioner
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError
 from videocaption.options import CaptionOptions
-from videocaption.captioning.captioner import Captioner
 from videocaption.result import CaptionResult
 
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
@@ -84,6 +84,8 @@ def requests_of(images: list[Image.Image]) -> list[tuple[list[Image.Image], str]
 
 # -- talking to the real server ---------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_describe_batch_sends_requests_concurrently(served: OpenAIVLM, monkeypatch: pytest.MonkeyPatch) -> None:
     requests = requests_of(frames(8))
     alone = [served.describe_batch([request], max_new_tokens=MAX_NEW_TOKENS)[0] for request in requests]
@@ -101,9 +103,7 @@ def test_describe_batch_sends_requests_concurrently(served: OpenAIVLM, monkeypat
     assert all(isinstance(text, str) and text for text in together)
 
 
-def test_server_sees_the_images_where_the_placeholders_are(
-    served: OpenAIVLM, checkpoints: dict[str, Path]
-) -> None:
+def test_server_sees_the_images_where_the_placeholders_are(served: OpenAIVLM, checkpoints: dict[str, Path]) -> None:
     """The served answers are the ones the same checkpoint gives in-process to the same images."""
     local = TransformersVLM.from_pretrained(str(checkpoints["llava"]), device="cpu")
     requests = requests_of(frames(8))
@@ -117,16 +117,27 @@ def test_server_sees_the_images_where_the_placeholders_are(
     assert served_texts == local_texts
     # the server's own counts (``usage``) are those of the same prompts in-process; it cannot
     # say which prompt tokens were images, and for a model other than DeepSeek-VL2 neither can we
-    for served_usage, local_usage in zip(served_answers.usage + served_texts.usage, local_answers.usage + local_texts.usage):
-        assert (served_usage.prompt_tokens, served_usage.generated_tokens) == \
-            (local_usage.prompt_tokens, local_usage.generated_tokens)
+    for served_usage, local_usage in zip(
+        served_answers.usage + served_texts.usage, local_answers.usage + local_texts.usage
+    ):
+        assert (served_usage.prompt_tokens, served_usage.generated_tokens) == (
+            local_usage.prompt_tokens,
+            local_usage.generated_tokens,
+        )
     assert [usage.image_tokens for usage in served_answers.usage] == [None] * len(requests)
     assert [usage.image_tokens for usage in served_texts.usage] == [0, 0]
 
 
 def test_a_second_family_through_load_model(server: str, checkpoints: dict[str, Path]) -> None:
-    options = CaptionOptions(backend="openai", api_base=server, model=str(checkpoints["idefics3"]),
-                             request_timeout=60, max_retries=0, multithreading=True, max_threads=2)
+    options = CaptionOptions(
+        backend="openai",
+        api_base=server,
+        model=str(checkpoints["idefics3"]),
+        request_timeout=60,
+        max_retries=0,
+        multithreading=True,
+        max_threads=2,
+    )
     model = load_model(options)
     assert isinstance(model, OpenAIVLM) and isinstance(model, VisionLanguageModel)
     assert load_model(options) is model  # one client per endpoint and model
@@ -137,8 +148,15 @@ def test_a_second_family_through_load_model(server: str, checkpoints: dict[str, 
 
 
 def test_captioner_end_to_end(served: OpenAIVLM) -> None:
-    options = CaptionOptions(backend="openai", api_base=served.api_base, model=served.name, batch_size=2,
-                             multithreading=True, max_threads=3, max_new_tokens=MAX_NEW_TOKENS)
+    options = CaptionOptions(
+        backend="openai",
+        api_base=served.api_base,
+        model=served.name,
+        batch_size=2,
+        multithreading=True,
+        max_threads=3,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
     captioner = Captioner(options, served)
     for index, image in enumerate(frames(7)):
         captioner.add(image, float(index))
@@ -150,9 +168,8 @@ def test_captioner_end_to_end(served: OpenAIVLM) -> None:
 
 # -- failures: retries, backoff, and the error naming the endpoint ----------------------------
 
-def test_server_error_is_retried_then_names_the_endpoint(
-    server: str, caplog: pytest.LogCaptureFixture
-) -> None:
+
+def test_server_error_is_retried_then_names_the_endpoint(server: str, caplog: pytest.LogCaptureFixture) -> None:
     """An unknown model makes transformers serve (hub offline) answer HTTP 500: retried, then fatal."""
     model = OpenAIVLM("nobody/no-such-model", server, request_timeout=30, max_retries=2, retry_backoff=0.05)
     caplog.set_level(logging.WARNING, logger="llm_caption")
@@ -175,9 +192,15 @@ def test_client_error_is_not_retried(served: OpenAIVLM, caplog: pytest.LogCaptur
     caplog.set_level(logging.WARNING, logger="llm_caption")
     caplog.clear()
     with pytest.raises(BackendError, match=r"HTTP 422") as raised:
-        served._with_retries("/chat/completions", lambda: served.client.chat.completions.create(
-            model=served.name, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
-            extra_body={"no_such_field": 1}))
+        served._with_retries(
+            "/chat/completions",
+            lambda: served.client.chat.completions.create(
+                model=served.name,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=2,
+                extra_body={"no_such_field": 1},
+            ),
+        )
     assert raised.value.status == 422
     assert not [record for record in caplog.records if "retrying in" in record.getMessage()]
 
@@ -195,14 +218,16 @@ def test_refused_connection_fails_at_load_naming_the_endpoint(caplog: pytest.Log
 
 def test_timeout_is_retried_then_fatal(server: str, checkpoints: dict[str, Path]) -> None:
     # No answer is generated within 1 ms (context_length given: no /models request on creation).
-    model = OpenAIVLM(str(checkpoints["llava"]), server, request_timeout=0.001, max_retries=1,
-                      retry_backoff=0.01, context_length=2048)
+    model = OpenAIVLM(
+        str(checkpoints["llava"]), server, request_timeout=0.001, max_retries=1, retry_backoff=0.01, context_length=2048
+    )
     with pytest.raises(BackendError, match=r"no answer within 0.001 s") as raised:
         model.describe_batch([(frames(1), "<image> Describe.")], max_new_tokens=MAX_NEW_TOKENS)
     assert "after 2 attempts" in str(raised.value)
 
 
 # -- what is sent, and the estimates ----------------------------------------------------------
+
 
 def test_message_interleaves_text_and_images(served: OpenAIVLM) -> None:
     images = frames(2)
@@ -233,7 +258,8 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
     # The tiny reference checkpoint has the official processor settings; what counts is the
     # processor's own rules (the server's processor applies them to the frames it is sent).
     runtime = DeepseekVL2.from_pretrained(
-        str(tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"), device="cpu")
+        str(tiny_vlms_root() / "tests/fixtures/deepseek_vl2_reference/model"), device="cpu"
+    )
     processor = runtime.processor
     served = OpenAIVLM("deepseek-ai/deepseek-vl2-tiny", server, context_length=4096)
     assert served.deepseek_vl2 and is_deepseek_vl2("/models/DeepSeek_VL2-small") and not is_deepseek_vl2("llava")
@@ -243,10 +269,11 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
     for count in (1, 2, 3, 4, 8):
         assert served.max_image_tokens(count) == runtime.max_image_tokens(count)
         for start in range(0, len(sizes) - count + 1) if count <= len(sizes) else []:
-            group = sizes[start:start + count]
+            group = sizes[start : start + count]
             prompt = "<image>" * count
             processed = processor.process_one(
-                processor.user_conversation(prompt), [Image.new("RGB", size) for size in group])
+                processor.user_conversation(prompt), [Image.new("RGB", size) for size in group]
+            )
             images_tokens = served.count_tokens(prompt, group) - served.count_tokens(prompt)
             assert images_tokens == sum(processed.num_image_tokens), (count, group)
     frame = Image.new("RGB", (1920, 1080))
@@ -256,11 +283,13 @@ def test_deepseek_vl2_image_tokens_are_its_processors(server: str) -> None:
     assert served.max_image_tokens(2) <= 4096 - PAIR_TEXT_RESERVE < 2 * processor.geometry.worst_image_tokens(2)
     for size in [(1920, 1080), (1080, 1920), (4000, 3000), (640, 360), (100, 3000), (3000, 100), (1024, 1024)]:
         shrunk = served.prepare_image(Image.new("RGB", size), 2).size
-        tokens = processor.process_one(processor.user_conversation("<image><image>"),
-                                       [Image.new("RGB", shrunk)] * 2).num_image_tokens
+        tokens = processor.process_one(
+            processor.user_conversation("<image><image>"), [Image.new("RGB", shrunk)] * 2
+        ).num_image_tokens
         assert sum(tokens) <= served.max_image_tokens(2), (size, shrunk)
     # every batch_size from 1 to 8 fits the tiny model's 4096 tokens, as with the in-process runtime
     from videocaption.captioning.captioner import check_batch_fits
+
     for batch_size in range(1, 9):
         check_batch_fits(served, CaptionOptions(backend="openai", api_base=server, batch_size=batch_size))
     with pytest.raises(InvalidOptionError, match="largest batch that fits is 8"):
@@ -283,6 +312,7 @@ def test_api_key_from_option_then_environment(
 
 # -- options ------------------------------------------------------------------------------------
 
+
 def test_backend_options_are_checked() -> None:
     with pytest.raises(InvalidOptionError, match="backend must be one of"):
         CaptionOptions(backend="llama.cpp")
@@ -294,8 +324,15 @@ def test_backend_options_are_checked() -> None:
         CaptionOptions(max_retries=-1)
     with pytest.raises(InvalidOptionError, match="api_base"):
         CaptionOptions.from_mapping({"backend": "openai", "api_base": ""})
-    options = CaptionOptions.from_mapping({"backend": "openai", "api_base": "http://h:8000/v1", "api_key": "sk-secret",
-                                           "request_timeout": 5, "max_retries": 0})
+    options = CaptionOptions.from_mapping(
+        {
+            "backend": "openai",
+            "api_base": "http://h:8000/v1",
+            "api_key": "sk-secret",
+            "request_timeout": 5,
+            "max_retries": 0,
+        }
+    )
     assert options.request_timeout == 5.0 and options.max_retries == 0
     assert "sk-secret" not in repr(options)
 
@@ -304,9 +341,15 @@ def test_api_key_never_reaches_result_json() -> None:
     from videocaption.result import BatchCaption
 
     options = CaptionOptions(backend="openai", api_base="http://h:8000/v1", api_key="sk-secret")
-    result = CaptionResult(video_title="t", summary="s", batch_size=options.batch_size,
-                           batches=[BatchCaption(1, 1, 0.0, 0.0, "d")], model=options.model, fps=options.fps,
-                           turnaround_time=1.0)
+    result = CaptionResult(
+        video_title="t",
+        summary="s",
+        batch_size=options.batch_size,
+        batches=[BatchCaption(1, 1, 0.0, 0.0, "d")],
+        model=options.model,
+        fps=options.fps,
+        turnaround_time=1.0,
+    )
     assert "sk-secret" not in repr(result.to_dict())
 
 
@@ -314,11 +357,32 @@ def test_cli_flags() -> None:
     from videocaption.cli.main import build_parser, options_from_args
 
     parser = build_parser()
-    args = parser.parse_args(["--backend", "openai", "--api-base", "http://h:8000/v1", "--model", "m",
-                              "--request-timeout", "30", "--max-retries", "5", "--multithreading", "--max-threads", "8"])
+    args = parser.parse_args(
+        [
+            "--backend",
+            "openai",
+            "--api-base",
+            "http://h:8000/v1",
+            "--model",
+            "m",
+            "--request-timeout",
+            "30",
+            "--max-retries",
+            "5",
+            "--multithreading",
+            "--max-threads",
+            "8",
+        ]
+    )
     options = options_from_args(args, parser)
-    assert (options.backend, options.api_base, options.api_key, options.request_timeout, options.max_retries,
-            options.max_threads) == ("openai", "http://h:8000/v1", None, 30.0, 5, 8)
+    assert (
+        options.backend,
+        options.api_base,
+        options.api_key,
+        options.request_timeout,
+        options.max_retries,
+        options.max_threads,
+    ) == ("openai", "http://h:8000/v1", None, 30.0, 5, 8)
     with pytest.raises(SystemExit):
         options_from_args(parser.parse_args(["--backend", "openai"]), parser)
 
@@ -340,8 +404,19 @@ def error_lines(stderr: str) -> list[str]:
 
 def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     api_base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    done = run_cli(tmp_path, "--backend", "openai", "--api-base", api_base, "--model", "served-model",
-                   "--max-retries", "1", "--request-timeout", "5")
+    done = run_cli(
+        tmp_path,
+        "--backend",
+        "openai",
+        "--api-base",
+        api_base,
+        "--model",
+        "served-model",
+        "--max-retries",
+        "1",
+        "--request-timeout",
+        "5",
+    )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     errors = error_lines(done.stderr)
@@ -352,8 +427,20 @@ def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) ->
 
 def test_cli_api_key_stays_out_of_the_logs(tmp_path: Path) -> None:
     # --verbose shows BMF's graph dump, which prints the module's options.
-    done = run_cli(tmp_path, "--backend", "openai", "--api-base", f"http://127.0.0.1:{free_port()}/v1",
-                   "--model", "served-model", "--max-retries", "0", "--api-key", "sk-do-not-print-1234", "--verbose")
+    done = run_cli(
+        tmp_path,
+        "--backend",
+        "openai",
+        "--api-base",
+        f"http://127.0.0.1:{free_port()}/v1",
+        "--model",
+        "served-model",
+        "--max-retries",
+        "0",
+        "--api-key",
+        "sk-do-not-print-1234",
+        "--verbose",
+    )
     assert done.returncode == 2
     assert "llm_caption" in done.stdout + done.stderr  # the graph dump is there...
     assert "sk-do-not-print-1234" not in done.stdout + done.stderr  # ...without the key
@@ -393,8 +480,12 @@ class FailingProxy:
                     self._answer(503, b'{"error": {"message": "overloaded (test proxy)"}}')
 
             def _forward(self, body: bytes | None) -> None:
-                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    proxy.upstream + self.path,
+                    data=body,
+                    method=self.command,
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=60) as answer:
                         self._answer(answer.status, answer.read())
@@ -421,6 +512,7 @@ class FailingProxy:
         self.httpd.server_close()
 
 
+@pytest.mark.slow
 def test_cli_server_failing_mid_run_keeps_the_described_batches(
     tmp_path: Path, server: str, checkpoints: dict[str, Path]
 ) -> None:
@@ -429,8 +521,20 @@ def test_cli_server_failing_mid_run_keeps_the_described_batches(
     import json
 
     proxy = FailingProxy(server, allowed=2)
-    common = ["--backend", "openai", "--api-base", proxy.api_base, "--model", str(checkpoints["llava"]),
-              "--batch-size", "1", "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-retries", "1"]
+    common = [
+        "--backend",
+        "openai",
+        "--api-base",
+        proxy.api_base,
+        "--model",
+        str(checkpoints["llava"]),
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--max-retries",
+        "1",
+    ]
     try:
         done = run_cli(tmp_path, *common)
         assert done.returncode == 2, (done.stdout, done.stderr)
@@ -449,8 +553,9 @@ def test_cli_server_failing_mid_run_keeps_the_described_batches(
         assert done.returncode == 0, (done.stdout, done.stderr)
         result = json.loads((tmp_path / "result.json").read_text())
         assert [batch["batch_id"] for batch in result["batches"]] == [1, 2, 3, 4, 5, 6]
-        assert [batch["description"] for batch in result["batches"][:2]] == \
-            [batch["description"] for batch in saved["batches"]]
+        assert [batch["description"] for batch in result["batches"][:2]] == [
+            batch["description"] for batch in saved["batches"]
+        ]
         assert proxy.image_requests == 4  # batches 3 to 6 only
         assert not (tmp_path / "result.json.partial").exists()
     finally:
@@ -492,9 +597,15 @@ def test_a_malformed_answer_is_a_backend_error_naming_the_endpoint(answer) -> No
     assert len(chats) == 1  # a server answering nonsense is not asked again
 
 
-@pytest.mark.parametrize("answer", [(200, "text/html", b"<html><body>Welcome</body></html>"),
-                                    (200, "application/json", b'{"data": "none"}'),
-                                    (200, "application/json", b"{not json")], ids=["html", "no-list", "invalid-json"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, "text/html", b"<html><body>Welcome</body></html>"),
+        (200, "application/json", b'{"data": "none"}'),
+        (200, "application/json", b"{not json"),
+    ],
+    ids=["html", "no-list", "invalid-json"],
+)
 def test_a_web_page_as_the_model_list_is_a_backend_error_at_load(answer) -> None:
     with fake_openai.FakeOpenAI(models=lambda request: answer) as server:
         with pytest.raises(BackendError, match=f"{server.url}/models ") as raised:
@@ -507,14 +618,27 @@ def test_content_null_is_an_empty_description_with_a_warning(caplog: pytest.LogC
         model = OpenAIVLM("m", server.url)
         with caplog.at_level(logging.WARNING, logger="llm_caption"):
             assert list(model.complete_batch(["hello"], max_new_tokens=8)) == [""]
-    assert any("no text (content null" in record.getMessage() and server.url in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        "no text (content null" in record.getMessage() and server.url in record.getMessage()
+        for record in caplog.records
+    )
 
 
 def test_cli_html_answer_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     with fake_openai.FakeOpenAI(chat=MALFORMED["html"]) as server:
-        done = run_cli(tmp_path, "--backend", "openai", "--api-base", server.url, "--model", "m",
-                       "--max-new-tokens", "8", "--max-retries", "0")
+        done = run_cli(
+            tmp_path,
+            "--backend",
+            "openai",
+            "--api-base",
+            server.url,
+            "--model",
+            "m",
+            "--max-new-tokens",
+            "8",
+            "--max-retries",
+            "0",
+        )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
     [error] = error_lines(done.stderr)
@@ -530,5 +654,6 @@ def test_retry_after_on_429_is_honoured(caplog: pytest.LogCaptureFixture) -> Non
         started = time.monotonic()
         assert list(model.complete_batch(["hello"], max_new_tokens=8)) == ["a rabbit in a meadow"]
     assert time.monotonic() - started >= 1.4
-    assert any("HTTP 429" in record.getMessage() and "retrying in 1.5 s" in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        "HTTP 429" in record.getMessage() and "retrying in 1.5 s" in record.getMessage() for record in caplog.records
+    )

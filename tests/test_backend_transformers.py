@@ -10,20 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny_vlms
 from PIL import Image
 
-import tiny_vlms
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.backends.transformers_backend import TransformersVLM
+from videocaption.captioning.captioner import Captioner
 from videocaption.errors import InvalidOptionError, ModelLoadError
 from videocaption.options import CaptionOptions
-from videocaption.captioning.captioner import Captioner
 
 FAMILIES = [
     "idefics3",
     "llava",
-    pytest.param("qwen2_vl", marks=pytest.mark.skipif(
-        not tiny_vlms.torchvision_available(), reason="Qwen2-VL's processor needs torchvision (not installed)")),
+    pytest.param(
+        "qwen2_vl",
+        marks=pytest.mark.skipif(
+            not tiny_vlms.torchvision_available(), reason="Qwen2-VL's processor needs torchvision (not installed)"
+        ),
+    ),
 ]
 MAX_NEW_TOKENS = 8
 
@@ -42,8 +46,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def models(checkpoints: dict[str, Path]) -> dict[str, TransformersVLM]:
     """One loaded model per family, through load_model (so through the options, like a run)."""
-    return {name: load_model(CaptionOptions(backend="transformers", model=str(path), device="cpu"))
-            for name, path in checkpoints.items()}
+    return {
+        name: load_model(CaptionOptions(backend="transformers", model=str(path), device="cpu"))
+        for name, path in checkpoints.items()
+    }
 
 
 def frames(count: int, size: tuple[int, int] = (64, 48)) -> list[Image.Image]:
@@ -100,7 +106,10 @@ def test_count_tokens_is_what_the_model_is_given(models: dict[str, TransformersV
     text = "Summarize the video."
     templated = processor.apply_chat_template(  # transformers' own tokenizing path, for comparison
         [{"role": "user", "content": [{"type": "text", "text": text}]}],
-        add_generation_prompt=True, tokenize=True, return_dict=True)
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
     assert model.count_tokens(text) == len(templated["input_ids"][0])
 
 
@@ -132,8 +141,15 @@ def test_protocol_name_and_context(models: dict[str, TransformersVLM], checkpoin
 
 
 def test_captioner_runs_on_the_transformers_backend(models: dict[str, TransformersVLM]) -> None:
-    options = CaptionOptions(backend="transformers", model=models["idefics3"].name, device="cpu", batch_size=2,
-                             multithreading=True, max_threads=2, max_new_tokens=MAX_NEW_TOKENS)
+    options = CaptionOptions(
+        backend="transformers",
+        model=models["idefics3"].name,
+        device="cpu",
+        batch_size=2,
+        multithreading=True,
+        max_threads=2,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
     captioner = Captioner(options, models["idefics3"])
     for index, image in enumerate(frames(5)):
         captioner.add(image, float(index))

@@ -8,30 +8,55 @@ import time
 from pathlib import Path
 
 import bmf
-
+import pytest
 from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, untimed
+
 from videocaption.captioning.checkpoint import checkpoint_path
+from videocaption.captioning.progress import Progress
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.captioning.progress import Progress
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / name), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def frame_times(path: Path) -> list[str]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time",
-                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [line.split(",")[0] for line in out.split()]
 
 
 def stream_types(path: Path) -> list[str]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0",
-                          str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted(out.split())
 
 
@@ -41,6 +66,7 @@ def test_example_demo_graph(tmp_path):
     assert result["frames_analysed"] == 6 and result["video_title"]
 
 
+@pytest.mark.slow
 def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_path):
     output = tmp_path / "out.mp4"
     run_example("caption_and_encode.py", str(SAMPLE_CLIP), str(output), FAST["model"], "8", cwd=tmp_path)
@@ -51,6 +77,7 @@ def test_example_pass_through_to_encoder_keeps_every_frame_and_the_audio(tmp_pat
     assert [b["start_time"] for b in result["batches"]] == [0.0, 4.0]
 
 
+@pytest.mark.slow
 def test_example_caption_packet_consumer(tmp_path):
     done = run_example("read_caption_packets.py", str(SAMPLE_CLIP), FAST["model"], "8", cwd=tmp_path)
     lines = [line for line in done.stdout.splitlines() if line.startswith(("[ ", "Title:", "Summary:"))]
@@ -68,8 +95,9 @@ def test_the_module_runs_twice_in_one_process(tmp_path):
 def test_progress_reaches_the_caller_of_the_run(tmp_path):
     """run_caption_graph's callback gets the module's reports (BMF builds the module: see videocaption.graph.context)."""
     reports: list[Progress] = []
-    run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "r.json")),
-                      on_progress=reports.append)
+    run_caption_graph(
+        SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "r.json")), on_progress=reports.append
+    )
     assert reports[-1] == Progress(frames_sampled=6, batches_done=2, stage="done")
     sampled = [report.frames_sampled for report in reports]
     assert sampled == sorted(sampled) and sampled[0] == 1
@@ -84,8 +112,13 @@ def test_a_graph_stopped_early_does_not_hang_and_keeps_its_batches_in_the_checkp
     # the demo CLI never force-closes a running graph.)
     graph = bmf.graph()
     frames = graph.decode({"input_path": str(SAMPLE_CLIP)})["video"]
-    node = bmf.module([frames], "llm_caption", dataclasses.asdict(options),
-                      module_path=str(REPO_ROOT), entry="llm_caption.llm_caption")
+    node = bmf.module(
+        [frames],
+        "llm_caption",
+        dataclasses.asdict(options),
+        module_path=str(REPO_ROOT),
+        entry="llm_caption.llm_caption",
+    )
     graph.run(node, is_blocked=False)
     deadline = time.monotonic() + 120
     while not checkpoint_path(result_path).exists():  # the first batch is described

@@ -9,15 +9,14 @@ import threading
 import numpy as np
 import pytest
 from bmf import Packet, Task, Timestamp, VideoFrame
-
 from helpers import FAST, video_frame_packet
-from videocaption import backends
-from videocaption.graph.module import CAPTIONS_OUT, VIDEO_OUT
-from videocaption.deepseek_vl2 import DeepseekVL2
-from videocaption.errors import InvalidOptionError
-from videocaption.options import CaptionOptions
 
 import llm_caption
+from videocaption import backends
+from videocaption.deepseek_vl2 import DeepseekVL2
+from videocaption.errors import InvalidOptionError
+from videocaption.graph.module import CAPTIONS_OUT, VIDEO_OUT
+from videocaption.options import CaptionOptions
 
 
 def drain(queue) -> list:
@@ -85,7 +84,9 @@ def test_bad_options_fail_at_construction(options, tmp_path):
 
 def test_batch_too_large_for_the_context_names_the_largest_that_fits(tmp_path):
     with pytest.raises(InvalidOptionError, match="the largest batch that fits is 8"):
-        llm_caption.llm_caption(0, {**FAST, "batch_size": 9, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")})
+        llm_caption.llm_caption(
+            0, {**FAST, "batch_size": 9, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")}
+        )
 
 
 def test_two_frame_batches_fit_with_the_default_answer_length(tmp_path):
@@ -93,7 +94,9 @@ def test_two_frame_batches_fit_with_the_default_answer_length(tmp_path):
     # runtime shrinks them to a tiling that leaves room for the prompt and the answer.
     rng = np.random.default_rng(0)
     packets = [video_frame_packet(rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8), float(i)) for i in range(3)]
-    _, out = run_module({**FAST, "batch_size": 2, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")}, packets)
+    _, out = run_module(
+        {**FAST, "batch_size": 2, "max_new_tokens": 256, "result_path": str(tmp_path / "r.json")}, packets
+    )
     payloads = [p.get(dict) for p in out[CAPTIONS_OUT][:-1]]
     assert [(p["type"], p.get("frames")) for p in payloads] == [("batch", 2), ("batch", 1), ("summary", None)]
     assert all("error" not in p for p in payloads)
@@ -153,8 +156,13 @@ def test_every_max_threads_shares_one_model_and_never_calls_it_concurrently(tmp_
     monkeypatch.setattr(DeepseekVL2, "describe_batch", counting)
     models = []
     for max_threads in (1, 2, 4):
-        options = {**FAST, "batch_size": 1, "multithreading": max_threads > 1, "max_threads": max_threads,
-                   "result_path": str(tmp_path / f"r{max_threads}.json")}
+        options = {
+            **FAST,
+            "batch_size": 1,
+            "multithreading": max_threads > 1,
+            "max_threads": max_threads,
+            "result_path": str(tmp_path / f"r{max_threads}.json"),
+        }
         module = llm_caption.llm_caption(0, options)
         feed(module, frames(6))
         models.append(module._captioner.model)
@@ -171,8 +179,13 @@ def test_no_model_thread_outlives_its_run(tmp_path, max_threads):
         return {t for t in threading.enumerate() if t.name.startswith("videocaption-model-") and t.is_alive()}
 
     before = workers()
-    options = {**FAST, "batch_size": 1, "multithreading": True, "max_threads": max_threads,
-               "result_path": str(tmp_path / "r.json")}
+    options = {
+        **FAST,
+        "batch_size": 1,
+        "multithreading": True,
+        "max_threads": max_threads,
+        "result_path": str(tmp_path / "r.json"),
+    }
     module = llm_caption.llm_caption(0, options)
     # The filter does find the run's worker: one per run (not one per batch or per max_threads).
     assert len(workers() - before) == 1

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import CLI_TIMEOUT_S as RUN_TIMEOUT_S
 from helpers import FAST, ffmpeg, make_clip, run_cli
+
 from videocaption.errors import VideoInputError
 from videocaption.graph.runner import wait_for_graph
 from videocaption.graph.watchdog import Activity
-
 
 
 def small_clip(path: Path, *extra: str, duration: float = 2.0) -> Path:
@@ -120,7 +119,9 @@ def test_mostly_undecodable_video_is_one_line_not_a_crash(tmp_path):
     data[keep:] = bytes(len(data) - keep)
     video = tmp_path / "damaged.mp4"
     video.write_bytes(bytes(data))
-    assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "cannot be decoded", "packets failed to decode")
+    assert_rejected(
+        run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "cannot be decoded", "packets failed to decode"
+    )
 
 
 # -- the time bound on decoding progress -------------------------------------------------------
@@ -156,14 +157,36 @@ def test_a_decoder_that_delivers_nothing_is_given_up_on_in_bounded_time():
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fuzzed_copies_of_a_clip_are_captioned_or_rejected_cleanly(tmp_path):
     """Five seeded mutations of a small clip through the CLI (see benchmarks/fuzz_inputs.py)."""
     from benchmarks.fuzz_inputs import fuzz, report
 
     clip = tmp_path / "clip.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=2", "-f", "lavfi", "-i",
-           "sine=duration=2", "-pix_fmt", "yuv420p", "-shortest", "-movflags", "+faststart", str(clip))
-    outcomes = fuzz(seconds=0, seed=0, video=clip, model=Path(FAST["model"]), run_timeout=RUN_TIMEOUT_S,
-                    tries=5, log=lambda line: None)
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=25:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=2",
+        "-pix_fmt",
+        "yuv420p",
+        "-shortest",
+        "-movflags",
+        "+faststart",
+        str(clip),
+    )
+    outcomes = fuzz(
+        seconds=0,
+        seed=0,
+        video=clip,
+        model=Path(FAST["model"]),
+        run_timeout=RUN_TIMEOUT_S,
+        tries=5,
+        log=lambda line: None,
+    )
     assert len(outcomes) == 5
     assert not [o for o in outcomes if o.problem], report(outcomes)

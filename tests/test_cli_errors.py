@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO_ROOT, SAMPLE_CLIP, TINY_MODEL, ffmpeg, run_cli, stderr_lines
 
 
@@ -41,23 +40,32 @@ def test_model_that_cannot_be_found(tmp_path):
 
 
 def test_default_model_unavailable_points_to_the_smoke_test(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "test_llm_caption.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "test_llm_caption.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 2
     assert "deepseek-vl2-tiny" in done.stderr
     assert "--model" in done.stderr and "noise" in done.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "0"], "error: batch_size must be at least 1, got 0 (see --help)"),
-    (["--batch-size", "four"], "error: argument --batch-size: invalid int value: 'four' (see --help)"),
-    (["--max-threads", "2"], "error: max_threads needs multithreading"),
-    (["--multithreading", "--max-threads", "0"], "error: max_threads must be at least 1, got 0 (see --help)"),
-    (["--fps", "-1"], "error: fps must be a positive number, got -1.0 (see --help)"),
-    (["--fps", "nan"], "error: fps must be a positive number, got nan (see --help)"),
-    (["--dtype", "int8"], "error: argument --dtype: invalid choice: 'int8'"),
-    (["--colour", "red"], "error: unrecognized arguments: --colour red (see --help)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "error: batch_size must be at least 1, got 0 (see --help)"),
+        (["--batch-size", "four"], "error: argument --batch-size: invalid int value: 'four' (see --help)"),
+        (["--max-threads", "2"], "error: max_threads needs multithreading"),
+        (["--multithreading", "--max-threads", "0"], "error: max_threads must be at least 1, got 0 (see --help)"),
+        (["--fps", "-1"], "error: fps must be a positive number, got -1.0 (see --help)"),
+        (["--fps", "nan"], "error: fps must be a positive number, got nan (see --help)"),
+        (["--dtype", "int4"], "error: argument --dtype: invalid choice: 'int4'"),
+        (["--colour", "red"], "error: unrecognized arguments: --colour red (see --help)"),
+    ],
+)
 def test_invalid_options_are_one_line(tmp_path, args, message):
     done = run_cli(str(SAMPLE_CLIP), *args, cwd=tmp_path)
     assert done.returncode == 2
@@ -69,8 +77,9 @@ def test_invalid_options_are_one_line(tmp_path, args, message):
 
 def test_batch_size_too_large_is_refused_before_decoding(tmp_path):
     # With the default answer length (256 new tokens), 8 frames fit the tiny checkpoint's context.
-    done = run_cli(str(SAMPLE_CLIP), "--model", str(TINY_MODEL), "--device", "cpu", "--batch-size", "12",
-                   cwd=tmp_path, fast=False)
+    done = run_cli(
+        str(SAMPLE_CLIP), "--model", str(TINY_MODEL), "--device", "cpu", "--batch-size", "12", cwd=tmp_path, fast=False
+    )
     assert_clean_failure(done, tmp_path, "the largest batch that fits is 8")
 
 
@@ -80,6 +89,7 @@ def test_an_absurd_batch_size_is_refused_in_constant_time(batch_size):
     import time
 
     from helpers import FAST
+
     from videocaption.backends import load_model
     from videocaption.captioning.captioner import check_batch_fits
     from videocaption.errors import InvalidOptionError
@@ -88,6 +98,8 @@ def test_an_absurd_batch_size_is_refused_in_constant_time(batch_size):
     options = CaptionOptions(**{**FAST, "batch_size": batch_size})
     model = load_model(options)
     started = time.perf_counter()
-    with pytest.raises(InvalidOptionError, match=f"batch_size {batch_size} does not fit .* the largest batch that fits is"):
+    with pytest.raises(
+        InvalidOptionError, match=f"batch_size {batch_size} does not fit .* the largest batch that fits is"
+    ):
         check_batch_fits(model, options)
     assert time.perf_counter() - started < 2.0

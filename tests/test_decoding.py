@@ -6,16 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import FAST, ffmpeg, make_clip
+
+from videocaption.errors import InvalidOptionError, VideoInputError
 from videocaption.graph import module as bmf_module
-from videocaption.media.decoding import AVDISCARD_NONREF, choose_decode, seek_spans
-from videocaption.errors import InvalidOptionError
 from videocaption.graph.build import decode_mode, decoder_options
 from videocaption.graph.runner import run_caption_graph
-from videocaption.options import CaptionOptions
-from videocaption.errors import VideoInputError
+from videocaption.media.decoding import AVDISCARD_NONREF, choose_decode, seek_spans
 from videocaption.media.probe import MediaInfo, probe_media
+from videocaption.options import CaptionOptions
 
 # 10 fps, a keyframe every 2 s, B-frames that other frames refer to (x264's default preset).
 GOP_CLIP = dict(duration=24.0, size="160x120", rate=10)
@@ -23,14 +22,25 @@ GOP_CLIP = dict(duration=24.0, size="160x120", rate=10)
 
 @pytest.fixture(scope="module")
 def gop_clip(tmp_path_factory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("decoding") / "gop2s.mp4", "-c:v", "libx264", "-g", "20",
-                     "-keyint_min", "20", "-sc_threshold", "0", **GOP_CLIP)
+    return make_clip(
+        tmp_path_factory.mktemp("decoding") / "gop2s.mp4",
+        "-c:v",
+        "libx264",
+        "-g",
+        "20",
+        "-keyint_min",
+        "20",
+        "-sc_threshold",
+        "0",
+        **GOP_CLIP,
+    )
 
 
 def probed(frame_rate=None, duration=None, start_time=0.0, keyframe_interval=None) -> MediaInfo:
     """What decoding is chosen by, in the order these cases list it."""
-    return MediaInfo(frame_rate=frame_rate, duration=duration, start_time=start_time,
-                     keyframe_interval=keyframe_interval)
+    return MediaInfo(
+        frame_rate=frame_rate, duration=duration, start_time=start_time, keyframe_interval=keyframe_interval
+    )
 
 
 def test_probe_reads_rate_duration_and_keyframe_interval(gop_clip):
@@ -43,16 +53,19 @@ def test_probe_reads_rate_duration_and_keyframe_interval(gop_clip):
         probe_media(gop_clip.with_name("missing.mp4"))
 
 
-@pytest.mark.parametrize("fps, timing, can_seek, mode", [
-    (0.25, probed(10.0, 24.0, 0.0, 2.0), True, "seek"),  # samples 4 s apart, keyframes 2 s apart
-    (0.25, probed(10.0, 24.0, 0.0, 2.0), False, "nonref"),  # adaptive sampling or a URL: no seeking
-    (1.0, probed(10.0, 24.0, 0.0, 2.0), True, "nonref"),  # keyframes farther apart than samples
-    (1.0, probed(5.0, 24.0, 0.0, 2.0), True, "none"),  # 5 frames a sample: too few to drop any
-    (0.25, probed(None, 24.0, 0.0, 2.0), True, "none"),  # variable rate: a span may hold no frame
-    (0.25, probed(10.0, 24.0, 0.0, None), True, "nonref"),  # one keyframe in the first minute
-    (0.25, probed(10.0, None, 0.0, 2.0), True, "nonref"),  # no duration: no spans to plan
-    (0.25, probed(10.0, 24.0, 1.4, 2.0), True, "nonref"),  # timestamps not from 0 (MPEG-TS)
-])
+@pytest.mark.parametrize(
+    "fps, timing, can_seek, mode",
+    [
+        (0.25, probed(10.0, 24.0, 0.0, 2.0), True, "seek"),  # samples 4 s apart, keyframes 2 s apart
+        (0.25, probed(10.0, 24.0, 0.0, 2.0), False, "nonref"),  # adaptive sampling or a URL: no seeking
+        (1.0, probed(10.0, 24.0, 0.0, 2.0), True, "nonref"),  # keyframes farther apart than samples
+        (1.0, probed(5.0, 24.0, 0.0, 2.0), True, "none"),  # 5 frames a sample: too few to drop any
+        (0.25, probed(None, 24.0, 0.0, 2.0), True, "none"),  # variable rate: a span may hold no frame
+        (0.25, probed(10.0, 24.0, 0.0, None), True, "nonref"),  # one keyframe in the first minute
+        (0.25, probed(10.0, None, 0.0, 2.0), True, "nonref"),  # no duration: no spans to plan
+        (0.25, probed(10.0, 24.0, 1.4, 2.0), True, "nonref"),  # timestamps not from 0 (MPEG-TS)
+    ],
+)
 def test_auto_seeks_only_where_it_saves_and_is_safe(fps, timing, can_seek, mode):
     assert choose_decode("auto", fps, timing, can_seek=can_seek) == mode
 
@@ -103,10 +116,12 @@ def converted(monkeypatch) -> list:
 def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, converted, fps, mode):
     """Seeking takes exactly uniform sampling's frames; dropping non-reference frames moves a
     sample at most one frame later, and every picture equals the full decode's of that frame."""
+
     def run(decode_skip: str) -> tuple[list[tuple[float, float, int]], list]:
         converted.clear()
-        options = CaptionOptions(**FAST, fps=fps, decode_skip=decode_skip,
-                                 result_path=str(tmp_path / f"{decode_skip}.json"))
+        options = CaptionOptions(
+            **FAST, fps=fps, decode_skip=decode_skip, result_path=str(tmp_path / f"{decode_skip}.json")
+        )
         result = run_caption_graph(gop_clip, options).to_dict()
         return [(b["start_time"], b["end_time"], b["frames"]) for b in result["batches"]], list(converted)
 
@@ -123,7 +138,6 @@ def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, conve
             assert 0 <= start - full_start <= 0.1 + 1e-6 and 0 <= end - full_end <= 0.1 + 1e-6
 
 
-
 def test_each_seek_span_is_turned_upright_too(gop_clip, tmp_path, converted):
     """BMF rebuilds its rotation filter after every seek: a phone video stays upright throughout."""
     rotated = tmp_path / "rotated.mp4"
@@ -136,6 +150,7 @@ def test_each_seek_span_is_turned_upright_too(gop_clip, tmp_path, converted):
         pictures[mode] = list(converted)
     assert [p.shape for p in pictures["seek"]] == [(160, 120, 3)] * 6
     assert all(np.array_equal(a, b) for a, b in zip(pictures["seek"], pictures["none"]))
+
 
 def test_asking_for_cuda_decoding_without_it_says_so(gop_clip, caplog):
     """BMF's decoder falls back to the CPU silently when NVDEC cannot be had."""

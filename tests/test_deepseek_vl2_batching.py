@@ -7,13 +7,12 @@ greedy ids must be identical, also when some rows stop at eos while the others g
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from accelerator import DEVICE, DTYPE, EXACT, assert_close
+from helpers import FIXTURES
 from PIL import Image
 
-from helpers import FIXTURES
-from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 
 LOGIT_TOL = 1e-4
@@ -39,7 +38,15 @@ def requests() -> list[tuple[list[Image.Image], str]]:
             "<image>\n<image>\nWhich frame shows the rabbit? Answer in a few words.",
         ),
         (
-            [frame(n) for n in ("bunny_t1.0_640x360.png", "bikes_t1.5_640x272.png", "bunny_t4.2_320x180.png", "bikes_t7.5_320x136.png")],
+            [
+                frame(n)
+                for n in (
+                    "bunny_t1.0_640x360.png",
+                    "bikes_t1.5_640x272.png",
+                    "bunny_t4.2_320x180.png",
+                    "bikes_t7.5_320x136.png",
+                )
+            ],
             "This is image_1: <image>\nThis is image_2: <image>\nThis is image_3: <image>\nThis is image_4: <image>\n Summarize.",
         ),
     ]
@@ -47,14 +54,20 @@ def requests() -> list[tuple[list[Image.Image], str]]:
 
 def run(runtime: DeepseekVL2, requests, *, eos_token_id: int, steps: int = STEPS):
     """Generate for ``requests`` as one batch; return the output and the batch's prompt lengths."""
-    batch = runtime._batch([(list(images), prompt) for images, prompt in requests]).to(runtime.device, dtype=runtime.dtype)
+    batch = runtime._batch([(list(images), prompt) for images, prompt in requests]).to(
+        runtime.device, dtype=runtime.dtype
+    )
     with torch.inference_mode():
         embeds = runtime.model.prepare_inputs_embeds(
             batch.input_ids, batch.images, batch.images_seq_mask, batch.images_spatial_crop
         )
         out = generate(
-            runtime.model.language, embeds, batch.attention_mask,
-            max_new_tokens=steps, eos_token_id=eos_token_id, output_scores=True,
+            runtime.model.language,
+            embeds,
+            batch.attention_mask,
+            max_new_tokens=steps,
+            eos_token_id=eos_token_id,
+            output_scores=True,
         )
     return out, batch
 
@@ -76,7 +89,7 @@ def assert_rows_match_solo(batched, solos):
         for step, scores in enumerate(solo.scores):
             diff = (batched.scores[step][row] - scores[0]).abs().max().item()
             assert diff < LOGIT_TOL, (row, step, diff)
-        for scores in batched.scores[len(solo.scores):]:  # the row had left the batch
+        for scores in batched.scores[len(solo.scores) :]:  # the row had left the batch
             assert torch.isnan(scores[row]).all()
 
 

@@ -1,11 +1,9 @@
 """DeepSeek-VL2's image arithmetic, as every backend takes it from ``deepseek_vl2/geometry.py``."""
 
-
 import pytest
-
 from helpers import FIXTURES
-from videocaption.deepseek_vl2 import HUB_GEOMETRY, PAIR_TEXT_RESERVE, ImageGeometry
 
+from videocaption.deepseek_vl2 import HUB_GEOMETRY, PAIR_TEXT_RESERVE, ImageGeometry
 
 
 def tiles(geometry: ImageGeometry, resolution: tuple[int, int]) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FIXTURES
 from safetensors.torch import load_file, save_file
 
-from helpers import FIXTURES
 from videocaption.backends import VisionLanguageModel
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
@@ -76,8 +76,10 @@ def test_fixture_loads_with_official_names(reference):
 def test_missing_key_is_an_error(tmp_path):
     weights = fixture_weights()
     # the last routed expert of the first MoE layer
-    key = (f"language.model.layers.{LANGUAGE['first_k_dense_replace']}.mlp.experts."
-           f"{LANGUAGE['n_routed_experts'] - 1}.up_proj.weight")
+    key = (
+        f"language.model.layers.{LANGUAGE['first_k_dense_replace']}.mlp.experts."
+        f"{LANGUAGE['n_routed_experts'] - 1}.up_proj.weight"
+    )
     del weights[key]
     with pytest.raises(ModelLoadError, match=f"missing keys {re.escape(key)}"):
         DeepseekVL2.from_pretrained(copy_model(tmp_path, weights), device="cpu")
@@ -115,7 +117,10 @@ def test_sharded_checkpoint_round_trip(tmp_path, reference):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file({k: weights[k] for k in shard}, str(directory / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})
-    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())},
+        "weight_map": weight_map,
+    }
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     runtime = DeepseekVL2.from_pretrained(directory, device="cpu", dtype="float32")
     for name, tensor in runtime.model.state_dict().items():
@@ -174,17 +179,35 @@ def test_config_defaults_follow_upstream_classes():
     assert config.vision.image_size == vision.get("image_size", 384)
     assert config.vision.mlp_hidden == int(vision["width"] * vision["mlp_ratio"])  # timm's rounding
     # what the config leaves out takes upstream's defaults
-    assert (config.projector.projector_type, config.projector.depth, config.projector.mlp_ratio,
-            config.projector.downsample_ratio) == (projector.get("projector_type", "downsample_mlp_gelu"),
-                                                   projector.get("depth", 2), projector.get("mlp_ratio", 1),
-                                                   projector.get("downsample_ratio", 2))
+    assert (
+        config.projector.projector_type,
+        config.projector.depth,
+        config.projector.mlp_ratio,
+        config.projector.downsample_ratio,
+    ) == (
+        projector.get("projector_type", "downsample_mlp_gelu"),
+        projector.get("depth", 2),
+        projector.get("mlp_ratio", 1),
+        projector.get("downsample_ratio", 2),
+    )
     lang = config.language
-    defaults = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "scoring_func": "softmax",
-                "routed_scaling_factor": 1.0, "norm_topk_prob": False, "moe_layer_freq": 1, "attention_bias": False}
-    assert {name: getattr(lang, name) for name in defaults} == {name: LANGUAGE.get(name, value) for name, value in defaults.items()}
+    defaults = {
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "scoring_func": "softmax",
+        "routed_scaling_factor": 1.0,
+        "norm_topk_prob": False,
+        "moe_layer_freq": 1,
+        "attention_bias": False,
+    }
+    assert {name: getattr(lang, name) for name in defaults} == {
+        name: LANGUAGE.get(name, value) for name, value in defaults.items()
+    }
     dense = LANGUAGE["first_k_dense_replace"]
-    assert [lang.is_moe_layer(i) for i in range(LANGUAGE["num_hidden_layers"])] == \
-        [i >= dense and i % lang.moe_layer_freq == 0 for i in range(LANGUAGE["num_hidden_layers"])]
+    assert [lang.is_moe_layer(i) for i in range(LANGUAGE["num_hidden_layers"])] == [
+        i >= dense and i % lang.moe_layer_freq == 0 for i in range(LANGUAGE["num_hidden_layers"])
+    ]
     empty = DeepseekVL2Config(tile_tag="2D", projector=DeepseekVL2Config().projector)
     assert empty.language.use_mla and empty.language.kv_lora_rank == 512 and empty.language.q_lora_rank == 1536
     assert empty.vision.width == 1024 and empty.vision.patch_size == 16

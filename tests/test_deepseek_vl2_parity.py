@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerator import DEVICE, DTYPE, EXACT, assert_close
+from helpers import FIXTURES
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import FIXTURES
-from accelerator import DEVICE, DTYPE, EXACT, assert_close
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 
@@ -57,7 +57,7 @@ class Case:
         out = torch.zeros(len(counts), max(counts), *tiles.shape[1:])
         start = 0
         for b, n in enumerate(counts):
-            out[b, :n] = (tiles[start: start + n].float() / 255 - 0.5) / 0.5
+            out[b, :n] = (tiles[start : start + n].float() / 255 - 0.5) / 0.5
             start += n
         return out
 
@@ -94,8 +94,10 @@ def test_processor(runtime: DeepseekVL2, case: Case):
 def outputs(runtime: DeepseekVL2, case: Case) -> dict[str, torch.Tensor]:
     """Our model's stage outputs, each stage fed the stored inputs of the previous one."""
     model = runtime.model
-    ref = {key: value.to(DEVICE, dtype=DTYPE if value.is_floating_point() else value.dtype)
-           for key, value in case.ref.items()}
+    ref = {
+        key: value.to(DEVICE, dtype=DTYPE if value.is_floating_point() else value.dtype)
+        for key, value in case.ref.items()
+    }
     pixels = case.expected_pixels().to(DEVICE, DTYPE)
     mask = ref["attention_mask"]
     out: dict[str, torch.Tensor] = {}
@@ -143,8 +145,12 @@ def test_language_model(case: Case, outputs):
     assert_close(outputs["logits_text"], ref["logits_text"], LOGIT_TOL, "logits_text")
     assert_close(outputs["logits_last"], ref["logits_last"], LOGIT_TOL, "logits_last")
     if "last_hidden_state_arange_positions" in ref:
-        assert_close(outputs["last_hidden_state_arange_positions"][real],
-                     ref["last_hidden_state_arange_positions"][real], HIDDEN_TOL, "arange positions")
+        assert_close(
+            outputs["last_hidden_state_arange_positions"][real],
+            ref["last_hidden_state_arange_positions"][real],
+            HIDDEN_TOL,
+            "arange positions",
+        )
 
 
 def test_greedy_generation(case: Case, outputs):

@@ -6,12 +6,11 @@ import random
 
 import pytest
 import torch
+from helpers import FIXTURES
 from PIL import Image
 
-from helpers import FIXTURES
 from videocaption.deepseek_vl2 import DeepseekVL2, DeepseekVL2Processor, select_best_resolution
 from videocaption.errors import ContextOverflowError
-
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,13 @@ def test_max_image_tokens(runtime):
 
 def test_count_tokens_equals_processor_length(runtime):
     rng = random.Random(1234)
-    prompts = {0: "Summarize the captions.", 1: "<image>\nDescribe this frame.", 2: "<image>\n<image>\nCompare.",
-               3: "A: <image>\nB: <image>\nC: <image>\nWhat changes?", 4: "<image><image><image><image> Tell a story."}
+    prompts = {
+        0: "Summarize the captions.",
+        1: "<image>\nDescribe this frame.",
+        2: "<image>\n<image>\nCompare.",
+        3: "A: <image>\nB: <image>\nC: <image>\nWhat changes?",
+        4: "<image><image><image><image> Tell a story.",
+    }
     for _ in range(12):
         n = rng.choice(sorted(prompts))
         images = [runtime.prepare_image(solid((rng.randint(16, 1600), rng.randint(16, 1600))), n) for _ in range(n)]
@@ -115,7 +119,9 @@ def test_images_are_converted_to_rgb(processor):
     for mode in ("RGBA", "P", "L"):
         other = rgb.convert(mode)
         ours = processor.process_one(processor.user_conversation("<image>"), [other]).images
-        assert torch.equal(ours, processor.process_one(processor.user_conversation("<image>"), [other.convert("RGB")]).images)
+        assert torch.equal(
+            ours, processor.process_one(processor.user_conversation("<image>"), [other.convert("RGB")]).images
+        )
 
 
 def test_placeholder_mismatch_is_a_value_error(runtime):

@@ -19,11 +19,12 @@ def test_auto_dtype_is_bfloat16_on_cuda_only():
     assert resolve_dtype("auto", torch.device("mps")) == torch.float32
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("int8", torch.device("cpu")) == torch.bfloat16  # int8 weights, bfloat16 activations
 
 
 def test_unknown_or_unavailable_choices_are_option_errors():
-    with pytest.raises(InvalidOptionError, match="unknown dtype 'int8'"):
-        resolve_dtype("int8", torch.device("cpu"))
+    with pytest.raises(InvalidOptionError, match="unknown dtype 'int4'"):
+        resolve_dtype("int4", torch.device("cpu"))
     with pytest.raises(InvalidOptionError, match="unsupported dtype"):
         resolve_dtype(torch.int8, torch.device("cpu"))
     with pytest.raises(InvalidOptionError, match="tpu"):

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import FAST, REPO_ROOT, SAMPLE_CLIP, SAMPLE_DURATION
+
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
 
@@ -57,9 +57,26 @@ def test_model_text_is_present(result):
 def test_demo_cli_runs_from_another_directory(tmp_path):
     output = tmp_path / "out.json"
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "test_llm_caption.py"), str(SAMPLE_CLIP), "--model", FAST["model"],
-         "--device", "cpu", "--max-new-tokens", "8", "--batch-size", "3", "--output", str(output), "--srt"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "test_llm_caption.py"),
+            str(SAMPLE_CLIP),
+            "--model",
+            FAST["model"],
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "3",
+            "--output",
+            str(output),
+            "--srt",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "Title: " in done.stdout and "Summary: " in done.stdout

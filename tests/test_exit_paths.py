@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import CLI, FAST, FAST_FLAGS, REPO_ROOT, SAMPLE_CLIP, ffmpeg, run_cli, stderr_lines
 
 FINISHED = {"video_title": "an earlier, finished run", "batches": [], "summary": "kept"}
@@ -63,8 +62,13 @@ def small_disk(tmp_path):
     """A 64 KiB tmpfs (needs root); yields (folder, fill) where fill(n) leaves n free 4 KiB pages."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
 
     def fill(free_pages: int) -> None:
@@ -86,6 +90,7 @@ def test_a_full_disk_for_the_checkpoint_is_one_line_naming_path_and_cause(small_
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_writes_no_output_and_keeps_the_checkpoint(small_disk, tmp_path):
     disk, fill = small_disk
     # Room for the checkpoint (one page, two while it is replaced) but not for all three outputs.
@@ -110,9 +115,14 @@ def test_a_full_disk_at_the_end_writes_no_output_and_keeps_the_checkpoint(small_
 def test_a_signal_keeps_the_checkpoint_and_never_touches_a_finished_result(tmp_path, signum, code):
     tmp, env = private_tmp(tmp_path)
     (tmp_path / "result.json").write_text(json.dumps(FINISHED))
-    process = subprocess.Popen([*CLI, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1", "--srt", "--vtt"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **env})
+    process = subprocess.Popen(
+        [*CLI, str(SAMPLE_CLIP), *FAST_FLAGS, "--batch-size", "1", "--srt", "--vtt"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     wait_for(tmp_path / "result.json.partial", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -142,15 +152,21 @@ SLOW_MODEL = textwrap.dedent("""
 
 
 def test_interrupted_before_any_batch_says_nothing_was_saved(tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", SLOW_MODEL, str(SAMPLE_CLIP), *FAST_FLAGS],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_MODEL, str(SAMPLE_CLIP), *FAST_FLAGS],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     wait_for(tmp_path / "describing", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert [line for line in stderr.splitlines() if line.strip()] == [
-        "interrupted (Ctrl-C): no batch was described yet, so nothing was saved"]
+        "interrupted (Ctrl-C): no batch was described yet, so nothing was saved"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["describing"]
 
 
@@ -180,6 +196,7 @@ def test_a_second_signal_ends_at_once(tmp_path):
 # -- odd inputs --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_path_that_starts_with_a_dash_is_a_file_not_an_option(tmp_path, small_clip):
     shutil.copy(small_clip, tmp_path / "-x.mp4")
     done = run_cli("./-x.mp4", "--output", "r.json", cwd=tmp_path)
@@ -210,6 +227,7 @@ def test_a_folder_run_reports_skipped_files_on_stderr(tmp_path, small_clip):
     assert not temporary_logs(tmp)
 
 
+@pytest.mark.slow
 def test_stderr_of_a_finished_run_is_quiet(tmp_path):
     done = run_cli(str(SAMPLE_CLIP), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -221,10 +239,10 @@ def test_stderr_of_a_finished_run_is_quiet(tmp_path):
 def test_the_progress_bar_of_a_finished_run_ends_at_100_percent():
     import io
 
-    from videocaption.cli.main import ProgressBar
-    from videocaption.options import CaptionOptions
-    from videocaption.media.probe import MediaInfo
     from videocaption.captioning.progress import Progress
+    from videocaption.cli.main import ProgressBar
+    from videocaption.media.probe import MediaInfo
+    from videocaption.options import CaptionOptions
 
     # A 60.5 s container suggests 61 frames at 1 fps; the video stream gives 60.
     console = io.StringIO()

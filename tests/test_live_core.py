@@ -9,6 +9,7 @@ so their stream times are the file's times.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -17,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import CLI, FAST, FAST_FLAGS, ffmpeg
+from PIL import Image
 from test_live import free_port, records, stopped_afterwards
 from test_transcribe import speech_extent
 from tiny_whisper import build_tiny_whisper
+
 from videocaption.backends import load_model
 from videocaption.live.captioner import LiveCaptioner, LiveRun
 from videocaption.live.stream import AudioTrack, LatestFrames, LiveFrame
@@ -37,8 +38,22 @@ SPEECH_TOLERANCE = 0.35
 
 def serve_file(path: Path, port: int) -> subprocess.Popen:
     """ffmpeg serving ``path`` in real time as MPEG-TS to one TCP client on loopback."""
-    server = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(path), "-c", "copy", "-f", "mpegts",
-                               f"tcp://127.0.0.1:{port}?listen=1"], stdin=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-i",
+            str(path),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            f"tcp://127.0.0.1:{port}?listen=1",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while not listening(port):  # a probe connection would take the one client's place: look instead
         assert server.poll() is None and time.monotonic() < deadline, "ffmpeg is not listening"
@@ -55,8 +70,9 @@ def listening(port: int) -> bool:
 
 
 def kept(second: float, *, new_shot: bool = False) -> LiveFrame:
-    return LiveFrame(image=None, stream_time=second, arrived=0.0,
-                     decision=Decision(keep=True, shot=int(new_shot), new_shot=new_shot))
+    return LiveFrame(
+        image=None, stream_time=second, arrived=0.0, decision=Decision(keep=True, shot=int(new_shot), new_shot=new_shot)
+    )
 
 
 def skipped(second: float) -> LiveFrame:
@@ -100,8 +116,10 @@ def model():
 
 # -- speech ------------------------------------------------------------------------------------
 
-SENTENCES = {1.0: "Hello, this is the first sentence of the test.",
-             5.5: "And here the second speaker talks about the weather."}
+SENTENCES = {
+    1.0: "Hello, this is the first sentence of the test.",
+    5.5: "And here the second speaker talks about the weather.",
+}
 SPEECH_DURATION = 10.0
 
 
@@ -123,10 +141,38 @@ def speech_stream(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
         filters.append(f"[{index + 1}:a]adelay={delay}|{delay},apad[a{index}]")
     mix = ";".join(filters) + f";[a0][a1]amix=inputs=2:normalize=0:duration=longest,atrim=0:{SPEECH_DURATION}[mix]"
     stream = folder / "speech.ts"
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:duration={SPEECH_DURATION}", *inputs,
-           "-filter_complex", mix, "-map", "0:v", "-map", "[mix]", "-ac", "2", "-ar", "44100",
-           "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
-           "-t", str(SPEECH_DURATION), "-f", "mpegts", str(stream))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=160x120:rate=25:duration={SPEECH_DURATION}",
+        *inputs,
+        "-filter_complex",
+        mix,
+        "-map",
+        "0:v",
+        "-map",
+        "[mix]",
+        "-ac",
+        "2",
+        "-ar",
+        "44100",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-t",
+        str(SPEECH_DURATION),
+        "-f",
+        "mpegts",
+        str(stream),
+    )
     return stream, placed
 
 
@@ -135,11 +181,35 @@ def test_live_transcribe_hears_the_speech_at_its_stream_times(speech_stream, tmp
     whisper = build_tiny_whisper(tmp_path / "tiny-whisper")
     port = free_port()
     server = serve_file(stream, port)
-    cli = subprocess.Popen([*CLI, f"tcp://127.0.0.1:{port}", "--output", str(tmp_path / "result.json"),
-                            "--jsonl", str(tmp_path / "live.jsonl"), "--transcribe", "--asr-model", str(whisper),
-                            "--fps", "1", "--batch-size", "2", "--max-pending-frames", "20", "--reconnect", "0",
-                            "--srt", "--subtitles", "both", *FAST_FLAGS],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            *CLI,
+            f"tcp://127.0.0.1:{port}",
+            "--output",
+            str(tmp_path / "result.json"),
+            "--jsonl",
+            str(tmp_path / "live.jsonl"),
+            "--transcribe",
+            "--asr-model",
+            str(whisper),
+            "--fps",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-pending-frames",
+            "20",
+            "--reconnect",
+            "0",
+            "--srt",
+            "--subtitles",
+            "both",
+            *FAST_FLAGS,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with stopped_afterwards(server, cli):
         out, err = cli.communicate(timeout=STARTUP_S + 60)
     assert cli.returncode == 0, err
@@ -171,9 +241,16 @@ def test_live_transcribe_on_a_stream_without_audio_captions_the_frames(model, tm
     from test_live import serve
 
     caplog.set_level("INFO", logger="llm_caption")
-    options = CaptionOptions(**FAST, transcribe=True, asr_model=str(build_tiny_whisper(tmp_path / "whisper")),
-                             fps=1, batch_size=2, max_pending_frames=20, reconnect=0,
-                             result_path=str(tmp_path / "result.json"))
+    options = CaptionOptions(
+        **FAST,
+        transcribe=True,
+        asr_model=str(build_tiny_whisper(tmp_path / "whisper")),
+        fps=1,
+        batch_size=2,
+        max_pending_frames=20,
+        reconnect=0,
+        result_path=str(tmp_path / "result.json"),
+    )
     port = free_port()
     server = serve(port, seconds=5)
     deadline = time.monotonic() + 30
@@ -184,7 +261,8 @@ def test_live_transcribe_on_a_stream_without_audio_captions_the_frames(model, tm
         result = LiveCaptioner(f"tcp://127.0.0.1:{port}", options, model=model).caption()
     assert result.transcript == [] and result.batches and all(b.speech == "" for b in result.batches)
     assert [r.message for r in caplog.records if "no audio" in r.message] == [
-        "transcribe: no audio stream; captioning the frames only"]
+        "transcribe: no audio stream; captioning the frames only"
+    ]
 
 
 # -- adaptive sampling -------------------------------------------------------------------------
@@ -197,17 +275,40 @@ CUTS = [3.0, 6.0]
 @pytest.fixture(scope="module")
 def cuts_stream(tmp_path_factory) -> Path:
     stream = tmp_path_factory.mktemp("live-cuts") / "cuts.ts"
-    inputs = [arg for name, seconds in SHOTS
-              for arg in ("-f", "lavfi", "-i", f"{name}=size=160x120:rate=25,trim=duration={seconds}")]
+    inputs = [
+        arg
+        for name, seconds in SHOTS
+        for arg in ("-f", "lavfi", "-i", f"{name}=size=160x120:rate=25,trim=duration={seconds}")
+    ]
     joined = "".join(f"[{i}]" for i in range(len(SHOTS))) + f"concat=n={len(SHOTS)}:v=1:a=0,format=yuv420p"
-    ffmpeg(*inputs, "-filter_complex", joined, "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
-           "-f", "mpegts", str(stream))
+    ffmpeg(
+        *inputs,
+        "-filter_complex",
+        joined,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-f",
+        "mpegts",
+        str(stream),
+    )
     return stream
 
 
 def test_live_adaptive_sampling_ends_batches_at_cuts(cuts_stream, model, tmp_path):
-    options = CaptionOptions(**FAST, sampling="adaptive", fps=2, batch_size=4, max_pending_frames=40, reconnect=0,
-                             result_path=str(tmp_path / "result.json"), jsonl_path=str(tmp_path / "live.jsonl"))
+    options = CaptionOptions(
+        **FAST,
+        sampling="adaptive",
+        fps=2,
+        batch_size=4,
+        max_pending_frames=40,
+        reconnect=0,
+        result_path=str(tmp_path / "result.json"),
+        jsonl_path=str(tmp_path / "live.jsonl"),
+    )
     port = free_port()
     server = serve_file(cuts_stream, port)
     with stopped_afterwards(server):
@@ -244,13 +345,17 @@ def test_a_live_batch_that_fails_whole_is_retried_split_in_two(model, monkeypatc
         return real(requests, **kwargs)
 
     monkeypatch.setattr(model, "describe_batch", describe_batch)
-    options = CaptionOptions(**FAST, batch_size=4, result_path=str(tmp_path / "result.json"),
-                             jsonl_path=str(tmp_path / "live.jsonl"))
+    options = CaptionOptions(
+        **FAST, batch_size=4, result_path=str(tmp_path / "result.json"), jsonl_path=str(tmp_path / "live.jsonl")
+    )
     frames = LatestFrames(capacity=8)
     run = LiveRun("test://frames", options, frames, model)
     for second in range(8):
-        frames.put(LiveFrame(image=Image.new("RGB", (64, 48), (second * 30, 90, 60)), stream_time=float(second),
-                             arrived=time.time()))
+        frames.put(
+            LiveFrame(
+                image=Image.new("RGB", (64, 48), (second * 30, 90, 60)), stream_time=float(second), arrived=time.time()
+            )
+        )
     frames.close(drain=True)
     run.start()
     run.join()
@@ -260,3 +365,42 @@ def test_a_live_batch_that_fails_whole_is_retried_split_in_two(model, monkeypatc
     assert [(b.frames, b.error) for b in result.batches] == [(4, None), (4, None)]
     assert all(b.description for b in result.batches)
     assert [r["error"] if "error" in r else None for r in records(tmp_path) if r["type"] == "batch"] == [None, None]
+
+
+# -- the HTML report ---------------------------------------------------------------------------
+
+
+def test_a_live_run_rewrites_its_report_as_batches_arrive(cuts_stream, model, tmp_path, monkeypatch):
+    """Each described batch rewrites the report, marked in progress; the end writes it whole."""
+    from videocaption.live import captioner as live_module
+
+    rewrites = []
+    write_outputs = live_module.write_outputs
+
+    def watched(result, options, **files):
+        written = write_outputs(result, options, **files)
+        page = (tmp_path / "r.html").read_text(encoding="utf-8")
+        rewrites.append((files.get("partial", False), len(result.batches), "In progress" in page))
+        return written
+
+    monkeypatch.setattr(live_module, "write_outputs", watched)
+    options = CaptionOptions(
+        **FAST,
+        fps=1,
+        batch_size=2,
+        max_pending_frames=40,
+        reconnect=0,
+        report_images="folder",
+        result_path=str(tmp_path / "r.json"),
+        report_path=str(tmp_path / "r.html"),
+    )
+    port = free_port()
+    with stopped_afterwards(serve_file(cuts_stream, port)):
+        result = LiveCaptioner(f"tcp://127.0.0.1:{port}", options, model=model).caption()
+    partial, final = rewrites[:-1], rewrites[-1]
+    assert [count for _, count, _ in partial] == list(range(1, len(result.batches) + 1))
+    assert all(is_partial and in_progress for is_partial, _, in_progress in partial)
+    assert final == (False, len(result.batches), False)
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"<img ", html)) == result.frames_analysed
+    assert len(list((tmp_path / "r_files").glob("*.jpg"))) == result.frames_analysed

@@ -14,13 +14,13 @@ import textwrap
 
 import pytest
 import torch
+from helpers import FAST, REPO_ROOT, make_clip
 from PIL import Image
 
-from helpers import FAST, REPO_ROOT, make_clip
 from videocaption.backends import load_model
+from videocaption.captioning.captioner import Captioner
 from videocaption.errors import ContextOverflowError
 from videocaption.options import CaptionOptions
-from videocaption.captioning.captioner import Captioner
 
 POISON = (255, 0, 0)  # frames of this colour make the model fail
 
@@ -68,8 +68,11 @@ def caption(model, colours, **options) -> Captioner:
 
 def test_a_batch_that_fails_whole_is_retried_as_two_halves(model, calls):
     """Out of memory on four frames, fine on two: the split retry describes the whole batch."""
-    log = calls(lambda requests: torch.OutOfMemoryError("CUDA out of memory")
-                if any(len(images) > 2 for images, _ in requests) else None)
+    log = calls(
+        lambda requests: torch.OutOfMemoryError("CUDA out of memory")
+        if any(len(images) > 2 for images, _ in requests)
+        else None
+    )
     result = caption(model, [(90, 120, 60)] * 4).finish()
     assert log[:2] == [[4], [2, 2]]
     (batch,) = result.batches
@@ -78,8 +81,11 @@ def test_a_batch_that_fails_whole_is_retried_as_two_halves(model, calls):
 
 
 def test_a_batch_that_still_fails_is_recorded_and_the_run_goes_on(model, calls):
-    log = calls(lambda requests: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-                if any(poisoned(images) for images, _ in requests) else None)
+    log = calls(
+        lambda requests: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any(poisoned(images) for images, _ in requests)
+        else None
+    )
     colours = [(90, 120, 60)] * 8
     colours[1] = POISON  # in the first batch (frames 0-3)
     result = caption(model, colours).finish()
@@ -97,8 +103,11 @@ def test_a_batch_that_still_fails_is_recorded_and_the_run_goes_on(model, calls):
 
 def test_one_failing_batch_in_a_group_does_not_fail_the_others(model, calls):
     """With --multithreading several batches share a call: a failure is narrowed to its batch."""
-    calls(lambda requests: RuntimeError("device-side assert triggered")
-          if any(poisoned(images) for images, _ in requests) else None)
+    calls(
+        lambda requests: RuntimeError("device-side assert triggered")
+        if any(poisoned(images) for images, _ in requests)
+        else None
+    )
     colours = [(90, 120, 60)] * 12
     colours[5] = POISON  # batch 2 of 3
     result = caption(model, colours, multithreading=True, max_threads=3).finish()
@@ -142,13 +151,32 @@ CLI_WITH_FAILING_MODEL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cli_exit_code_says_the_run_was_incomplete(tmp_path):
     clip = tmp_path / "clip.mp4"
     make_clip(clip, duration=6, size="160x120")
     done = subprocess.run(
-        [sys.executable, "-c", CLI_WITH_FAILING_MODEL, str(clip), "--model", FAST["model"], "--device", "cpu",
-         "--max-new-tokens", "4", "--batch-size", "3", "--output", str(tmp_path / "result.json")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            CLI_WITH_FAILING_MODEL,
+            str(clip),
+            "--model",
+            FAST["model"],
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "3",
+            "--output",
+            str(tmp_path / "result.json"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 3, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     assert "incomplete: batches 1 could not be described" in done.stderr

@@ -41,7 +41,7 @@ def test_multithreading_defaults_to_several_batches_in_flight():
         ({"fps": float("nan")}, "fps must be a positive number"),
         ({"fps": "1"}, "fps must be a number"),
         ({"device": "tpu"}, "device must be one of"),
-        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"dtype": "int4"}, "dtype must be one of"),
         ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
         ({"prompt": ""}, "prompt must be a non-empty string"),
         ({"result_path": None}, "result_path must be a non-empty string"),
@@ -97,14 +97,37 @@ def test_the_roles_in_the_fields_are_the_lists_the_modules_kept():
     from videocaption.options import options_with_role
 
     assert set(options_with_role("live_only")) == {
-        "jsonl_path", "summary_every", "summary_all", "reconnect", "reconnect_delay", "stall_timeout",
-        "max_pending_frames"}
+        "jsonl_path",
+        "summary_every",
+        "summary_all",
+        "reconnect",
+        "reconnect_delay",
+        "stall_timeout",
+        "max_pending_frames",
+    }
     assert set(options_with_role("fingerprint")) == {
-        "model", "batch_size", "fps", "prompt", "max_new_tokens", "time_aware", "dtype"}
+        "model",
+        "batch_size",
+        "fps",
+        "prompt",
+        "max_new_tokens",
+        "time_aware",
+        "dtype",
+    }
     assert set(options_with_role("fingerprint", "adaptive")) == {
-        "sampling", "scene_threshold", "duplicate_threshold", "max_gap"}
+        "sampling",
+        "scene_threshold",
+        "duplicate_threshold",
+        "max_gap",
+    }
     assert set(options_with_role("library", "per_video")) == {
-        "result_path", "srt_path", "vtt_path", "resume", "video_end"}
+        "result_path",
+        "srt_path",
+        "vtt_path",
+        "report_path",
+        "resume",
+        "video_end",
+    }
     assert options_with_role("library", "refused") == ("live",)
     with pytest.raises(ValueError, match="unknown option role"):
         options_with_role("fingerprinted")
@@ -117,10 +140,13 @@ def test_library_workers_set_exactly_the_per_video_options():
     from videocaption.library.workers import video_options
     from videocaption.options import options_with_role
 
-    given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", result_path="given.json")
+    given = CaptionOptions(srt_path="a.srt", vtt_path="a.vtt", report_path="a.html", result_path="given.json")
     per_video = video_options(given, "out", LibraryItem("in/a.mp4", "a"))
-    changed = {field.name for field in dataclasses.fields(CaptionOptions)
-               if getattr(per_video, field.name) != getattr(given, field.name)}
+    changed = {
+        field.name
+        for field in dataclasses.fields(CaptionOptions)
+        if getattr(per_video, field.name) != getattr(given, field.name)
+    }
     # video_end too, from the probe, in CaptionWorker.caption.
     assert changed | {"video_end"} == set(options_with_role("library", "per_video"))
 
@@ -142,7 +168,8 @@ def test_docs_options_table_is_the_generated_one():
     text = doc.read_text(encoding="utf-8")
     assert text == update_options_doc(text), (
         "docs/options.md's table differs from the options' fields; regenerate it with: "
-        ".venv/bin/python -m videocaption.options --update docs/options.md")
+        ".venv/bin/python -m videocaption.options --update docs/options.md"
+    )
 
 
 def test_the_table_has_every_option_once_with_its_flag():

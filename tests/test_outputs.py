@@ -8,8 +8,8 @@ import shutil
 import pytest
 import srt
 import webvtt
-
 from helpers import FAST, SAMPLE_CLIP, SAMPLE_DURATION, make_clip, run_cli
+
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
@@ -19,8 +19,17 @@ from videocaption.options import CaptionOptions
 def subtitled(tmp_path_factory):
     """One CLI run on the sample clip writing result.json, an SRT file beside it and a VTT file elsewhere."""
     folder = tmp_path_factory.mktemp("subtitles")
-    done = run_cli(str(SAMPLE_CLIP), "--batch-size", "2", "--output", "out/result.json", "--srt",
-                   "--vtt", "captions.vtt", cwd=folder)
+    done = run_cli(
+        str(SAMPLE_CLIP),
+        "--batch-size",
+        "2",
+        "--output",
+        "out/result.json",
+        "--srt",
+        "--vtt",
+        "captions.vtt",
+        cwd=folder,
+    )
     assert done.returncode == 0, done.stderr
     return folder, json.loads((folder / "out" / "result.json").read_text())
 
@@ -35,16 +44,21 @@ def test_srt_has_one_cue_per_batch_at_the_batch_times(subtitled):
     # past the end of the video stream (the last frame at 5.24 s lasts until 5.28 s).
     assert batches[-1]["end_time"] == 5.0
     assert [c.end.total_seconds() for c in cues] == [b["start_time"] for b in batches[1:]] + [SAMPLE_DURATION]
-    assert [" ".join(c.content.split()) for c in cues] == [" ".join(b["description"].replace("-->", "->").split())
-                                                           for b in batches]
+    assert [" ".join(c.content.split()) for c in cues] == [
+        " ".join(b["description"].replace("-->", "->").split()) for b in batches
+    ]
 
 
-@pytest.mark.parametrize("extra, duration, video_end", [
-    ((), 0.2, 0.2),  # five frames: one cue, 0.2 s long (not the 1 s of the sampling interval)
-    # Variable frame rate: ten frames 0.04 s apart, then every seventh; the last, at 1.96 s,
-    # lasts 0.04 s. (The MP4's stream duration says 1.52 s and the container's 2.2 s.)
-    (("-vf", "select='lt(n,10)+not(mod(n,7))'", "-fps_mode", "vfr"), 2.2, 2.0),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, duration, video_end",
+    [
+        ((), 0.2, 0.2),  # five frames: one cue, 0.2 s long (not the 1 s of the sampling interval)
+        # Variable frame rate: ten frames 0.04 s apart, then every seventh; the last, at 1.96 s,
+        # lasts 0.04 s. (The MP4's stream duration says 1.52 s and the container's 2.2 s.)
+        (("-vf", "select='lt(n,10)+not(mod(n,7))'", "-fps_mode", "vfr"), 2.2, 2.0),
+    ],
+)
 def test_the_last_cue_ends_with_the_video(tmp_path, extra, duration, video_end):
     clip = make_clip(tmp_path / "clip.mp4", *extra, duration=duration, size="160x120", rate=25)
     done = run_cli(str(clip), "--srt", cwd=tmp_path)
@@ -89,6 +103,7 @@ def test_prompts_carry_the_frame_times(tmp_path, monkeypatch):
     assert not any("0:03.0" in prompt for prompt in seen)
 
 
+@pytest.mark.slow
 def test_a_folder_gets_one_result_per_video_and_done_ones_are_skipped(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

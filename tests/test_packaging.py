@@ -32,11 +32,13 @@ def test_requirements_files_list_what_pyproject_installs():
     everything = set(PYPROJECT["project"]["dependencies"])
     for name in ("transformers", "serve", "speech", "ray"):
         everything |= set(extras[name])
-    assert {normalized(r) for r in requirement_lines(REPO_ROOT / "requirements.txt")} == \
-        {normalized(r) for r in everything}
+    assert {normalized(r) for r in requirement_lines(REPO_ROOT / "requirements.txt")} == {
+        normalized(r) for r in everything
+    }
     test_only = {r for r in extras["test"] if not r.startswith("llm-caption")}
-    assert {normalized(r) for r in requirement_lines(REPO_ROOT / "requirements-test.txt")} == \
-        {normalized(r) for r in test_only}
+    assert {normalized(r) for r in requirement_lines(REPO_ROOT / "requirements-test.txt")} == {
+        normalized(r) for r in test_only
+    }
 
 
 def test_console_script_runs_from_any_directory(tmp_path):
@@ -59,9 +61,16 @@ def test_package_imports_from_any_directory_without_bmf_or_torch(tmp_path):
 
 
 def test_no_code_edits_the_import_path():
-    sources = [*REPO_ROOT.glob("*.py"), *(REPO_ROOT / "videocaption").rglob("*.py"), *(REPO_ROOT / "benchmarks").rglob("*.py")]
-    offenders = [str(path.relative_to(REPO_ROOT)) for path in sources
-                 if re.search(r"sys\.path\.(insert|append)|PYTHONPATH", path.read_text(encoding="utf-8"))]
+    sources = [
+        *REPO_ROOT.glob("*.py"),
+        *(REPO_ROOT / "videocaption").rglob("*.py"),
+        *(REPO_ROOT / "benchmarks").rglob("*.py"),
+    ]
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in sources
+        if re.search(r"sys\.path\.(insert|append)|PYTHONPATH", path.read_text(encoding="utf-8"))
+    ]
     assert offenders == []
 
 
@@ -69,10 +78,17 @@ def test_no_code_edits_the_import_path():
 def test_wheel_holds_the_package_the_module_file_and_the_console_script(tmp_path):
     """What ``pip install .`` installs elsewhere: every subpackage, ``llm_caption.py`` for BMF, the script."""
     source = tmp_path / "source"  # setuptools builds in the source tree: build a copy, not the checkout
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "build", "*.egg-info",
-                                                                      "__pycache__", "results"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
-                   check=True, timeout=300, capture_output=True)
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "tests", "build", "*.egg-info", "__pycache__", "results"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("llm_caption-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "llm_caption.py" in names

@@ -67,8 +67,22 @@ WINDOW_HEIGHT = 600
 
 def sample_frames(folder: Path) -> list[Image.Image]:
     """The sample clip's frames at FRAME_TIMES (every 25th of 25 fps), decoded by ffmpeg."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(SAMPLE_CLIP), "-vf", r"select=not(mod(n\,25))",
-                    "-fps_mode", "vfr", str(folder / "frame-%d.png")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(SAMPLE_CLIP),
+            "-vf",
+            r"select=not(mod(n\,25))",
+            "-fps_mode",
+            "vfr",
+            str(folder / "frame-%d.png"),
+        ],
+        check=True,
+    )
     frames = [Image.open(folder / f"frame-{index + 1}.png") for index in range(len(FRAME_TIMES))]
     assert all(frame.size == (1280, 720) for frame in frames)
     return frames
@@ -76,17 +90,59 @@ def sample_frames(folder: Path) -> list[Image.Image]:
 
 def caption_result(batches: int = 4) -> CaptionResult:
     made = [
-        BatchCaption(1, 2, 0.0, 1.0, "A green meadow at dawn.", 1.5, prompt_tokens=900, image_tokens=842,
-                     generated_tokens=12, speech="hello there", shot=0),
-        BatchCaption(2, 2, 2.0, 3.0, HOSTILE_DESCRIPTION, 1.25, prompt_tokens=901, image_tokens=842,
-                     generated_tokens=16, speech="", shot=0, frames_skipped=1),
+        BatchCaption(
+            1,
+            2,
+            0.0,
+            1.0,
+            "A green meadow at dawn.",
+            1.5,
+            prompt_tokens=900,
+            image_tokens=842,
+            generated_tokens=12,
+            speech="hello there",
+            shot=0,
+        ),
+        BatchCaption(
+            2,
+            2,
+            2.0,
+            3.0,
+            HOSTILE_DESCRIPTION,
+            1.25,
+            prompt_tokens=901,
+            image_tokens=842,
+            generated_tokens=16,
+            speech="",
+            shot=0,
+            frames_skipped=1,
+        ),
         BatchCaption(3, 1, 4.0, 4.0, "", 0.0, error="RuntimeError: CUDA out of memory", speech="<i>bye</i>", shot=1),
-        BatchCaption(4, 1, 5.0, 5.0, "The rabbit looks at a butterfly.", 0.75, prompt_tokens=480,
-                     image_tokens=421, generated_tokens=9, speech="", shot=1),
+        BatchCaption(
+            4,
+            1,
+            5.0,
+            5.0,
+            "The rabbit looks at a butterfly.",
+            0.75,
+            prompt_tokens=480,
+            image_tokens=421,
+            generated_tokens=9,
+            speech="",
+            shot=1,
+        ),
     ][:batches]
-    return CaptionResult(video_title="Big Buck Bunny <wakes>", summary="A rabbit wakes up in a meadow.",
-                         batch_size=2, batches=made, model="tiny", fps=1.0, turnaround_time=7.5,
-                         video_end=DURATION, transcript=SPEECH)
+    return CaptionResult(
+        video_title="Big Buck Bunny <wakes>",
+        summary="A rabbit wakes up in a meadow.",
+        batch_size=2,
+        batches=made,
+        model="tiny",
+        fps=1.0,
+        turnaround_time=7.5,
+        video_end=DURATION,
+        transcript=SPEECH,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +161,9 @@ def thumbnails(frames) -> Thumbnails:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, thumbnails) -> Path:
     folder = tmp_path_factory.mktemp("report")
-    return write_report(caption_result(), thumbnails, folder / "result.html", video_name=HOSTILE_NAME,
-                        video_duration=DURATION)
+    return write_report(
+        caption_result(), thumbnails, folder / "result.html", video_name=HOSTILE_NAME, video_duration=DURATION
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +178,10 @@ def of_class(dom, name: str) -> list:
 
 
 def style_percent(element, prop: str) -> float:
-    declarations = dict((name.strip(), value) for name, value in (part.split(":") for part in element.attrs["style"].split(";") if part.strip()))
+    declarations = dict(
+        (name.strip(), value)
+        for name, value in (part.split(":") for part in element.attrs["style"].split(";") if part.strip())
+    )
     return float(declarations[prop].strip().removesuffix("%"))
 
 
@@ -179,7 +239,14 @@ def test_one_card_per_batch_in_time_order_with_its_frames(dom):
     assert starts == sorted(starts) == [0.0, 2.0, 4.0, 5.0]
     frame_times = [float(img.attrs["data-time"]) for img in dom if img.tag == "img"]
     assert frame_times == FRAME_TIMES
-    assert [e.text for e in dom if e.tag == "figcaption"] == ["0:00.0", "0:01.0", "0:02.0", "0:03.0", "0:04.0", "0:05.0"]
+    assert [e.text for e in dom if e.tag == "figcaption"] == [
+        "0:00.0",
+        "0:01.0",
+        "0:02.0",
+        "0:03.0",
+        "0:04.0",
+        "0:05.0",
+    ]
     text = " ".join(card.text for card in cards)
     assert "hello there" in text and "A green meadow at dawn." in text
     assert "900 prompt tokens (842 image), 12 generated, 1.50 s" in text
@@ -204,8 +271,10 @@ def test_timeline_bars_are_to_scale(dom):
     [skipped] = of_class(dom, "skipped")
     assert skipped.attrs["href"] == "#batch-2" and "1 near-duplicate" in skipped.attrs["title"]
     speech = of_class(dom, "speech")
-    assert [(float(s.attrs["data-start"]), float(s.attrs["data-end"])) for s in speech if s.tag == "a"] == \
-        [(0.3, 1.6), (4.2, 5.0)]
+    assert [(float(s.attrs["data-start"]), float(s.attrs["data-end"])) for s in speech if s.tag == "a"] == [
+        (0.3, 1.6),
+        (4.2, 5.0),
+    ]
 
 
 def test_every_bar_links_to_a_card_and_a_click_scrolls_to_it(dom):
@@ -257,13 +326,17 @@ def test_screenshot_is_not_blank(page, tmp_path):
 
 
 def linked_files(report: Path) -> list[Path]:
-    return [report.parent / unquote(img.attrs["src"]) for img in elements(report.read_text(encoding="utf-8"))
-            if img.tag == "img"]
+    return [
+        report.parent / unquote(img.attrs["src"])
+        for img in elements(report.read_text(encoding="utf-8"))
+        if img.tag == "img"
+    ]
 
 
 def test_folder_images_are_written_with_the_page_and_shown(tmp_path, thumbnails):
-    report = write_report(caption_result(), thumbnails, tmp_path / "result.html", video_name="v.mp4",
-                          images="folder", poster=True)
+    report = write_report(
+        caption_result(), thumbnails, tmp_path / "result.html", video_name="v.mp4", images="folder", poster=True
+    )
     files = linked_files(report)
     assert len(files) == len(FRAME_TIMES) and all(f.parent == tmp_path / "result_files" and f.is_file() for f in files)
     assert {f.read_bytes() for f in files} == {t.jpeg for t in thumbnails}
@@ -279,8 +352,9 @@ def test_a_live_rewrite_writes_only_new_thumbnails_and_says_it_is_in_progress(tm
     early = Thumbnails()
     for thumbnail in list(thumbnails)[:4]:
         early._thumbnails[round(thumbnail.timestamp * 1_000_000)] = thumbnail
-    report = write_report(caption_result(batches=2), early, tmp_path / "result.html", video_name="live",
-                          images="folder", partial=True)
+    report = write_report(
+        caption_result(batches=2), early, tmp_path / "result.html", video_name="live", images="folder", partial=True
+    )
     assert "In progress: 2 batches" in report.read_text(encoding="utf-8")
     first = {path.name: path.stat().st_ino for path in asset_folder(report).iterdir()}
     assert len(first) == 4
@@ -300,8 +374,9 @@ def test_a_rerun_on_other_frames_removes_the_old_thumbnails(tmp_path, thumbnails
 
 
 def test_a_failed_write_keeps_the_old_report_and_every_picture_it_shows(tmp_path, thumbnails, monkeypatch):
-    report = write_report(caption_result(batches=2), thumbnails, tmp_path / "result.html", video_name="v",
-                          images="folder")
+    report = write_report(
+        caption_result(batches=2), thumbnails, tmp_path / "result.html", video_name="v", images="folder"
+    )
     before = report.read_text(encoding="utf-8")
     pictures = {path: path.read_bytes() for path in linked_files(report)}
     other = Thumbnails()
@@ -327,8 +402,13 @@ def small_disk(tmp_path):
     """A 256 KiB tmpfs (needs root)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         yield disk
@@ -358,8 +438,13 @@ def library(tmp_path, thumbnails) -> Path:
     rows = [
         ManifestRow(path="/videos/b/long.mp4", key="b/long.mp4", status=OK, title="A long <one>", duration=605.5),
         ManifestRow(path="/videos/a/short.mp4", key="a/short.mp4", status=OK, title="A short one", duration=5.28),
-        ManifestRow(path="/videos/c/broken.mp4", key="c/broken.mp4", status=FAILED,
-                    error="no video stream <script>alert(1)</script>", duration=None),
+        ManifestRow(
+            path="/videos/c/broken.mp4",
+            key="c/broken.mp4",
+            status=FAILED,
+            error="no video stream <script>alert(1)</script>",
+            duration=None,
+        ),
         ManifestRow(path="/videos/d/notes.txt", key="d/notes.txt", status=SKIPPED, error="not a video"),
     ]
     return write_library_index(rows, root)
@@ -405,13 +490,20 @@ def test_library_index_sorts_by_a_clicked_column(library):
 
 def test_names_with_url_characters_still_link(tmp_path, thumbnails):
     """A "#" or "?" in a file name is part of the path, not a fragment or a query."""
-    report = write_report(caption_result(), thumbnails, tmp_path / "out" / "my #1?.mp4" / "take #2.html",
-                          video_name="v", images="folder", poster=True)
+    report = write_report(
+        caption_result(),
+        thumbnails,
+        tmp_path / "out" / "my #1?.mp4" / "take #2.html",
+        video_name="v",
+        images="folder",
+        poster=True,
+    )
     files = linked_files(report)
     assert files and all(path.is_file() for path in files)
     assert all("%23" in img.attrs["src"] for img in elements(report.read_text(encoding="utf-8")) if img.tag == "img")
-    index = write_library_index([ManifestRow(path="/v/my #1?.mp4", key="my #1?.mp4", status=OK)], tmp_path / "out",
-                                report_name="take #2.html")
+    index = write_library_index(
+        [ManifestRow(path="/v/my #1?.mp4", key="my #1?.mp4", status=OK)], tmp_path / "out", report_name="take #2.html"
+    )
     [link] = [e.attrs["href"] for e in elements(index.read_text(encoding="utf-8")) if e.tag == "a"]
     assert link == "my%20%231%3F.mp4/take%20%232.html" and (index.parent / unquote(link)).is_file()
     if CHROMIUM is not None:
@@ -440,8 +532,16 @@ class BatchWithEvents(BatchCaption):
 
 def test_events_and_the_summary_evidence_show_when_the_result_has_them(thumbnails):
     batch = BatchWithEvents(1, 2, 0.0, 1.0, "A door opens.", events=({"time": 0.5, "label": "door <opens>"}, "bell"))
-    result = CaptionResult(video_title="t", summary="s", batch_size=2, batches=[batch], model="m", fps=1.0,
-                           turnaround_time=1.0, extra={"summary_evidence": [{"text": "A door opens.", "batches": [1, 9]}]})
+    result = CaptionResult(
+        video_title="t",
+        summary="s",
+        batch_size=2,
+        batches=[batch],
+        model="m",
+        fps=1.0,
+        turnaround_time=1.0,
+        extra={"summary_evidence": [{"text": "A door opens.", "batches": [1, 9]}]},
+    )
     html = render_report(result, thumbnails, video_name="v.mp4")
     assert "<li>0:00.5 label: door &lt;opens&gt;</li>" in html and "<li>bell</li>" in html
     # Evidence links only to batches that exist.

@@ -6,9 +6,9 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import CLI as CLI_ALONE
 from helpers import FAST, FAST_FLAGS, SAMPLE_CLIP, untimed
+
 from videocaption.captioning.checkpoint import checkpoint_path
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
@@ -29,6 +29,7 @@ def uninterrupted(tmp_path_factory):
     return run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, batch_size=1, result_path=str(path))).to_dict()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
     process = subprocess.Popen(CLI, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(tmp_path / "result.json.partial")
@@ -48,14 +49,20 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupte
 
 def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
     options = CaptionOptions(**FAST, batch_size=1, result_path=str(tmp_path / "result.json"))
-    checkpoint_path(options.result_path).write_text(json.dumps({
-        "version": 1, "fingerprint": "not this video",
-        "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
-    }))
+    checkpoint_path(options.result_path).write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "fingerprint": "not this video",
+                "batches": [{"batch_id": 1, "frames": 1, "start_time": 0.0, "end_time": 0.0, "description": "stale"}],
+            }
+        )
+    )
     resumed = run_caption_graph(SAMPLE_CLIP, options.replace(resume=True)).to_dict()
     assert untimed(resumed) == untimed(uninterrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_keeps_only_the_checkpoint_and_resume_finishes(tmp_path, uninterrupted, signum, code):
     command = CLI

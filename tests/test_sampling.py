@@ -9,14 +9,14 @@ from pathlib import Path
 import bmf
 import numpy as np
 import pytest
-
 from helpers import FAST, REPO_ROOT, ffmpeg, untimed
+
 from videocaption.captioning.batching import FrameBatcher
 from videocaption.captioning.checkpoint import Checkpoint, checkpoint_path
-from videocaption.sampling.grid import SampledFrame, select_expression
 from videocaption.graph.build import module_options
 from videocaption.graph.runner import run_caption_graph, wait_for_graph
 from videocaption.options import CaptionOptions
+from videocaption.sampling.grid import SampledFrame, select_expression
 from videocaption.sampling.samplers import AdaptiveSampler, shot_spans
 from videocaption.sampling.shots import changed_area, luma_thumbnail, scene_change
 
@@ -42,8 +42,21 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     joined = "".join(f"[{i}]" for i in range(len(SHOTS))) + f"concat=n={len(SHOTS)}:v=1:a=0,format=yuv420p"
     ffmpeg(*inputs, "-filter_complex", joined, "-c:v", "libx264", "-preset", "veryfast", str(cuts))
     # A still picture with light temporal noise, compressed: what a slide or a static camera gives.
-    ffmpeg("-f", "lavfi", "-i", f"smptehdbars=size={SIZE}:rate=25:duration=60", "-vf",
-           "noise=alls=10:allf=t,format=yuv420p", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", str(static))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"smptehdbars=size={SIZE}:rate=25:duration=60",
+        "-vf",
+        "noise=alls=10:allf=t,format=yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "26",
+        str(static),
+    )
     ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={SIZE}:rate=25:duration=10", "-pix_fmt", "yuv420p", str(motion))
     return {"cuts": cuts, "static": static, "motion": motion}
 
@@ -54,8 +67,12 @@ def caption(clip: Path, tmp_path: Path, **options) -> dict:
 
 
 def duration(clip: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(clip)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(clip)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(out)
 
 
@@ -92,7 +109,7 @@ def test_thumbnails_ignore_noise_but_see_a_small_moving_subject():
 
 def test_ten_bit_planes_are_scaled_to_eight_bits():
     eight = np.full((120, 160), 200, np.uint8)
-    assert np.allclose(luma_thumbnail(eight), luma_thumbnail((eight.astype(np.uint16) * 4)), atol=1.5)
+    assert np.allclose(luma_thumbnail(eight), luma_thumbnail(eight.astype(np.uint16) * 4), atol=1.5)
 
 
 def test_sampler_keeps_the_first_frame_after_a_cut_and_one_every_max_gap():
@@ -138,6 +155,7 @@ def test_every_batch_lies_within_one_shot_and_each_cut_starts_one(clips, tmp_pat
     assert [shot for shot, _, _ in spans] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_static_shot_sends_a_frame_every_max_gap(clips, tmp_path):
     adaptive = caption(clips["static"], tmp_path, batch_size=8)
     uniform = caption(clips["static"], tmp_path, batch_size=8, sampling="uniform")
@@ -168,8 +186,9 @@ def test_adaptive_runs_resume_to_the_uninterrupted_result(clips, tmp_path, monke
     drop = ("video_title", "summary")
     batches = lambda r: [{k: v for k, v in b.items() if k != "description"} for b in untimed(r["batches"])]  # noqa: E731
     assert batches(resumed) == batches(whole)
-    assert {k: v for k, v in untimed(resumed).items() if k not in drop + ("batches",)} == \
-           {k: v for k, v in untimed(whole).items() if k not in drop + ("batches",)}
+    assert {k: v for k, v in untimed(resumed).items() if k not in drop + ("batches",)} == {
+        k: v for k, v in untimed(whole).items() if k not in drop + ("batches",)
+    }
     # The restored descriptions are the saved ones, word for word.
     assert [b["description"] for b in resumed["batches"][:3]] == [b["description"] for b in saved["batches"]]
 
@@ -179,8 +198,9 @@ def test_a_users_graph_that_samples_before_the_module_still_finds_the_cuts(clips
     options = CaptionOptions(**ADAPTIVE, result_path=str(tmp_path / "result.json"))
     graph = bmf.graph()
     video = graph.decode({"input_path": str(clips["cuts"])})["video"].ff_filter("select", select_expression(1.0))
-    node = bmf.module([video], "llm_caption", module_options(options), module_path=str(REPO_ROOT),
-                      entry="llm_caption.llm_caption")
+    node = bmf.module(
+        [video], "llm_caption", module_options(options), module_path=str(REPO_ROOT), entry="llm_caption.llm_caption"
+    )
     wait_for_graph(graph, node)
     result = json.loads((tmp_path / "result.json").read_text())
     assert_valid(result, clips["cuts"])
@@ -204,8 +224,9 @@ def test_the_captioner_samples_the_same_way_on_every_backend(backend, request):
     from videocaption.captioning.captioner import Captioner
 
     model = request.getfixturevalue("tiny_llava") if backend == "transformers" else FAST["model"]
-    options = CaptionOptions(backend=backend, model=model, device="cpu", max_new_tokens=4, batch_size=2,
-                             sampling="adaptive", max_gap=3)
+    options = CaptionOptions(
+        backend=backend, model=model, device="cpu", max_new_tokens=4, batch_size=2, sampling="adaptive", max_gap=3
+    )
     captioner = Captioner(options)
     # 0-4 s grey (static), 5-6 s white: a cut at 5 s. Frames every 0.5 s, sampled at 1 fps.
     for step in range(14):
@@ -227,9 +248,13 @@ def test_the_cli_prints_each_shots_span(capsys):
     def result(*batches: BatchCaption) -> CaptionResult:
         return CaptionResult("", "", 2, list(batches), "m", 1.0, 0.0)
 
-    print_shots(result(BatchCaption(1, 2, 0.0, 3.0, "", shot=0, frames_skipped=2),
-                       BatchCaption(2, 1, 3.5, 3.9, "", shot=0, frames_skipped=1),
-                       BatchCaption(3, 2, 4.0, 6.0, "", shot=1)))
+    print_shots(
+        result(
+            BatchCaption(1, 2, 0.0, 3.0, "", shot=0, frames_skipped=2),
+            BatchCaption(2, 1, 3.5, 3.9, "", shot=0, frames_skipped=1),
+            BatchCaption(3, 2, 4.0, 6.0, "", shot=1),
+        )
+    )
     assert capsys.readouterr().out == "2 shots: 0:00.0-0:03.9, 0:04.0-0:06.0; 3 near-duplicate frames skipped\n"
     print_shots(result(BatchCaption(1, 4, 0.0, 3.0, "")))  # uniform: nothing
     assert capsys.readouterr().out == ""

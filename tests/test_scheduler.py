@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from videocaption.captioning.batching import FrameBatch
-from videocaption.sampling.grid import SampledFrame
-from videocaption.result import BatchCaption
 from videocaption.captioning.scheduler import BatchScheduler
+from videocaption.result import BatchCaption
+from videocaption.sampling.grid import SampledFrame
 
 
 def batch(batch_id: int) -> FrameBatch:

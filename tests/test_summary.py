@@ -3,14 +3,14 @@
 import json
 
 import pytest
-
 from helpers import FAST, make_clip
+
 from videocaption.backends import load_model
+from videocaption.captioning.summary import Summarizer
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.errors import InvalidOptionError
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.captioning.summary import Summarizer
 
 WORDS = "a rabbit walks slowly across the green meadow while birds fly over the old oak tree".split()
 
@@ -26,11 +26,14 @@ def items(count: int, words: int = 24):
 
 def test_everything_that_fits_is_one_round(model):
     prompts = []
-    summarize = Summarizer(model, CaptionOptions(**FAST), lambda p: prompts.extend(p) or model.complete_batch(p, max_new_tokens=8))
+    summarize = Summarizer(
+        model, CaptionOptions(**FAST), lambda p: prompts.extend(p) or model.complete_batch(p, max_new_tokens=8)
+    )
     summary, rounds = summarize(items(5))
     assert rounds == 1 and len(prompts) == 1 and summary
 
 
+@pytest.mark.slow
 def test_descriptions_that_do_not_fit_are_summarised_in_rounds_within_the_limit(model):
     options = CaptionOptions(**FAST, summary_max_prompt_tokens=150)
     prompts = []
@@ -58,6 +61,7 @@ def test_a_limit_too_small_for_the_instruction_is_refused(model):
         Summarizer(model, CaptionOptions(**FAST, summary_max_prompt_tokens=10), lambda p: p)
 
 
+@pytest.mark.slow
 def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "ten_minutes.mp4", duration=600, size="160x120", rate=1)
     limit = 160
@@ -75,8 +79,9 @@ def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypat
 
     monkeypatch.setattr(DeepseekVL2, "complete_batch", complete_batch)
     monkeypatch.setattr(DeepseekVL2, "describe_batch", describe_batch)
-    options = CaptionOptions(**FAST, fps=0.1, batch_size=8, summary_max_prompt_tokens=limit,
-                             result_path=str(tmp_path / "result.json"))
+    options = CaptionOptions(
+        **FAST, fps=0.1, batch_size=8, summary_max_prompt_tokens=limit, result_path=str(tmp_path / "result.json")
+    )
     result = run_caption_graph(clip, options).to_dict()
     assert result["frames_analysed"] == 60
     assert result["batches"][-1]["end_time"] == pytest.approx(590.0)

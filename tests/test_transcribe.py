@@ -16,21 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import FAST, ffmpeg
 from tiny_whisper import build_tiny_whisper
+
 from videocaption.audio.samples import to_mono_16k
 from videocaption.audio.vad import SpeechDetector
 from videocaption.deepseek_vl2 import DeepseekVL2
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
-from videocaption.result import CaptionResult
 from videocaption.outputs.writers import WriteSRT
+from videocaption.result import CaptionResult
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
-SENTENCES = {2.0: "Hello, this is the first sentence of the test.",
-             8.0: "And here the second speaker talks about the weather."}
+SENTENCES = {
+    2.0: "Hello, this is the first sentence of the test.",
+    8.0: "And here the second speaker talks about the weather.",
+}
 DURATION = 12.0
 TOLERANCE = 0.3  # seconds between a placed and a detected segment edge
 
@@ -60,9 +62,30 @@ def speech(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
         filters.append(f"[{index + 1}:a]adelay={delay}|{delay},apad[a{index}]")
     mix = ";".join(filters) + f";[a0][a1]amix=inputs=2:normalize=0:duration=longest,atrim=0:{DURATION}[mix]"
     clip = folder / "speech.mp4"
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=5:duration={DURATION}", *inputs,
-           "-filter_complex", mix, "-map", "0:v", "-map", "[mix]", "-ac", "2", "-ar", "44100",
-           "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(DURATION), str(clip))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=160x120:rate=5:duration={DURATION}",
+        *inputs,
+        "-filter_complex",
+        mix,
+        "-map",
+        "0:v",
+        "-map",
+        "[mix]",
+        "-ac",
+        "2",
+        "-ar",
+        "44100",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-t",
+        str(DURATION),
+        str(clip),
+    )
     return clip, placed
 
 
@@ -86,8 +109,14 @@ def prompts(monkeypatch) -> list[str]:
 
 
 def caption(clip: Path, tmp_path: Path, whisper: Path, **options) -> dict:
-    options = CaptionOptions(**FAST, batch_size=2, transcribe=True, asr_model=str(whisper),
-                             result_path=str(tmp_path / "result.json"), **options)
+    options = CaptionOptions(
+        **FAST,
+        batch_size=2,
+        transcribe=True,
+        asr_model=str(whisper),
+        result_path=str(tmp_path / "result.json"),
+        **options,
+    )
     return run_caption_graph(clip, options).to_dict()
 
 
@@ -130,8 +159,22 @@ def test_seeking_to_sparse_samples_still_hears_all_the_speech(speech, whisper, t
 
 def test_silence_gives_no_segments(whisper, prompts, tmp_path):
     clip = tmp_path / "silent.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=4", "-f", "lavfi", "-i",
-           "anullsrc=r=48000:cl=stereo", "-shortest", "-pix_fmt", "yuv420p", "-c:a", "aac", str(clip))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=5:duration=4",
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=48000:cl=stereo",
+        "-shortest",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(clip),
+    )
     result = caption(clip, tmp_path, whisper)
     assert result["transcript"] == []
     assert [batch["speech"] for batch in result["batches"]] == ["", ""]
@@ -143,11 +186,13 @@ def test_a_video_without_audio_runs_as_before(small_clip, whisper, tmp_path, cap
     result = caption(small_clip, tmp_path, whisper)
     assert result["frames_analysed"] == 2 and result["transcript"] == []
     assert [r.message for r in caplog.records if "no audio" in r.message] == [
-        "transcribe: no audio stream; captioning the frames only"]
+        "transcribe: no audio stream; captioning the frames only"
+    ]
 
 
-@pytest.mark.parametrize("audio", [["-ac", "6", "-ar", "48000"], ["-ac", "1", "-ar", "11025"]],
-                         ids=["6-channels", "11025-Hz"])
+@pytest.mark.parametrize(
+    "audio", [["-ac", "6", "-ar", "48000"], ["-ac", "1", "-ar", "11025"]], ids=["6-channels", "11025-Hz"]
+)
 def test_unusual_audio_layouts_are_heard(speech, whisper, tmp_path, audio):
     clip, placed = speech
     other = tmp_path / "other.mkv"
@@ -163,7 +208,7 @@ def test_corrupt_audio_packets_never_stop_the_captions(speech, whisper, tmp_path
     data = bytearray(mkv.read_bytes())
     rng = np.random.default_rng(0)
     for offset in rng.integers(len(data) // 4, len(data) * 3 // 4, size=40):  # damage the middle
-        data[offset:offset + 16] = rng.integers(0, 256, size=16, dtype=np.uint8).tobytes()
+        data[offset : offset + 16] = rng.integers(0, 256, size=16, dtype=np.uint8).tobytes()
     broken = tmp_path / "broken.mkv"
     broken.write_bytes(bytes(data))
     result = caption(broken, tmp_path, whisper)
@@ -174,13 +219,16 @@ def test_corrupt_audio_packets_never_stop_the_captions(speech, whisper, tmp_path
 def test_detector_memory_stays_flat_over_a_long_stream(speech):
     """Five minutes of speech and silence: the samples kept never exceed the longest segment."""
     clip, placed = speech
-    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
-                             capture_output=True, check=True).stdout
+    decoded = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(clip), "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     audio = np.frombuffer(decoded, dtype=np.int16).astype(np.float32) / 32768
     detector, found, kept = SpeechDetector(max_segment=5.0), [], 0
     for lap in range(25):  # 25 x 12 s
         for start in range(0, len(audio), 4000):
-            found += detector.feed(audio[start:start + 4000], lap * DURATION + start / 16000)
+            found += detector.feed(audio[start : start + 4000], lap * DURATION + start / 16000)
             kept = max(kept, len(detector._kept))
     assert len(found) == 2 * 25
     assert kept <= 6 * 16000
@@ -205,6 +253,7 @@ def test_speech_subtitles_come_from_the_transcript(tmp_path):
     assert WriteSRT().render(result) == WriteSRT("captions").render(make_result())
 
 
+@pytest.mark.slow
 def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_path):
     """A real OpenAI-compatible /v1/audio/transcriptions endpoint (``transformers serve``, serving
     the tiny Whisper by path, decoding our WAV uploads itself) transcribes the segments the VAD found."""
@@ -219,12 +268,24 @@ def test_the_openai_recogniser_against_transformers_serve(speech, whisper, tmp_p
     assert all(s["text"] for s in served["transcript"])
 
 
+@pytest.mark.slow
 def test_the_cli_writes_speech_subtitles(speech, whisper, tmp_path):
     from helpers import run_cli
 
     clip, placed = speech
-    done = run_cli(str(clip), "--transcribe", "--asr-model", str(whisper), "--batch-size", "2",
-                   "--srt", "speech.srt", "--subtitles", "speech", cwd=tmp_path)
+    done = run_cli(
+        str(clip),
+        "--transcribe",
+        "--asr-model",
+        str(whisper),
+        "--batch-size",
+        "2",
+        "--srt",
+        "speech.srt",
+        "--subtitles",
+        "speech",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cues = (tmp_path / "speech.srt").read_text().strip().split("\n\n")
     assert len(cues) == len(placed)
@@ -238,13 +299,28 @@ def test_a_failing_speech_server_is_one_warning_and_the_captions_go_on(speech, t
     from helpers import run_cli
     from tiny_server import free_port
 
-    answers = {"http-500": (500, "application/json", b'{"error": {"message": "boom"}}'),
-               "html": (200, "text/html", b"<html><body>Sign in</body></html>")}
+    answers = {
+        "http-500": (500, "application/json", b'{"error": {"message": "boom"}}'),
+        "html": (200, "text/html", b"<html><body>Sign in</body></html>"),
+    }
     clip, _ = speech
     with FakeOpenAI(transcription=lambda request: answers[failure]) as server:
         api_base = f"http://127.0.0.1:{free_port()}/v1" if failure == "nothing-listening" else server.url
-        done = run_cli(str(clip), "--transcribe", "--asr-backend", "openai", "--asr-model", "whisper",
-                       "--asr-api-base", api_base, "--max-retries", "0", "--batch-size", "4", cwd=tmp_path)
+        done = run_cli(
+            str(clip),
+            "--transcribe",
+            "--asr-backend",
+            "openai",
+            "--asr-model",
+            "whisper",
+            "--asr-api-base",
+            api_base,
+            "--max-retries",
+            "0",
+            "--batch-size",
+            "4",
+            cwd=tmp_path,
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     [warning] = [line for line in done.stderr.splitlines() if "transcription stopped" in line]
     assert f"{api_base}/audio/transcriptions" in warning

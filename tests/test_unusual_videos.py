@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST, ffmpeg
 from PIL import Image
 
-from helpers import FAST, ffmpeg
 from videocaption.graph import module as bmf_module
-from videocaption.sampling.grid import FrameSampler
 from videocaption.graph.runner import run_caption_graph
 from videocaption.options import CaptionOptions
+from videocaption.sampling.grid import FrameSampler
 
 BATCH_SIZE = 4
 SMALL = "160x120"
@@ -38,18 +38,36 @@ def lavfi_source(duration: float, size: str = SMALL, rate: int = 25) -> list[str
 # name -> how to make it (ffmpeg arguments before the output path); file suffix.
 CLIPS: dict[str, tuple[list[str], str]] = {
     # Frame times 0.02 * N^2 (0, 0.02, 0.08, ... 7.22 s): sampled ones fall between seconds.
-    "variable_frame_rate": (lavfi_source(0.8) + ["-vf", "settb=1/1000,setpts=N*N*0.02/TB", "-fps_mode", "vfr",
-                                           "-enc_time_base", "1:1000", "-video_track_timescale", "1000", "-pix_fmt", "yuv420p"], ".mp4"),
+    "variable_frame_rate": (
+        lavfi_source(0.8)
+        + [
+            "-vf",
+            "settb=1/1000,setpts=N*N*0.02/TB",
+            "-fps_mode",
+            "vfr",
+            "-enc_time_base",
+            "1:1000",
+            "-video_track_timescale",
+            "1000",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        ".mp4",
+    ),
     "rotated_90": ([], ".mp4"),  # made from the plain clip below: display matrix only
-    "odd_dimensions": (lavfi_source(1, size="640x272") + ["-vf", "scale=639:271", "-c:v", "libx264",
-                                                    "-pix_fmt", "yuv444p"], ".mp4"),
+    "odd_dimensions": (
+        lavfi_source(1, size="640x272") + ["-vf", "scale=639:271", "-c:v", "libx264", "-pix_fmt", "yuv444p"],
+        ".mp4",
+    ),
     "ten_bit": (lavfi_source(2) + ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], ".mp4"),
     "hevc": (lavfi_source(2) + ["-c:v", "libx265", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mp4"),
     "vp9_webm": (lavfi_source(2) + ["-c:v", "libvpx-vp9", "-b:v", "200k", "-pix_fmt", "yuv420p"], ".webm"),
     "very_short": (lavfi_source(0.4) + ["-pix_fmt", "yuv420p"], ".mp4"),
     "long_gop": (lavfi_source(3) + ["-g", "600", "-pix_fmt", "yuv420p"], ".mp4"),
-    "black_first_frame": (lavfi_source(2) + ["-vf", "drawbox=c=black:t=fill:enable='eq(n,0)'", "-pix_fmt", "yuv420p"],
-                          ".mp4"),
+    "black_first_frame": (
+        lavfi_source(2) + ["-vf", "drawbox=c=black:t=fill:enable='eq(n,0)'", "-pix_fmt", "yuv420p"],
+        ".mp4",
+    ),
 }
 NEEDS_ENCODER = {"hevc": "libx265", "vp9_webm": "libvpx-vp9"}
 
@@ -70,27 +88,48 @@ def make(name: str, folder: Path) -> Path:
 def probe_frame_times(path: Path) -> list[float]:
     """Every video frame's presentation time (s), as ffprobe decodes them, from the start of the file."""
     done = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "frame=best_effort_timestamp_time:format=start_time", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True)
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=best_effort_timestamp_time:format=start_time",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(done.stdout)
     start = float(info.get("format", {}).get("start_time") or 0.0)
-    return [float(f["best_effort_timestamp_time"]) - start for f in info["frames"]
-            if f.get("best_effort_timestamp_time") not in (None, "N/A")]
+    return [
+        float(f["best_effort_timestamp_time"]) - start
+        for f in info["frames"]
+        if f.get("best_effort_timestamp_time") not in (None, "N/A")
+    ]
 
 
 def expected_batches(times: list[float], fps: float = 1.0) -> list[tuple[float, float, int]]:
     """(start, end, frames) of each batch when frames at ``times`` are sampled and batched."""
     sampler = FrameSampler(fps)
     sampled = [t for t in sorted(times) if sampler.want(t)]
-    return [(chunk[0], chunk[-1], len(chunk))
-            for chunk in (sampled[i:i + BATCH_SIZE] for i in range(0, len(sampled), BATCH_SIZE))]
+    return [
+        (chunk[0], chunk[-1], len(chunk))
+        for chunk in (sampled[i : i + BATCH_SIZE] for i in range(0, len(sampled), BATCH_SIZE))
+    ]
 
 
 def ffmpeg_first_frame(path: Path) -> Image.Image:
     """The first frame as ffmpeg shows it (upright: ffmpeg applies the display matrix)."""
-    done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "image2pipe",
-                           "-vcodec", "png", "-"], capture_output=True, check=True)
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "image2pipe", "-vcodec", "png", "-"],
+        capture_output=True,
+        check=True,
+    )
     from io import BytesIO
 
     return Image.open(BytesIO(done.stdout)).convert("RGB")
@@ -135,7 +174,9 @@ def runs(tmp_path_factory) -> dict[str, Run]:
             path = make(name, folder)
             current.append(Run(path, {}))
             result_path = folder / f"{name}.json"
-            current[-1].result = run_caption_graph(path, CaptionOptions(**options, result_path=str(result_path))).to_dict()
+            current[-1].result = run_caption_graph(
+                path, CaptionOptions(**options, result_path=str(result_path))
+            ).to_dict()
             done[name] = current[-1]
     finally:
         bmf_module.video_frame_to_image = convert
@@ -165,8 +206,9 @@ def test_batch_times_follow_the_video_time(runs, name):
         # The decoder drops non-reference frames of constant-rate clips (decode_skip auto): a
         # sample may land on the next decoded frame, at most one frame interval (1/25 s) late.
         tolerance = 1 / 25 + 2e-3
-        assert want_start - 2e-3 <= start <= want_start + tolerance and want_end - 2e-3 <= end <= want_end + tolerance, \
-            (got, expected)
+        assert (
+            want_start - 2e-3 <= start <= want_start + tolerance and want_end - 2e-3 <= end <= want_end + tolerance
+        ), (got, expected)
     assert run.result["frames_analysed"] == sum(e[2] for e in expected)
     assert all("error" not in b and b["description"] for b in run.result["batches"])
     assert run.result["summary"] and run.result["video_title"]
@@ -216,3 +258,31 @@ def test_black_first_frame_is_captioned_like_any_other(runs):
 def test_long_gop_gives_a_frame_every_second(runs):
     batches = runs["long_gop"].result["batches"]
     assert [(b["start_time"], b["end_time"], b["frames"]) for b in batches] == [(0.0, 2.0, 3)]
+
+
+def test_an_mkv_with_negative_timestamps_is_captioned_not_refused(tmp_path):
+    """ffprobe cannot read such a file's packets by interval (the probe's keyframe and end
+    measure) though FFmpeg decodes it: the measures are skipped, the video is captioned
+    (issue 26, doubtful case; it used to be refused as "not a video file")."""
+    from videocaption.media.probe import probe_media
+
+    video = tmp_path / "negative.mkv"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=d=3:size=160x120:rate=25",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-output_ts_offset",
+        "-1",
+        "-avoid_negative_ts",
+        "disabled",
+        str(video),
+    )
+    media = probe_media(video)
+    assert media.keyframe_interval is None and media.video_end is None  # not measured
+    result = run_caption_graph(video, CaptionOptions(**FAST, result_path=None), media=media)
+    assert result.batches and result.frames_analysed >= 2

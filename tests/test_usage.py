@@ -1,34 +1,52 @@
 """The work a run cost: token counts per batch and in total, in result.json."""
 
 import pytest
+from helpers import FAST
 from PIL import Image
 
-from helpers import FAST
 from videocaption.backends import load_model
-from videocaption.options import CaptionOptions
 from videocaption.captioning.captioner import Captioner
+from videocaption.options import CaptionOptions
 from videocaption.prompts import batch_prompt
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.usage import Answers, Usage, usage_of
 
 
 def batch(batch_id: int, seconds: float, **counts) -> BatchCaption:
-    return BatchCaption(batch_id=batch_id, frames=2, start_time=2.0 * batch_id, end_time=2.0 * batch_id + 1,
-                        description="text", inference_time=seconds, **counts)
+    return BatchCaption(
+        batch_id=batch_id,
+        frames=2,
+        start_time=2.0 * batch_id,
+        end_time=2.0 * batch_id + 1,
+        description="text",
+        inference_time=seconds,
+        **counts,
+    )
 
 
 def result(*batches: BatchCaption) -> dict:
-    return CaptionResult(video_title="t", summary="s", batch_size=2, batches=list(batches), model="m", fps=1.0,
-                         turnaround_time=10.0).to_dict()
+    return CaptionResult(
+        video_title="t", summary="s", batch_size=2, batches=list(batches), model="m", fps=1.0, turnaround_time=10.0
+    ).to_dict()
 
 
 def test_counts_per_batch_and_in_total():
-    document = result(batch(1, 2.0, prompt_tokens=900, image_tokens=842, generated_tokens=40),
-                      batch(2, 3.0, prompt_tokens=880, image_tokens=842, generated_tokens=60))
-    assert document["batches"][0]["usage"] == {"prompt_tokens": 900, "image_tokens": 842,
-                                               "generated_tokens": 40, "tokens_per_second": 20.0}
-    assert document["usage"] == {"prompt_tokens": 1780, "image_tokens": 1684,
-                                 "generated_tokens": 100, "tokens_per_second": 20.0}  # 100 tokens in 5 s
+    document = result(
+        batch(1, 2.0, prompt_tokens=900, image_tokens=842, generated_tokens=40),
+        batch(2, 3.0, prompt_tokens=880, image_tokens=842, generated_tokens=60),
+    )
+    assert document["batches"][0]["usage"] == {
+        "prompt_tokens": 900,
+        "image_tokens": 842,
+        "generated_tokens": 40,
+        "tokens_per_second": 20.0,
+    }
+    assert document["usage"] == {
+        "prompt_tokens": 1780,
+        "image_tokens": 1684,
+        "generated_tokens": 100,
+        "tokens_per_second": 20.0,
+    }  # 100 tokens in 5 s
 
 
 def test_unknown_counts_are_left_out():

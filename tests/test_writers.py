@@ -7,11 +7,11 @@ import pytest
 import srt
 import webvtt
 
-from videocaption.result import BatchCaption, CaptionResult
 from videocaption.errors import OutputError
 from videocaption.options import CaptionOptions
-from videocaption.outputs.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, write_outputs
 from videocaption.outputs.files import write_atomic
+from videocaption.outputs.writers import WriteJSON, WriteSRT, WriteVTT, format_timestamp, write_outputs
+from videocaption.result import BatchCaption, CaptionResult
 
 
 def make_result() -> CaptionResult:
@@ -28,7 +28,11 @@ def test_json_keeps_the_original_schema_and_adds_fields():
     assert list(document)[:5] == ["video_title", "batch_size", "batches", "frames_analysed", "summary"]
     assert document["frames_analysed"] == 9
     assert document["batches"][0] == {
-        "batch_id": 1, "frames": 4, "description": "A rabbit wakes up.", "start_time": 0.0, "end_time": 3.0,
+        "batch_id": 1,
+        "frames": 4,
+        "description": "A rabbit wakes up.",
+        "start_time": 0.0,
+        "end_time": 3.0,
     }
     assert document["average_inference"] == pytest.approx(0.5)
     assert document["model"] == "tiny" and document["fps"] == 1.0 and document["turnaround_time"] == 9.5
@@ -82,8 +86,11 @@ def test_the_last_cue_never_ends_after_the_video(tmp_path):
 def test_outputs_are_written_all_together_or_not_at_all(tmp_path):
     (tmp_path / "result.json").write_text("old")
     (tmp_path / "result.vtt").mkdir()  # the last of the three cannot be written
-    options = CaptionOptions(result_path=str(tmp_path / "result.json"), srt_path=str(tmp_path / "result.srt"),
-                             vtt_path=str(tmp_path / "result.vtt"))
+    options = CaptionOptions(
+        result_path=str(tmp_path / "result.json"),
+        srt_path=str(tmp_path / "result.srt"),
+        vtt_path=str(tmp_path / "result.vtt"),
+    )
     with pytest.raises(OutputError, match="result.vtt: is a directory"):
         write_outputs(make_result(), options)
     assert (tmp_path / "result.json").read_text() == "old"
@@ -116,7 +123,8 @@ def test_shots_counts_the_shots_described_as_the_cli_lists_them():
 
     result = make_result()
     shots = [0, 1, 3]  # shot 2 lay between two samples: no batch
-    result = dataclasses.replace(result, batches=[dataclasses.replace(batch, shot=shot)
-                                                  for batch, shot in zip(result.batches, shots)])
+    result = dataclasses.replace(
+        result, batches=[dataclasses.replace(batch, shot=shot) for batch, shot in zip(result.batches, shots)]
+    )
     document = result.to_dict()
     assert document["shots"] == len(shot_spans(document["batches"])) == 3

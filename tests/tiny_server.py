@@ -12,9 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 START_SECONDS = 90  # importing transformers and loading a model, on a busy 2-core machine
 
@@ -27,7 +27,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def transformers_serve(log_path: Path, arguments: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+def transformers_serve(
+    log_path: Path, arguments: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start ``transformers serve [arguments]``; yield its ``/v1`` base URL once healthy; stop it.
 
     Raises:
@@ -35,8 +37,19 @@ def transformers_serve(log_path: Path, arguments: Sequence[str] = (), env: dict[
             message ends with the last lines of its log.
     """
     port = free_port()
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", *arguments,
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "transformers.cli.transformers",
+        "serve",
+        *arguments,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **(env or {}))
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)

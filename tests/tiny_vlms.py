@@ -44,7 +44,9 @@ def _tokenizer(special: list[str], **roles: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, show_progress=False,
+        vocab_size=400,
+        special_tokens=special,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
@@ -59,9 +61,15 @@ def _finish(model, tokenizer, eos: str, pad: str) -> None:
 
 def _llama_text(vocab_size: int, **extra) -> dict:
     return dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        initializer_range=INIT_RANGE, **extra,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        initializer_range=INIT_RANGE,
+        **extra,
     )
 
 
@@ -82,21 +90,48 @@ def build_idefics3(path: Path) -> Path:
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     rows = [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)]
-    special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
-               "<image>", "<global-img>", *rows]
-    tokenizer = _tokenizer(special, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-                           pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=True,
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<fake_token_around_image>",
+        "<image>",
+        "<global-img>",
+        *rows,
+    ]
+    tokenizer = _tokenizer(
+        special,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 64},
+        max_image_size={"longest_edge": 32},
+        do_image_splitting=True,
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE
+    )
     config = Idefics3Config(
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8, initializer_range=INIT_RANGE),
-        text_config=_llama_text(len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=2,
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            initializer_range=INIT_RANGE,
+        ),
+        text_config=_llama_text(
+            len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
@@ -124,21 +159,49 @@ def build_llava(path: Path) -> Path:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tokenizer = _tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], bos_token="<s>", eos_token="</s>",
-                           pad_token="<pad>", unk_token="<unk>")
+    tokenizer = _tokenizer(
+        ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               image_token="<image>", chat_template=LLAVA_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+        chat_template=LLAVA_TEMPLATE,
+    )
     config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16,
-                           initializer_range=INIT_RANGE),
-        text_config=dict(model_type="llama", **_llama_text(len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                           eos_token_id=tokenizer.eos_token_id,
-                                                           bos_token_id=tokenizer.bos_token_id)),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=4,
-        vision_feature_select_strategy="default", vision_feature_layer=-2, pad_token_id=tokenizer.pad_token_id,
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=16,
+            initializer_range=INIT_RANGE,
+        ),
+        text_config=dict(
+            model_type="llama",
+            **_llama_text(
+                len(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+            ),
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=4,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
@@ -164,25 +227,54 @@ def build_qwen2_vl(path: Path) -> Path:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     tokenizer = _tokenizer(special, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
     video_processor = Qwen2VLVideoProcessor()
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, chat_template=QWEN2_VL_TEMPLATE)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN2_VL_TEMPLATE,
+    )
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=2048,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            initializer_range=INIT_RANGE, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            initializer_range=INIT_RANGE,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, initializer_range=INIT_RANGE),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            initializer_range=INIT_RANGE,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()

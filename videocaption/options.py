@@ -28,7 +28,7 @@ DEFAULT_MODEL = "deepseek-ai/deepseek-vl2-tiny"
 # The result file of the BMF module (an option dict without result_path) and of the CLI.
 DEFAULT_RESULT_PATH = "result.json"
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: int8 weights, bfloat16 activations (CPU)
 # What the decoder may leave undecoded (videocaption/media/decoding.py) and hardware decoding.
 DECODE_SKIPS = ("auto", "none", "nonref", "seek")
 HWACCELS = ("auto", "none", "cuda")
@@ -36,22 +36,20 @@ HWACCELS = ("auto", "none", "cuda")
 ASR_BACKENDS = ("whisper", "openai")
 DEFAULT_ASR_MODEL = "openai/whisper-small"
 DEFAULT_BATCH_PROMPT = (
-    "These are frames sampled in order from a video. "
-    "Describe what happens in them in two or three sentences."
+    "These are frames sampled in order from a video. Describe what happens in them in two or three sentences."
 )
 DEFAULT_SUMMARY_PROMPT = (
     "Above are descriptions of consecutive parts of one video, in order. "
     "Summarize what happens in the whole video in one paragraph."
 )
-DEFAULT_TITLE_PROMPT = (
-    "Give the video described above a short title of at most ten words. "
-    "Answer with the title only."
-)
+DEFAULT_TITLE_PROMPT = "Give the video described above a short title of at most ten words. Answer with the title only."
 
 # What each value means is said once, in the help of its option below.
 BACKENDS = ("deepseek_vl2", "transformers", "openai")  # videocaption/backends/
 SAMPLINGS = ("uniform", "adaptive")  # videocaption/sampling/samplers.py
 SUBTITLES = ("captions", "speech", "both")
+# Where the HTML report's pictures go (videocaption/outputs/report.py): in the page, or in a folder beside it.
+REPORT_IMAGES = ("embed", "folder")
 # With multithreading on and no max_threads given, this many batches run together.
 DEFAULT_PARALLEL_BATCHES = 4
 
@@ -64,9 +62,18 @@ ROLES = ("live_only", "fingerprint", "library")
 LIBRARY_ROLES = ("passed", "per_video", "refused")
 
 
-def option(default: Any, help: str, /, *, flag: str | None = "", live_only: bool = False,
-           fingerprint: bool | str = False, library: str = "passed", repr: bool = True,
-           **argparse_kwargs: Any) -> Any:
+def option(
+    default: Any,
+    help: str,
+    /,
+    *,
+    flag: str | None = "",
+    live_only: bool = False,
+    fingerprint: bool | str = False,
+    library: str = "passed",
+    repr: bool = True,
+    **argparse_kwargs: Any,
+) -> Any:
     """A field of :class:`CaptionOptions` with its one description, its roles and its CLI flag.
 
     Args:
@@ -84,8 +91,14 @@ def option(default: Any, help: str, /, *, flag: str | None = "", live_only: bool
     """
     if library not in LIBRARY_ROLES or fingerprint not in (False, True, "adaptive"):
         raise ValueError(f"option roles: library={library!r}, fingerprint={fingerprint!r}")
-    metadata = {"help": help, "flag": flag, "argparse": argparse_kwargs,
-                "live_only": live_only, "fingerprint": fingerprint, "library": library}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "argparse": argparse_kwargs,
+        "live_only": live_only,
+        "fingerprint": fingerprint,
+        "library": library,
+    }
     return dataclasses.field(default=default, repr=repr, metadata=metadata)
 
 
@@ -96,95 +109,205 @@ class CaptionOptions:
     batch_size: int = option(4, "frames described together in one prompt (default: %(default)s)", fingerprint=True)
     # None: no result file and no checkpoint (what caption_video does unless asked). The BMF
     # module and the CLI write DEFAULT_RESULT_PATH unless told otherwise.
-    result_path: str | None = option(None, "result file (default: %(default)s)", flag="--output",
-                                     library="per_video", metavar="PATH", default=DEFAULT_RESULT_PATH)
+    result_path: str | None = option(
+        None,
+        "result file (default: %(default)s)",
+        flag="--output",
+        library="per_video",
+        metavar="PATH",
+        default=DEFAULT_RESULT_PATH,
+    )
     multithreading: bool = option(False, "describe several batches at once in one batched model call")
     max_threads: int | None = option(
-        None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int)
+        None, f"batches in flight with --multithreading (default: {DEFAULT_PARALLEL_BATCHES})", type=int
+    )
     pass_through: bool = option(False, "forward every input packet unchanged on the outputs", flag=None)
     fps: float = option(1.0, "frames sampled per second of video (default: %(default)s)", fingerprint=True)
     sampling: str = option(
-        "uniform", "uniform: every sampled frame goes to the model; adaptive: batches end at hard cuts and "
-                   "near-duplicate frames are skipped (default: %(default)s)", fingerprint="adaptive",
-        choices=SAMPLINGS)
+        "uniform",
+        "uniform: every sampled frame goes to the model; adaptive: batches end at hard cuts and "
+        "near-duplicate frames are skipped (default: %(default)s)",
+        fingerprint="adaptive",
+        choices=SAMPLINGS,
+    )
     # Lower finds subtler cuts but splits fast motion and flashes into shots; higher misses
     # cuts between similar-looking shots.
-    scene_threshold: float = option(30.0, "adaptive: mean luma change (0-255) between consecutive frames that "
-                                          "counts as a cut (default: %(default)s)", fingerprint="adaptive")
+    scene_threshold: float = option(
+        30.0,
+        "adaptive: mean luma change (0-255) between consecutive frames that counts as a cut (default: %(default)s)",
+        fingerprint="adaptive",
+    )
     # Higher skips more (cheaper) but can miss a small change (a gesture, a new line on a
     # slide); 0 skips only frames with no visible change.
-    duplicate_threshold: float = option(0.02, "adaptive: changed fraction of the picture (0-1) up to which a frame "
-                                              "is a near-duplicate of the last one sent (default: %(default)s)",
-                                        fingerprint="adaptive")
-    max_gap: float = option(10.0, "adaptive: seconds after which a frame is sent even if nothing changed "
-                                  "(default: %(default)s)", fingerprint="adaptive")
-    decode_skip: str = option("auto", "frames the decoder may leave undecoded: auto (at a constant frame rate: "
-                                      "seek when samples lie a keyframe interval apart, else nonref with 8+ frames "
-                                      "per sample), none, nonref, seek (default: %(default)s)",
-                              choices=DECODE_SKIPS)
+    duplicate_threshold: float = option(
+        0.02,
+        "adaptive: changed fraction of the picture (0-1) up to which a frame "
+        "is a near-duplicate of the last one sent (default: %(default)s)",
+        fingerprint="adaptive",
+    )
+    max_gap: float = option(
+        10.0,
+        "adaptive: seconds after which a frame is sent even if nothing changed (default: %(default)s)",
+        fingerprint="adaptive",
+    )
+    decode_skip: str = option(
+        "auto",
+        "frames the decoder may leave undecoded: auto (at a constant frame rate: "
+        "seek when samples lie a keyframe interval apart, else nonref with 8+ frames "
+        "per sample), none, nonref, seek (default: %(default)s)",
+        choices=DECODE_SKIPS,
+    )
     # none by default until the NVDEC path has run once: it is written but untested (no GPU here).
-    hwaccel: str = option("none", "hardware decoding: none, cuda, or auto (cuda with BabitMF-GPU and a GPU; "
-                                  "untested) (default: %(default)s)", choices=HWACCELS)
-    model: str = option(DEFAULT_MODEL, "hub id or local directory of the checkpoint; with --backend openai, the "
-                                       "served model name (default: %(default)s)", fingerprint=True)
-    device: str = option("auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu "
-                                 "(default: %(default)s)")
-    dtype: str = option("auto", "auto: bfloat16 on CUDA, float32 elsewhere (default: %(default)s)",
-                        fingerprint=True, choices=DTYPES)
+    hwaccel: str = option(
+        "none",
+        "hardware decoding: none, cuda, or auto (cuda with BabitMF-GPU and a GPU; untested) (default: %(default)s)",
+        choices=HWACCELS,
+    )
+    model: str = option(
+        DEFAULT_MODEL,
+        "hub id or local directory of the checkpoint; with --backend openai, the "
+        "served model name (default: %(default)s)",
+        fingerprint=True,
+    )
+    device: str = option(
+        "auto", f"{', '.join(DEVICES)} or cuda:N; auto: cuda, then mps, then cpu (default: %(default)s)"
+    )
+    dtype: str = option(
+        "auto",
+        "auto: bfloat16 on CUDA, float32 elsewhere; int8: int8 weights with bfloat16 "
+        "activations, deepseek_vl2 on CPU (docs/performance.md) (default: %(default)s)",
+        fingerprint=True,
+        choices=DTYPES,
+    )
     max_new_tokens: int = option(256, "longest answer of each model call (default: %(default)s)", fingerprint=True)
     prompt: str = option(DEFAULT_BATCH_PROMPT, "instruction for each batch of frames", fingerprint=True)
     summary_prompt: str = option(DEFAULT_SUMMARY_PROMPT, "instruction for the summary pass")
     title_prompt: str = option(DEFAULT_TITLE_PROMPT, "instruction for the title pass")
-    time_aware: bool = option(True, "do not tell the model the time of each frame (time_aware: tell it)",
-                              flag="--no-time-aware", fingerprint=True)
+    time_aware: bool = option(
+        True,
+        "do not tell the model the time of each frame (time_aware: tell it)",
+        flag="--no-time-aware",
+        fingerprint=True,
+    )
     backend: str = option(
-        "deepseek_vl2", "deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
-                        "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)",
-        choices=BACKENDS)
+        "deepseek_vl2",
+        "deepseek_vl2: the in-process runtime; transformers: any image-text-to-text model of "
+        "transformers; openai: an OpenAI-compatible server such as vLLM (default: %(default)s)",
+        choices=BACKENDS,
+    )
     api_base: str | None = option(None, "openai backend: the server's URL, e.g. http://localhost:8000/v1")
     # No flag of its own: the CLI's --api-key goes through the environment, never into BMF's
     # options (BMF prints those), and result.json never has it.
-    api_key: str | None = option(None, "openai backend: the key (default: $OPENAI_API_KEY, else none)", flag=None,
-                                 repr=False)
+    api_key: str | None = option(
+        None, "openai backend: the key (default: $OPENAI_API_KEY, else none)", flag=None, repr=False
+    )
     request_timeout: float = option(120.0, "openai backend: seconds one request may take (default: %(default)s)")
-    max_retries: int = option(3, "openai backend: retries after 429, 5xx, timeouts, refused connections "
-                                 "(default: %(default)s); with --multithreading, --max-threads requests are in flight")
-    srt_path: str | None = option(None, "also write SRT subtitles (alone: beside the result file)", flag="--srt",
-                                  library="per_video", nargs="?", metavar="PATH")
-    vtt_path: str | None = option(None, "also write WebVTT subtitles (alone: beside the result file)", flag="--vtt",
-                                  library="per_video", nargs="?", metavar="PATH")
+    max_retries: int = option(
+        3,
+        "openai backend: retries after 429, 5xx, timeouts, refused connections "
+        "(default: %(default)s); with --multithreading, --max-threads requests are in flight",
+    )
+    srt_path: str | None = option(
+        None,
+        "also write SRT subtitles (alone: beside the result file)",
+        flag="--srt",
+        library="per_video",
+        nargs="?",
+        metavar="PATH",
+    )
+    vtt_path: str | None = option(
+        None,
+        "also write WebVTT subtitles (alone: beside the result file)",
+        flag="--vtt",
+        library="per_video",
+        nargs="?",
+        metavar="PATH",
+    )
+    report_path: str | None = option(
+        None,
+        "also write an HTML report: the frames, timeline and text of each batch (alone: beside the result file)",
+        flag="--report",
+        library="per_video",
+        nargs="?",
+        metavar="PATH",
+    )
+    # embed by default: one self-contained file to open, mail or attach (about 3-5 KB a frame);
+    # folder keeps the page small for long videos and live runs (each rewrite adds new pictures only).
+    report_images: str = option(
+        "embed",
+        "where the report's pictures go: embed (in the page) or folder "
+        "(REPORT_files/ beside it) (default: %(default)s)",
+        choices=REPORT_IMAGES,
+    )
     transcribe: bool = option(False, "transcribe the speech in the audio and give it to the prompts")
-    asr_backend: str = option("whisper", "whisper: a Whisper checkpoint in this process; openai: an "
-                                         "OpenAI-compatible /v1/audio/transcriptions endpoint (default: %(default)s)",
-                              choices=ASR_BACKENDS)
-    asr_model: str = option(DEFAULT_ASR_MODEL, "Whisper hub id or local directory; with --asr-backend openai, the "
-                                               "served model name (default: %(default)s)")
+    asr_backend: str = option(
+        "whisper",
+        "whisper: a Whisper checkpoint in this process; openai: an "
+        "OpenAI-compatible /v1/audio/transcriptions endpoint (default: %(default)s)",
+        choices=ASR_BACKENDS,
+    )
+    asr_model: str = option(
+        DEFAULT_ASR_MODEL,
+        "Whisper hub id or local directory; with --asr-backend openai, the served model name (default: %(default)s)",
+    )
     asr_api_base: str | None = option(None, "asr openai backend: the server's URL (default: --api-base)")
     language: str | None = option(None, "spoken language (ISO code, e.g. en); default: detected")
     subtitles: str = option("captions", "what --srt/--vtt cues hold (default: %(default)s)", choices=SUBTITLES)
     summary_max_prompt_tokens: int | None = option(None, "cap on summary prompts (default: what fits)", flag=None)
-    resume: bool = option(False, "continue an interrupted run from its checkpoint (RESULT.partial)",
-                          library="per_video")
-    video_end: float | None = option(None, "seconds where the video stream ends (the CLI probes it): the last "
-                                           "subtitle cue ends there at the latest; unset, one sampling interval "
-                                           "after its last frame", flag=None, library="per_video")
-    live: bool = option(False, "caption the input as a live stream: a file that is still growing (live URLs are "
-                               "always live)", library="refused")
-    jsonl_path: str | None = option(None, "live: append each described batch and summary to this JSONL file as "
-                                          "it happens ('-': stdout)", flag="--jsonl", live_only=True, metavar="PATH")
-    summary_every: float | None = option(None, "live: every SECONDS of stream, a summary of that window as its "
-                                                "own record", live_only=True, metavar="SECONDS", type=float)
-    summary_all: bool = option(False, "live: with each --summary-every summary, also summarise everything so far",
-                               live_only=True)
-    reconnect: int = option(3, "live: reconnect attempts (with backoff) when the stream drops, stalls or cannot be "
-                               "reached, before giving up (default: %(default)s)", live_only=True)
-    reconnect_delay: float = option(1.0, "live: seconds before the first reconnect attempt, doubling each time up "
-                                         "to 30 (default: %(default)s)", live_only=True)
-    stall_timeout: float = option(15.0, "live: seconds without a frame before the stream counts as stalled "
-                                        "(default: %(default)s)", live_only=True)
+    resume: bool = option(
+        False, "continue an interrupted run from its checkpoint (RESULT.partial)", library="per_video"
+    )
+    video_end: float | None = option(
+        None,
+        "seconds where the video stream ends (the CLI probes it): the last "
+        "subtitle cue ends there at the latest; unset, one sampling interval "
+        "after its last frame",
+        flag=None,
+        library="per_video",
+    )
+    live: bool = option(
+        False,
+        "caption the input as a live stream: a file that is still growing (live URLs are always live)",
+        library="refused",
+    )
+    jsonl_path: str | None = option(
+        None,
+        "live: append each described batch and summary to this JSONL file as it happens ('-': stdout)",
+        flag="--jsonl",
+        live_only=True,
+        metavar="PATH",
+    )
+    summary_every: float | None = option(
+        None,
+        "live: every SECONDS of stream, a summary of that window as its own record",
+        live_only=True,
+        metavar="SECONDS",
+        type=float,
+    )
+    summary_all: bool = option(
+        False, "live: with each --summary-every summary, also summarise everything so far", live_only=True
+    )
+    reconnect: int = option(
+        3,
+        "live: reconnect attempts (with backoff) when the stream drops, stalls or cannot be "
+        "reached, before giving up (default: %(default)s)",
+        live_only=True,
+    )
+    reconnect_delay: float = option(
+        1.0,
+        "live: seconds before the first reconnect attempt, doubling each time up to 30 (default: %(default)s)",
+        live_only=True,
+    )
+    stall_timeout: float = option(
+        15.0, "live: seconds without a frame before the stream counts as stalled (default: %(default)s)", live_only=True
+    )
     max_pending_frames: int | None = option(
-        None, "live: sampled frames waiting for the model at most; when more arrive the oldest are dropped "
-              "(default: twice --batch-size)", live_only=True, type=int)
+        None,
+        "live: sampled frames waiting for the model at most; when more arrive the oldest are dropped "
+        "(default: twice --batch-size)",
+        live_only=True,
+        type=int,
+    )
 
     @property
     def batches_in_flight(self) -> int:
@@ -202,14 +325,20 @@ class CaptionOptions:
         _check_bool("time_aware", self.time_aware)
         _check_bool("resume", self.resume)
         if self.resume and self.result_path is None:
-            raise InvalidOptionError("resume needs result_path: the checkpoint it continues from is kept beside "
-                                     "the result file (RESULT.partial)")
+            raise InvalidOptionError(
+                "resume needs result_path: the checkpoint it continues from is kept beside "
+                "the result file (RESULT.partial)"
+            )
         if self.summary_max_prompt_tokens is not None:
             _check_int("summary_max_prompt_tokens", self.summary_max_prompt_tokens, minimum=1)
-        for name in ("srt_path", "vtt_path"):
+        for name in ("srt_path", "vtt_path", "report_path"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))
         self._check_distinct_outputs()
+        if self.report_images not in REPORT_IMAGES:
+            raise InvalidOptionError(
+                f"report_images must be one of {', '.join(REPORT_IMAGES)}, got {self.report_images!r}"
+            )
         if self.max_threads is not None:
             _check_int("max_threads", self.max_threads, minimum=1)
             if not self.multithreading and self.max_threads != 1:
@@ -224,9 +353,7 @@ class CaptionOptions:
         _check_str("model", self.model)
         _check_str("device", self.device)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise InvalidOptionError(
-                f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}"
-            )
+            raise InvalidOptionError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise InvalidOptionError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -250,16 +377,21 @@ class CaptionOptions:
             raise InvalidOptionError(f"subtitles must be one of {', '.join(SUBTITLES)}, got {self.subtitles!r}")
 
     def _check_distinct_outputs(self) -> None:
-        """result_path, srt_path, vtt_path, jsonl_path and the checkpoint beside the result: different files."""
-        seen = {} if self.result_path is None else \
-            {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
-        for name in ("result_path", "srt_path", "vtt_path", "jsonl_path"):
+        """result_path, srt_path, vtt_path, report_path, jsonl_path and the checkpoint beside the result: different files."""
+        seen = (
+            {}
+            if self.result_path is None
+            else {os.path.abspath(self.result_path + ".partial"): "the checkpoint (result_path + .partial)"}
+        )
+        for name in ("result_path", "srt_path", "vtt_path", "report_path", "jsonl_path"):
             path = getattr(self, name)
             if path is None or path == "-":
                 continue
             key = os.path.abspath(path)
             if key in seen:
-                raise InvalidOptionError(f"{name} {path!r} is the same file as {seen[key]}; give each output its own name")
+                raise InvalidOptionError(
+                    f"{name} {path!r} is the same file as {seen[key]}; give each output its own name"
+                )
             seen[key] = name
 
     def _check_sampling(self) -> None:
@@ -380,9 +512,20 @@ def options_table_markdown() -> str:
     rows = ["| option | CLI flag | default | allowed | roles | description |", "|---|---|---|---|---|---|"]
     for field in dataclasses.fields(CaptionOptions):
         flag = cli_flag(field)
-        rows.append("| " + " | ".join([
-            f"`{field.name}`", f"`{flag}`" if flag else "-", _cell_default(field), _cell_allowed(field),
-            _cell_roles(field), _cell_description(field)]) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{field.name}`",
+                    f"`{flag}`" if flag else "-",
+                    _cell_default(field),
+                    _cell_allowed(field),
+                    _cell_roles(field),
+                    _cell_description(field),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(rows) + "\n"
 
 

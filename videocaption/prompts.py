@@ -6,8 +6,7 @@ Image placeholders are written as :data:`IMAGE_PLACEHOLDER`, one per frame, in f
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from collections.abc import Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -40,8 +39,7 @@ def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: b
         lines.append(f"{label}: {IMAGE_PLACEHOLDER}")
     if time_aware and timestamps:
         lines.append(
-            f"The frames cover {format_seconds(timestamps[0])} to "
-            f"{format_seconds(timestamps[-1])} of the video."
+            f"The frames cover {format_seconds(timestamps[0])} to {format_seconds(timestamps[-1])} of the video."
         )
     if speech:
         lines.append(speech_line(speech))
@@ -54,9 +52,7 @@ def speech_line(speech: str) -> str:
     return f'Speech during these frames: "{" ".join(speech.split())}"'
 
 
-def summary_prompt(
-    instruction: str, descriptions: Sequence[tuple[float, float, str]], *, time_aware: bool
-) -> str:
+def summary_prompt(instruction: str, descriptions: Sequence[tuple[float, float, str]], *, time_aware: bool) -> str:
     """The summary pass: every description in video order, then the instruction.
 
     Args:
@@ -83,7 +79,7 @@ def clean_title(text: str) -> str:
     for line in text.splitlines():
         line = line.strip()
         if line.lower().startswith("title:"):
-            line = line[len("title:"):].strip()
+            line = line[len("title:") :].strip()
         line = line.strip("\"'*` ").strip()
         if line:
             return line

@@ -31,6 +31,7 @@ class BatchCaption:
         if self.prompt_tokens is None or self.generated_tokens is None:
             return None
         return Usage(self.prompt_tokens, self.generated_tokens, self.image_tokens)
+
     shot: int | None = None  # adaptive sampling: the 0-based shot of its frames
     frames_skipped: int = 0  # adaptive sampling: near-duplicates in its time span not sent
 

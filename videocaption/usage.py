@@ -9,8 +9,8 @@ is there and records it with each batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class Usage:
     image_tokens: int | None = None  # the prompt's image tokens; None where the backend cannot tell
 
     def __add__(self, other: Usage) -> Usage:
-        images = None if self.image_tokens is None or other.image_tokens is None else self.image_tokens + other.image_tokens
+        images = (
+            None if self.image_tokens is None or other.image_tokens is None else self.image_tokens + other.image_tokens
+        )
         return Usage(self.prompt_tokens + other.prompt_tokens, self.generated_tokens + other.generated_tokens, images)
 
 

@@ -13,12 +13,13 @@ import io
 import logging
 import threading
 import wave
-from typing import Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from videocaption.errors import BackendError, ModelLoadError
 from videocaption.audio.samples import SAMPLE_RATE
+from videocaption.errors import BackendError, ModelLoadError
 
 log = logging.getLogger("llm_caption")
 
@@ -68,24 +69,30 @@ class WhisperRecognizer:
         features = self.processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         features = features.to(self.device, self.dtype)  # (1, n_mels, 3000)
         with self._lock, self._torch.inference_mode(), transformers_quiet():
-            ids = self.model.generate(features, language=language, task="transcribe",
-                                      max_new_tokens=self._max_new_tokens)
+            ids = self.model.generate(
+                features, language=language, task="transcribe", max_new_tokens=self._max_new_tokens
+            )
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
 
 class OpenAIRecognizer:
     """A model served behind an OpenAI-compatible ``/v1/audio/transcriptions`` endpoint."""
 
-    def __init__(self, model: str, api_base: str, api_key: str | None = None, *,
-                 timeout: float = 120.0, max_retries: int = 3) -> None:
+    def __init__(
+        self, model: str, api_base: str, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3
+    ) -> None:
         import os
 
         from openai import OpenAI
 
         self.name = model
         self.endpoint = f"{api_base.rstrip('/')}/audio/transcriptions"
-        self._client = OpenAI(base_url=api_base, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                              timeout=timeout, max_retries=max_retries)
+        self._client = OpenAI(
+            base_url=api_base,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> str:
         """The text of ``audio``.
@@ -100,7 +107,8 @@ class OpenAIRecognizer:
         extra = {"language": language} if language else {}
         try:
             answer = self._client.audio.transcriptions.create(
-                model=self.name, file=("speech.wav", wav_bytes(audio), "audio/wav"), **extra)
+                model=self.name, file=("speech.wav", wav_bytes(audio), "audio/wav"), **extra
+            )
         except openai.APIStatusError as error:
             raise self._failed(f"HTTP {error.status_code}") from None
         except openai.APITimeoutError:
@@ -117,8 +125,9 @@ class OpenAIRecognizer:
         return text.strip()
 
     def _failed(self, reason: str) -> BackendError:
-        return BackendError(f"{self.endpoint} failed for model {self.name!r}: {' '.join(reason.split())}",
-                            endpoint=self.endpoint)
+        return BackendError(
+            f"{self.endpoint} failed for model {self.name!r}: {' '.join(reason.split())}", endpoint=self.endpoint
+        )
 
 
 @contextlib.contextmanager
@@ -172,8 +181,13 @@ def load_recognizer(options) -> SpeechRecognizer:
     with _cache_lock:
         if key not in _cache:
             if options.asr_backend == "openai":
-                _cache[key] = OpenAIRecognizer(options.asr_model, key[2], options.api_key,
-                                               timeout=options.request_timeout, max_retries=options.max_retries)
+                _cache[key] = OpenAIRecognizer(
+                    options.asr_model,
+                    key[2],
+                    options.api_key,
+                    timeout=options.request_timeout,
+                    max_retries=options.max_retries,
+                )
             else:
                 log.info("loading the speech recogniser %s", options.asr_model)
                 _cache[key] = WhisperRecognizer(options.asr_model, options.device, options.dtype)

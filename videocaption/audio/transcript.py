@@ -36,8 +36,9 @@ class Transcriber:
         detector: finds the speech (a fresh :class:`SpeechDetector` by default).
     """
 
-    def __init__(self, recognizer: SpeechRecognizer, language: str | None = None,
-                 detector: SpeechDetector | None = None) -> None:
+    def __init__(
+        self, recognizer: SpeechRecognizer, language: str | None = None, detector: SpeechDetector | None = None
+    ) -> None:
         self.recognizer = recognizer
         self.language = language
         self.detector = detector if detector is not None else SpeechDetector()

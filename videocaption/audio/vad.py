@@ -66,11 +66,22 @@ class SpeechDetector:
         max_segment: a longer segment is cut here (Whisper hears 30 s at a time).
     """
 
-    def __init__(self, *, threshold: float = 0.5, min_silence: float = 0.5, min_speech: float = 0.25,
-                 speech_pad: float = 0.05, max_segment: float = 30.0) -> None:
-        self._vad = _silero().VADIterator(load_vad_model(), threshold=threshold, sampling_rate=SAMPLE_RATE,
-                                min_silence_duration_ms=round(min_silence * 1000),
-                                speech_pad_ms=round(speech_pad * 1000))
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        min_silence: float = 0.5,
+        min_speech: float = 0.25,
+        speech_pad: float = 0.05,
+        max_segment: float = 30.0,
+    ) -> None:
+        self._vad = _silero().VADIterator(
+            load_vad_model(),
+            threshold=threshold,
+            sampling_rate=SAMPLE_RATE,
+            min_silence_duration_ms=round(min_silence * 1000),
+            speech_pad_ms=round(speech_pad * 1000),
+        )
         self._pad = round(speech_pad * SAMPLE_RATE)
         self._min_speech = round(min_speech * SAMPLE_RATE)
         self._max_segment = round(max_segment * SAMPLE_RATE)
@@ -135,7 +146,7 @@ class SpeechDetector:
         """The segment from the speech start to ``end``; ``going_on``: speech continues after it."""
         start = self._speech_from
         assert start is not None and self._origin is not None
-        audio = self._kept[start - self._kept_from:end - self._kept_from].copy()
+        audio = self._kept[start - self._kept_from : end - self._kept_from].copy()
         self._speech_from = end if going_on else None
         drop = end - self._kept_from  # nothing before ``end`` is needed again
         self._kept, self._kept_from = self._kept[drop:], end

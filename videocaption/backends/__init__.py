@@ -13,8 +13,9 @@ run's :class:`~videocaption.options.CaptionOptions`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -74,8 +75,14 @@ class ModelSpec:
     @classmethod
     def from_options(cls, options: CaptionOptions) -> ModelSpec:
         if options.backend == "openai":
-            return cls("openai", options.model, api_base=options.api_base, api_key=options.api_key,
-                       request_timeout=options.request_timeout, max_retries=options.max_retries)
+            return cls(
+                "openai",
+                options.model,
+                api_base=options.api_base,
+                api_key=options.api_key,
+                request_timeout=options.request_timeout,
+                max_retries=options.max_retries,
+            )
         return cls(options.backend, options.model, device=options.device, dtype=options.dtype)
 
 
@@ -114,8 +121,13 @@ def _load(spec: ModelSpec) -> VisionLanguageModel:
     if spec.backend == "openai":
         from videocaption.backends.openai_backend import OpenAIVLM
 
-        return OpenAIVLM(spec.model, str(spec.api_base), api_key=spec.api_key,
-                         request_timeout=spec.request_timeout, max_retries=spec.max_retries)
+        return OpenAIVLM(
+            spec.model,
+            str(spec.api_base),
+            api_key=spec.api_key,
+            request_timeout=spec.request_timeout,
+            max_retries=spec.max_retries,
+        )
     if spec.backend == "transformers":
         from videocaption.backends.transformers_backend import TransformersVLM
 

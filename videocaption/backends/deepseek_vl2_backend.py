@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 
+from videocaption.backends.devices import resolve_device, resolve_dtype
 from videocaption.deepseek_vl2.config import DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import generate
 from videocaption.deepseek_vl2.model import DeepseekVL2Model
 from videocaption.deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
+from videocaption.deepseek_vl2.quantize import quantize_language_int8
+from videocaption.deepseek_vl2.threads import run_on_model_thread
 from videocaption.deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
-from videocaption.backends.devices import resolve_device, resolve_dtype
-from videocaption.options import DEFAULT_MODEL
 from videocaption.errors import ContextOverflowError, ModelLoadError
+from videocaption.options import DEFAULT_MODEL
 from videocaption.usage import Answers, Usage
 
 
@@ -58,9 +60,12 @@ class DeepseekVL2:
         *,
         device: str = "auto",
         dtype: str = "auto",
-    ) -> "DeepseekVL2":
+    ) -> DeepseekVL2:
         """Load from a hub id (``deepseek-ai/deepseek-vl2-tiny``, ``-small``, ``deepseek-vl2``) or a
-        local directory with the official layout. Raises ModelLoadError if it cannot."""
+        local directory with the official layout. Raises ModelLoadError if it cannot.
+
+        ``dtype="int8"`` (CPU only) loads in bfloat16, then stores the decoder's linears, lm_head and
+        routed experts as int8 (see :mod:`~videocaption.deepseek_vl2.quantize`)."""
         name = os.fspath(model)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -79,11 +84,24 @@ class DeepseekVL2:
                 f"Model '{name}' is inconsistent: processor tiles are {processor.config.image_size} px "
                 f"but the vision tower expects {config.vision.image_size} px."
             )
+        int8 = dtype == "int8"
+        if int8 and torch_device.type != "cpu":
+            raise ModelLoadError(f"dtype int8 is a CPU option (device {torch_device}); use bfloat16 there.")
+        net = run_on_model_thread(cls._load_network, config, files, name, torch_dtype, torch_device, int8)
+        return cls(name, net, processor, device=torch_device, dtype=torch_dtype)
+
+    @staticmethod
+    def _load_network(
+        config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device, int8: bool = False
+    ) -> DeepseekVL2Model:
+        # On the model thread (see deepseek_vl2.threads): the casts while loading are parallel
+        # torch ops too, and any thread that runs one keeps an OpenMP pool.
         with torch.device("meta"):
             net = DeepseekVL2Model(config)
-        load_weights(net, files, name=name, dtype=torch_dtype, device=torch_device)
-        net.eval().requires_grad_(False)
-        return cls(name, net, processor, device=torch_device, dtype=torch_dtype)
+        load_weights(net, files, name=name, dtype=dtype, device=device)
+        if int8:
+            quantize_language_int8(net.language, dtype)
+        return net.eval().requires_grad_(False)
 
     def __repr__(self) -> str:
         return f"DeepseekVL2({self.name!r}, device={self.device}, dtype={self.dtype})"
@@ -137,8 +155,7 @@ class DeepseekVL2:
 
     def _batch(self, requests: list[tuple[list[Image.Image], str]]) -> DeepseekVL2Batch:
         samples = [
-            self.processor.process_one(self.processor.user_conversation(prompt), images)
-            for images, prompt in requests
+            self.processor.process_one(self.processor.user_conversation(prompt), images) for images, prompt in requests
         ]
         for sample in samples:
             if len(sample) > self.context_length:
@@ -148,11 +165,18 @@ class DeepseekVL2:
         return self.processor.batchify(samples)
 
     def _generate(self, requests: list[tuple[list[Image.Image], str]], max_new_tokens: int) -> list[str]:
-        """The answers, as :class:`~videocaption.usage.Answers` with each request's token counts."""
+        """The answers, as :class:`~videocaption.usage.Answers` with each request's token counts.
+
+        Runs on the process's one model thread whichever thread calls (see
+        :mod:`~videocaption.deepseek_vl2.threads`): the processor's tensor work included.
+        """
         if not requests:
             return Answers([], [])
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        return run_on_model_thread(self._generate_here, requests, max_new_tokens)
+
+    def _generate_here(self, requests: list[tuple[list[Image.Image], str]], max_new_tokens: int) -> list[str]:
         batch = self._batch(requests)
         # prompt + answer must fit the context, row by row (batching must not shorten answers)
         budgets = [min(max_new_tokens, self.context_length - n) for n in batch.seq_lens]
@@ -171,6 +195,8 @@ class DeepseekVL2:
             )
         ids = out.sequences.tolist()
         texts = [self.processor.decode(row[:n]).strip() for row, n in zip(ids, out.lengths)]
-        usage = [Usage(prompt_tokens=length, generated_tokens=n, image_tokens=sum(images))
-                 for length, n, images in zip(batch.seq_lens, out.lengths, batch.num_image_tokens)]
+        usage = [
+            Usage(prompt_tokens=length, generated_tokens=n, image_tokens=sum(images))
+            for length, n, images in zip(batch.seq_lens, out.lengths, batch.num_image_tokens)
+        ]
         return Answers(texts, usage)

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is cuda, then mps, then cpu; any other name must be usable on this machine.
 
@@ -62,13 +61,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """
     import torch
 
-    allowed = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
+    allowed = {name: getattr(torch, name) for name in DTYPES if name not in ("auto", "int8")}
     if isinstance(dtype, torch.dtype):
         if dtype not in allowed.values():
             raise InvalidOptionError(f"unsupported dtype {dtype} (use float32, bfloat16 or float16)")
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == "int8":  # the activations' dtype; the backend quantizes the weights
+        return torch.bfloat16
     if dtype not in allowed:
         raise InvalidOptionError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
     return allowed[dtype]

@@ -20,18 +20,19 @@ import math
 import os
 import random
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from PIL import Image
 
+from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 from videocaption.deepseek_vl2.geometry import HUB_GEOMETRY, ImageGeometry
 from videocaption.errors import BackendError
 from videocaption.options import CaptionOptions
 from videocaption.prompts import IMAGE_PLACEHOLDER
 from videocaption.usage import Answers, Usage
-from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
 
@@ -108,7 +109,8 @@ class OpenAIVLM:
         self._root: str | None = None  # the checkpoint behind the served name, where the server says
         self.context_length = context_length or self._served_context_length() or DEFAULT_CONTEXT_LENGTH
         self.deepseek_vl2 = image_tokens is None and any(
-            is_deepseek_vl2(name) for name in (self.name, self._root) if name)
+            is_deepseek_vl2(name) for name in (self.name, self._root) if name
+        )
         # DeepSeek-VL2's image settings: the served checkpoint's own where the server names a
         # directory here (vLLM's ``root``), else those of the hub models.
         self.geometry: ImageGeometry = _local_geometry(self._root) or HUB_GEOMETRY
@@ -126,8 +128,9 @@ class OpenAIVLM:
         """
         prepared = [[self.prepare_image(image, len(images)) for image in images] for images, _ in requests]
         messages = [self._prepared_message(prompt, images) for (_, prompt), images in zip(requests, prepared)]
-        image_tokens = [self._image_tokens([image.size for image in images]) if self.deepseek_vl2 else None
-                        for images in prepared]
+        image_tokens = [
+            self._image_tokens([image.size for image in images]) if self.deepseek_vl2 else None for images in prepared
+        ]
         return self._concurrently(messages, max_new_tokens, image_tokens)
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
@@ -139,8 +142,9 @@ class OpenAIVLM:
         messages = [{"role": "user", "content": prompt} for prompt in prompts]
         return self._concurrently(messages, max_new_tokens, [0] * len(messages))
 
-    def _concurrently(self, messages: list[dict[str, Any]], max_new_tokens: int,
-                      image_tokens: list[int | None]) -> Answers:
+    def _concurrently(
+        self, messages: list[dict[str, Any]], max_new_tokens: int, image_tokens: list[int | None]
+    ) -> Answers:
         """The answers, with the token counts the server reports (``usage``) where it does."""
         if len(messages) <= 1:
             answers = [self._chat(message, max_new_tokens) for message in messages]
@@ -148,8 +152,10 @@ class OpenAIVLM:
             with ThreadPoolExecutor(max_workers=len(messages), thread_name_prefix="llm_caption_request") as pool:
                 futures = [pool.submit(self._chat, message, max_new_tokens) for message in messages]
                 answers = [future.result() for future in futures]
-        usage = [None if counts is None else Usage(counts.prompt_tokens, counts.completion_tokens, images)
-                 for (_, counts), images in zip(answers, image_tokens)]
+        usage = [
+            None if counts is None else Usage(counts.prompt_tokens, counts.completion_tokens, images)
+            for (_, counts), images in zip(answers, image_tokens)
+        ]
         return Answers([text for text, _ in answers], usage)
 
     def complete(self, message: dict[str, Any], max_new_tokens: int) -> str:
@@ -165,31 +171,45 @@ class OpenAIVLM:
         response = self._with_retries(
             "/chat/completions",
             lambda: self.client.chat.completions.create(
-                model=self.name, messages=[message], max_tokens=max_new_tokens, temperature=0.0,
+                model=self.name,
+                messages=[message],
+                max_tokens=max_new_tokens,
+                temperature=0.0,
             ),
         )
         endpoint = f"{self.api_base}/chat/completions"
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list):  # a web page, or JSON that is no chat completion
-            raise BackendError(f"{endpoint} did not answer with a chat completion for model {self.name!r} "
-                               f"(it sent {_sketch(response)}); is --api-base an OpenAI-compatible /v1 URL?",
-                               endpoint=endpoint)
+            raise BackendError(
+                f"{endpoint} did not answer with a chat completion for model {self.name!r} "
+                f"(it sent {_sketch(response)}); is --api-base an OpenAI-compatible /v1 URL?",
+                endpoint=endpoint,
+            )
         if not choices:
             raise BackendError(f"{endpoint} answered with no choices for model {self.name!r}", endpoint=endpoint)
         message = getattr(choices[0], "message", None)
         content = getattr(message, "content", None)
         if content is not None and not isinstance(content, str):
-            raise BackendError(f"{endpoint} answered model {self.name!r} with a {type(content).__name__} as the "
-                               f"message content, where text was expected ({_sketch(content)})", endpoint=endpoint)
+            raise BackendError(
+                f"{endpoint} answered model {self.name!r} with a {type(content).__name__} as the "
+                f"message content, where text was expected ({_sketch(content)})",
+                endpoint=endpoint,
+            )
         if not content:
             # Not an error (a model may stop at once), but never silent: an empty description.
             refusal = getattr(message, "refusal", None)
-            log.warning("%s answered model %r with no text (content %s, finish_reason %s%s)", endpoint, self.name,
-                        "null" if content is None else "empty", getattr(choices[0], "finish_reason", None),
-                        f", refusal: {_sketch(refusal)}" if refusal else "")
+            log.warning(
+                "%s answered model %r with no text (content %s, finish_reason %s%s)",
+                endpoint,
+                self.name,
+                "null" if content is None else "empty",
+                getattr(choices[0], "finish_reason", None),
+                f", refusal: {_sketch(refusal)}" if refusal else "",
+            )
         usage = getattr(response, "usage", None)
         if not isinstance(getattr(usage, "prompt_tokens", None), int) or not isinstance(
-                getattr(usage, "completion_tokens", None), int):
+            getattr(usage, "completion_tokens", None), int
+        ):
             usage = None
         return (content or "").strip(), usage
 
@@ -200,7 +220,8 @@ class OpenAIVLM:
     def _prepared_message(self, prompt: str, images: Sequence[Image.Image]) -> dict[str, Any]:
         urls = [data_url(image) for image in images]
         content = [
-            {"type": "image_url", "image_url": {"url": urls[part]}} if isinstance(part, int)
+            {"type": "image_url", "image_url": {"url": urls[part]}}
+            if isinstance(part, int)
             else {"type": "text", "text": part}
             for part in interleave(prompt, len(images))
         ]
@@ -228,13 +249,15 @@ class OpenAIVLM:
             except ValueError as error:  # the client's JSONDecodeError: a proxy's page, a broken server
                 failure, reason, retry = error, f"the answer is not valid JSON ({error})", False
             if not retry:
-                raise BackendError(f"{endpoint} failed for model {self.name!r}: {reason}",
-                                   endpoint=endpoint, status=status) from failure
+                raise BackendError(
+                    f"{endpoint} failed for model {self.name!r}: {reason}", endpoint=endpoint, status=status
+                ) from failure
             if attempt == attempts:
                 raise BackendError(
                     f"{endpoint} failed for model {self.name!r} after {attempts} attempt"
                     f"{'s' if attempts > 1 else ''}: {reason}",
-                    endpoint=endpoint, status=status,
+                    endpoint=endpoint,
+                    status=status,
                 ) from failure
             delay = min(MAX_BACKOFF_SECONDS, self.retry_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
             # A server that says when to come back (429, 503) is believed, up to MAX_BACKOFF_SECONDS:
@@ -254,8 +277,10 @@ class OpenAIVLM:
         try:
             page = self._with_retries("/models", self.client.models.list)
         except (AttributeError, TypeError):  # the client choking on a body that is no model list
-            raise BackendError(f"{endpoint} did not answer with a model list; is --api-base an "
-                               "OpenAI-compatible /v1 URL?", endpoint=endpoint) from None
+            raise BackendError(
+                f"{endpoint} did not answer with a model list; is --api-base an OpenAI-compatible /v1 URL?",
+                endpoint=endpoint,
+            ) from None
         except BackendError as error:
             if error.status is None or error.status in (401, 403):  # unreachable, or a wrong key
                 raise
@@ -263,12 +288,17 @@ class OpenAIVLM:
             return None
         data = getattr(page, "data", None)
         if not isinstance(data, list):  # JSON, but no model list
-            raise BackendError(f"{endpoint} did not answer with a model list (it sent {_sketch(page)}); "
-                               "is --api-base an OpenAI-compatible /v1 URL?", endpoint=endpoint)
+            raise BackendError(
+                f"{endpoint} did not answer with a model list (it sent {_sketch(page)}); "
+                "is --api-base an OpenAI-compatible /v1 URL?",
+                endpoint=endpoint,
+            )
         served = [model for model in data if getattr(model, "id", None) == self.name]
         if not served:
             if not data:  # servers that load models on demand (transformers serve) list none
-                log.info("%s/models lists no models; assuming a %d-token context", self.api_base, DEFAULT_CONTEXT_LENGTH)
+                log.info(
+                    "%s/models lists no models; assuming a %d-token context", self.api_base, DEFAULT_CONTEXT_LENGTH
+                )
             else:
                 names = ", ".join(str(getattr(model, "id", model)) for model in data)
                 log.warning("%s/models does not list %r (it lists: %s)", self.api_base, self.name, names)

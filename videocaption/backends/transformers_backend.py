@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from videocaption.backends.devices import resolve_device, resolve_dtype
+from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 from videocaption.errors import ModelLoadError
 from videocaption.usage import Answers, Usage
-from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 
 log = logging.getLogger("llm_caption")
 
@@ -118,11 +119,18 @@ class TransformersVLM:
                 inputs[key] = value.to(self.model.dtype)
         with self._lock, torch.inference_mode():
             output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                temperature=None, top_p=None, top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else self.tokenizer.eos_token_id,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         texts = [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return Answers(texts, self._usage(inputs, new_tokens))
 
@@ -131,20 +139,29 @@ class TransformersVLM:
         to its end-of-sequence (``generate`` pads finished rows with eos or pad ids)."""
         prompt = inputs["attention_mask"].sum(dim=1).tolist()
         image_id = _image_token_id(self.processor, self.model.config)
-        images = ((inputs["input_ids"] == image_id) & inputs["attention_mask"].bool()).sum(dim=1).tolist() \
-            if image_id is not None else [None] * len(prompt)
+        images = (
+            ((inputs["input_ids"] == image_id) & inputs["attention_mask"].bool()).sum(dim=1).tolist()
+            if image_id is not None
+            else [None] * len(prompt)
+        )
         eos = self.model.generation_config.eos_token_id
         stop = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
-        stop_ids = torch.tensor(sorted(t for t in stop if t is not None), dtype=new_tokens.dtype, device=new_tokens.device)
+        stop_ids = torch.tensor(
+            sorted(t for t in stop if t is not None), dtype=new_tokens.dtype, device=new_tokens.device
+        )
         stops = torch.isin(new_tokens, stop_ids)
         # tokens before the first stop; a row that never stopped counts them all
         generated = torch.where(stops.any(dim=1), stops.int().argmax(dim=1), new_tokens.shape[1]).tolist()
-        return [Usage(prompt_tokens=p, generated_tokens=g, image_tokens=i) for p, g, i in zip(prompt, generated, images)]
+        return [
+            Usage(prompt_tokens=p, generated_tokens=g, image_tokens=i) for p, g, i in zip(prompt, generated, images)
+        ]
 
     def _chat_text(self, prompt: str, num_images: int) -> str:
         """The templated text: one image entry per placeholder, the generation prompt at the end."""
-        content = [{"type": "image"} if isinstance(part, int) else {"type": "text", "text": part}
-                   for part in interleave(prompt, num_images)]
+        content = [
+            {"type": "image"} if isinstance(part, int) else {"type": "text", "text": part}
+            for part in interleave(prompt, num_images)
+        ]
         conversation = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 

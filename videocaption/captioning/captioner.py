@@ -28,6 +28,7 @@ from videocaption.captioning.checkpoint import Checkpoint, fingerprint
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
 from videocaption.sampling.grid import SampledFrame
 from videocaption.options import CaptionOptions
+from videocaption.outputs.report import Thumbnails
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
 from videocaption.result import BatchCaption, CaptionResult
@@ -143,6 +144,9 @@ class Captioner:
         self._speech_gate = self._speech_gate_for(options) if options.transcribe else None
         self._speech: dict[int, str] = {}  # batch id -> what is said during its span
         self._checkpoint = Checkpoint(options.result_path) if checkpoint else None
+        # With a report: a small JPEG of every frame sent, kept instead of the frame (a resumed run
+        # decodes from the start again, so the batches it restores get their pictures too).
+        self.thumbnails = Thumbnails() if options.report_path else None
         self._fingerprint: str | None = None
         self._next_id = 1
         self._described: list[BatchCaption] = []
@@ -186,6 +190,8 @@ class Captioner:
 
     def add(self, image: Image.Image, timestamp: float) -> None:
         """Add a sampled frame; blocks while the model is ``max_threads`` batches behind."""
+        if self.thumbnails is not None:  # from the frame as decoded, before the model's resizing
+            self.thumbnails.add(timestamp, image)
         image = self.model.prepare_image(image.convert("RGB"), self.options.batch_size)
         if self._fingerprint is None and self._checkpoint is not None:
             self._fingerprint = fingerprint(self.options, image)

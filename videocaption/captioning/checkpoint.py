@@ -20,8 +20,8 @@ from typing import Any
 from PIL import Image
 
 from videocaption.options import CaptionOptions, options_with_role
-from videocaption.result import BatchCaption
 from videocaption.outputs.files import write_json_atomic
+from videocaption.result import BatchCaption
 
 log = logging.getLogger("llm_caption")
 

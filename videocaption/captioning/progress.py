@@ -6,8 +6,8 @@ a BMF graph it travels with the run (see :mod:`videocaption.graph.context`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from videocaption.captioning.batching import FrameBatch
 from videocaption.result import BatchCaption
@@ -45,7 +45,12 @@ class BatchScheduler:
     """
 
     def __init__(
-        self, describe_group: DescribeGroup, max_in_flight: int, *, workers: int = 1, gather_window: float = 0.1,
+        self,
+        describe_group: DescribeGroup,
+        max_in_flight: int,
+        *,
+        workers: int = 1,
+        gather_window: float = 0.1,
         first_gather_s: float = 2.0,
     ) -> None:
         self._describe_group = describe_group
@@ -97,7 +102,8 @@ class BatchScheduler:
         """
         with self._lock:
             return self._lock.wait_for(
-                lambda: self._in_flight < self.max_in_flight or self._error is not None or self._stopped, timeout)
+                lambda: self._in_flight < self.max_in_flight or self._error is not None or self._stopped, timeout
+            )
 
     def take_finished(self, next_id: int) -> list[BatchCaption]:
         """Captions finished so far that continue the video-order sequence at ``next_id``.

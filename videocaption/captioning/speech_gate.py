@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from videocaption.captioning.batching import FrameBatch
 from videocaption.audio.transcript import Transcriber
+from videocaption.captioning.batching import FrameBatch
 
 log = logging.getLogger("llm_caption")
 

@@ -13,7 +13,7 @@ rounds and fewer than ``2 * n`` prompts (see :meth:`Summarizer.__call__`).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from videocaption.backends import VisionLanguageModel
 from videocaption.errors import InvalidOptionError

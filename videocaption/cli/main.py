@@ -26,22 +26,23 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 
+from videocaption.api import caption_video
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
-from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
-from videocaption.live import captioner as live
-from videocaption.api import caption_video
-from videocaption.graph.build import probe_input
-from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
-from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
-from videocaption.result import CaptionResult
 from videocaption.captioning.progress import Progress
-from videocaption.prompts import format_seconds
-from videocaption.sampling.samplers import shot_spans
+from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from videocaption.graph.build import probe_input
 from videocaption.library import command as library
+from videocaption.live import captioner as live
+from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
+from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
+from videocaption.prompts import format_seconds
+from videocaption.result import CaptionResult
+from videocaption.sampling.samplers import shot_spans
 
 # The checkout the package runs from, if it runs from one (an installed package has no sample
 # clip and no test fixtures: then INPUT is required and the smoke-test hint is not given).
@@ -80,7 +81,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def program_name() -> str:
-    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py`` or ``python -m videocaption``."""
+    """How the user started the CLI: ``llm-caption``, ``test_llm_caption.py``, ``python -m videocaption``,
+    or what a wrapper names itself in ``LLM_CAPTION_PROG`` (``./run.sh demo``)."""
+    if os.environ.get("LLM_CAPTION_PROG"):
+        return os.environ["LLM_CAPTION_PROG"]
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "llm-caption"
     return "python -m videocaption" if name == "__main__.py" else name
 
@@ -97,19 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog=program_name(),
         description="Describe a video with DeepSeek-VL2 through a BMF graph; writes result.json.",
     )
-    parser.add_argument("video", nargs="*", metavar="INPUT",
-                        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny "
-                             "clip); with --workers, any number of files, folders and @LIST files")
+    parser.add_argument(
+        "video",
+        nargs="*",
+        metavar="INPUT",
+        help="video file, or a directory of videos, to caption (default: the bundled Big Buck Bunny "
+        "clip); with --workers, any number of files, folders and @LIST files",
+    )
     for field in dataclasses.fields(CaptionOptions):
         if field.metadata.get("flag", None) is not None:
             flag, settings = _argument(field)
             parser.add_argument(flag, **settings)
     # The key's option has no flag of its own: --api-key goes through the environment (see options_from_args).
     api_key = next(field for field in dataclasses.fields(CaptionOptions) if field.name == "api_key")
-    parser.add_argument("--api-key", help=f"{api_key.metadata['help']}; the environment variable keeps it out of "
-                                          "the process list")
-    parser.add_argument("--output-dir", default="results",
-                        help="with a directory as VIDEO: where the per-video results go (default: %(default)s)")
+    parser.add_argument(
+        "--api-key", help=f"{api_key.metadata['help']}; the environment variable keeps it out of the process list"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="results",
+        help="with a directory as VIDEO: where the per-video results go (default: %(default)s)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     library.add_library_arguments(parser)
     return parser
@@ -118,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
     """The ``add_argument`` call of an option: its flag, and the settings its default implies."""
     flag = cli_flag(field)
-    settings: dict[str, Any] = {"dest": field.name, "default": field.default, "help": field.metadata["help"],
-                                **field.metadata["argparse"]}
+    settings: dict[str, Any] = {
+        "dest": field.name,
+        "default": field.default,
+        "help": field.metadata["help"],
+        **field.metadata["argparse"],
+    }
     if isinstance(field.default, bool):  # a switch: --multithreading, or --no-time-aware
         settings["action"] = "store_false" if field.default else "store_true"
     elif settings.get("nargs") == "?":  # --srt alone: beside the result file
@@ -135,18 +151,22 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         # Through this process's environment, not the module's options: BMF prints those (the
         # graph dump) and a secret must not land in a log.
         os.environ[API_KEY_ENV] = args.api_key
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(CaptionOptions)
-              if field.metadata.get("flag", None) is not None}  # (not api_key: it went to the environment)
-    values["srt_path"] = _subtitle_path(args.srt_path, args.result_path, ".srt")
-    values["vtt_path"] = _subtitle_path(args.vtt_path, args.result_path, ".vtt")
+    values = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(CaptionOptions)
+        if field.metadata.get("flag", None) is not None
+    }  # (not api_key: it went to the environment)
+    values["srt_path"] = _beside_result(args.srt_path, args.result_path, ".srt")
+    values["vtt_path"] = _beside_result(args.vtt_path, args.result_path, ".vtt")
+    values["report_path"] = _beside_result(args.report_path, args.result_path, ".html")
     try:
         return CaptionOptions(**values)
     except CaptionError as error:
         parser.error(str(error))
 
 
-def _subtitle_path(value: str | None, result_path: str, suffix: str) -> str | None:
-    """``--srt`` alone puts the subtitles beside the result file; ``--srt PATH`` puts them at PATH."""
+def _beside_result(value: str | None, result_path: str, suffix: str) -> str | None:
+    """``--srt`` (``--vtt``, ``--report``) alone puts the file beside the result file; ``--srt PATH`` at PATH."""
     if value is None:
         return None
     return str(Path(result_path).with_suffix(suffix)) if value == BESIDE_RESULT else value
@@ -158,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     library.check_library_arguments(args, parser)  # with --workers: also refuses --live
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s: %(message)s", force=True)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True
+        )
         library.stop_on_signals()  # Ctrl-C and SIGTERM stop the library run, keeping its finished rows
         return library.run_library_command(args, parser, options)
     if not args.video and not SAMPLE_CLIP.is_file():
@@ -186,23 +207,34 @@ def main(argv: list[str] | None = None) -> int:
                 if os.environ.get("LLM_CAPTION_DEBUG"):
                     raise
                 print(f"error: {error}{resume_hint(options, error)}", file=sys.stderr)
-                if isinstance(error, ModelLoadError) and options.model == DEFAULT_MODEL \
-                        and options.backend == "deepseek_vl2" and TINY_CHECKPOINT.is_dir():
-                    print(f"To smoke-test the pipeline without the real weights, run: {smoke_test_command()} "
-                          f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text "
-                          "is noise)", file=sys.stderr)
+                if (
+                    isinstance(error, ModelLoadError)
+                    and options.model == DEFAULT_MODEL
+                    and options.backend == "deepseek_vl2"
+                    and TINY_CHECKPOINT.is_dir()
+                ):
+                    print(
+                        f"To smoke-test the pipeline without the real weights, run: {smoke_test_command()} "
+                        f"--model {os.path.relpath(TINY_CHECKPOINT)} (a tiny random-weight checkpoint: its text "
+                        "is noise)",
+                        file=sys.stderr,
+                    )
                 return EXIT_BAD_INPUT
             except Exception as error:  # a bug: still one line, unless asked for the traceback
                 if os.environ.get("LLM_CAPTION_DEBUG"):
                     raise
                 reason = (str(error).strip().splitlines() or [""])[0]
-                print(f"error: unexpected {type(error).__name__}: {reason} (rerun with --verbose for BMF's log, "
-                      f"LLM_CAPTION_DEBUG=1 for the traceback){resume_hint(options, error)}", file=sys.stderr)
+                print(
+                    f"error: unexpected {type(error).__name__}: {reason} (rerun with --verbose for BMF's log, "
+                    f"LLM_CAPTION_DEBUG=1 for the traceback){resume_hint(options, error)}",
+                    file=sys.stderr,
+                )
                 return EXIT_FAILED
 
 
-def caption_file(video: Path, options: CaptionOptions, *, bar_position: int = 0,
-                 verbose: bool = False) -> CaptionResult:
+def caption_file(
+    video: Path, options: CaptionOptions, *, bar_position: int = 0, verbose: bool = False
+) -> CaptionResult:
     """Caption one video through the BMF graph with a progress bar; returns its result (written
     to the files ``options`` names).
 
@@ -223,12 +255,16 @@ def report(result: CaptionResult, options: CaptionOptions) -> int:
     print(f"Title: {result.video_title}")
     print(f"Summary: {result.summary}")
     failed = [batch.batch_id for batch in result.batches if batch.error is not None]
-    print(f"{result.frames_analysed} frames in {len(result.batches)} batches, "
-          f"{result.turnaround_time:.1f} s; result written to {options.result_path}")
+    print(
+        f"{result.frames_analysed} frames in {len(result.batches)} batches, "
+        f"{result.turnaround_time:.1f} s; result written to {options.result_path}"
+    )
     print_shots(result)
     if failed:
-        print(f"incomplete: batches {', '.join(map(str, failed))} could not be described "
-              "(see their 'error' fields)", file=sys.stderr)
+        print(
+            f"incomplete: batches {', '.join(map(str, failed))} could not be described (see their 'error' fields)",
+            file=sys.stderr,
+        )
         return EXIT_INCOMPLETE
     return 0
 
@@ -263,6 +299,7 @@ def caption_directory(folder: Path, output_dir: Path, options: CaptionOptions, *
                 result_path=str(result_path),
                 srt_path=str(result_path.with_suffix(".srt")) if options.srt_path else None,
                 vtt_path=str(result_path.with_suffix(".vtt")) if options.vtt_path else None,
+                report_path=str(result_path.with_suffix(".html")) if options.report_path else None,
             )
             if is_done(result_path):
                 bar.write(f"Skipping {video}: already captioned in {result_path}")
@@ -310,8 +347,9 @@ def leave_interrupted(stop: Interrupted, options: CaptionOptions) -> NoReturn:
     checkpoint = Checkpoint(options.result_path)
     saved = checkpoint.saved_batches()
     if saved:
-        kept = (f"{saved} described batches are saved in {checkpoint.path}; run the same command with --resume "
-                "to continue")
+        kept = (
+            f"{saved} described batches are saved in {checkpoint.path}; run the same command with --resume to continue"
+        )
     else:
         kept = "no batch was described yet, so nothing was saved"
     name = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
@@ -329,6 +367,7 @@ def stop_signals_raise() -> Iterator[None]:
     BMF's engine installs its own handlers when a graph starts; the graph runner takes these
     back (:func:`videocaption.graph.runner.keep_python_signal_handlers`).
     """
+
     def exit_now(signum: int, frame: object) -> None:
         os._exit(128 + signum)  # the second signal: the checkpoint is always whole on disk
 
@@ -404,13 +443,22 @@ class ProgressBar:
     count, so a finished run always ends at 100%.
     """
 
-    def __init__(self, media: MediaInfo, options: CaptionOptions, *, position: int = 0,
-                 disable: bool | None = None, file=None) -> None:
+    def __init__(
+        self, media: MediaInfo, options: CaptionOptions, *, position: int = 0, disable: bool | None = None, file=None
+    ) -> None:
         from tqdm import tqdm
 
         total = math.floor(media.duration * options.fps) + 1 if media.duration else None
-        self._bar = tqdm(total=total, unit="frame", desc="loading model", file=file or sys.stderr, disable=disable,
-                         dynamic_ncols=True, position=position, leave=position == 0)
+        self._bar = tqdm(
+            total=total,
+            unit="frame",
+            desc="loading model",
+            file=file or sys.stderr,
+            disable=disable,
+            dynamic_ncols=True,
+            position=position,
+            leave=position == 0,
+        )
 
     def __call__(self, progress: Progress) -> None:
         bar = self._bar

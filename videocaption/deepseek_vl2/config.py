@@ -184,7 +184,9 @@ class LanguageConfig:
                 raise ValueError(f"topk_method {self.topk_method!r} is not supported")
             if self.topk_method != "greedy":
                 if not self.n_group or not self.topk_group or self.n_routed_experts % self.n_group:
-                    raise ValueError(f"topk_method {self.topk_method!r} needs n_group dividing the experts and topk_group")
+                    raise ValueError(
+                        f"topk_method {self.topk_method!r} needs n_group dividing the experts and topk_group"
+                    )
                 if self.topk_group > self.n_group:
                     raise ValueError("topk_group must not exceed n_group")
                 if self.topk_method == "noaux_tc" and self.n_routed_experts // self.n_group < 2:
@@ -203,7 +205,7 @@ class DeepseekVL2Config:
     candidate_resolutions: tuple[tuple[int, int], ...] = ((384, 384),)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeepseekVL2Config":
+    def from_dict(cls, data: dict[str, Any]) -> DeepseekVL2Config:
         """Build and validate a config from the parsed ``config.json``; ValueError if unusable."""
         if not isinstance(data, dict):
             raise ValueError("config must be a JSON object")
@@ -229,7 +231,7 @@ class DeepseekVL2Config:
         return config
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "DeepseekVL2Config":
+    def from_file(cls, path: str | os.PathLike) -> DeepseekVL2Config:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 

@@ -10,8 +10,8 @@ are run one row at a time (:func:`prefill_rows_alone`) and only the decoding ste
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -88,7 +88,7 @@ def generate(
         inputs_embeds, mask, positions = inputs_embeds[keep], mask[keep], positions[keep]
     padded = not bool(mask.all())
     active = torch.tensor(active_rows, device=device)  # original row of each batch row still decoding
-    remaining = torch.tensor([limits[row] for row in active_rows], device=device)  # budget left per row
+    remaining = [limits[row] for row in active_rows]  # budget left per batch row (known on the host)
     next_position = positions[:, -1] + 1  # [b]
     start = time.perf_counter()
     if padded:
@@ -107,17 +107,20 @@ def generate(
             out.scores.append(scores)
         tokens = logits.argmax(dim=-1)  # [b]
         sequences[active, step] = tokens
-        eos = tokens == eos_token_id
-        for row in active[eos].tolist():
-            out.lengths[row] = step
-        remaining = remaining - 1
-        done = eos | (remaining == 0)
-        if bool(done.all()):
+        # The step's one host read (a device sync on a GPU): which rows chose eos.
+        eos = (tokens == eos_token_id).tolist()
+        remaining = [n - 1 for n in remaining]
+        done = [hit or n == 0 for hit, n in zip(eos, remaining)]
+        for row, hit in zip(active_rows, eos):
+            if hit:
+                out.lengths[row] = step
+        if all(done):
             break
-        if bool(done.any()):  # finished rows leave the batch
-            keep = (~done).nonzero().squeeze(-1)
-            active, tokens, mask = active[keep], tokens[keep], mask[keep]
-            next_position, remaining = next_position[keep], remaining[keep]
+        if any(done):  # finished rows leave the batch
+            kept = [i for i, d in enumerate(done) if not d]
+            keep = torch.tensor(kept, device=device)
+            active_rows, remaining = [active_rows[i] for i in kept], [remaining[i] for i in kept]
+            active, tokens, mask, next_position = active[keep], tokens[keep], mask[keep], next_position[keep]
             cache.select(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         embeds = language.model.embed_tokens(tokens[:, None])  # [b, 1, D]
@@ -152,7 +155,7 @@ def prefill_rows_alone(
     for row in range(inputs_embeds.shape[0]):
         start = int((~mask[row]).sum())  # left padding: the real tokens are the suffix
         row_cache = KVCache()
-        hidden = language.model(inputs_embeds[row:row + 1, start:], positions[row:row + 1, start:], None, row_cache)
+        hidden = language.model(inputs_embeds[row : row + 1, start:], positions[row : row + 1, start:], None, row_cache)
         last_hidden.append(hidden[:, -1])
         row_caches.append((start, row_cache))
     cache.fill_left_padded(row_caches, inputs_embeds.shape[1])

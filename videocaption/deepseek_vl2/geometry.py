@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -32,7 +33,9 @@ from PIL import Image, ImageOps
 PAIR_TEXT_RESERVE = 512
 
 
-def select_best_resolution(image_size: tuple[int, int], candidate_resolutions: Sequence[Sequence[int]]) -> tuple[int, int]:
+def select_best_resolution(
+    image_size: tuple[int, int], candidate_resolutions: Sequence[Sequence[int]]
+) -> tuple[int, int]:
     """The candidate (width, height) that keeps most of the image's pixels, then wastes least.
 
     Copied operation for operation from upstream (``int()`` truncation included): a different
@@ -70,8 +73,9 @@ class ImageGeometry:
         if not self.candidate_resolutions:
             raise ValueError("candidate_resolutions must not be empty")
         if self.patch_size <= 0 or self.downsample_ratio <= 0:
-            raise ValueError(f"patch_size and downsample_ratio must be positive, got "
-                             f"{self.patch_size} and {self.downsample_ratio}")
+            raise ValueError(
+                f"patch_size and downsample_ratio must be positive, got {self.patch_size} and {self.downsample_ratio}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageGeometry:
@@ -161,7 +165,9 @@ class ImageGeometry:
         if num_images <= 0:
             return 0
         if num_images == 2:
-            return 2 * max(self.tiling_tokens(w // self.tile, h // self.tile) for w, h in self.pair_tilings(context_length))
+            return 2 * max(
+                self.tiling_tokens(w // self.tile, h // self.tile) for w, h in self.pair_tilings(context_length)
+            )
         return num_images * self.worst_image_tokens(num_images)
 
     def prepare_image(self, image: Image.Image, num_images: int, context_length: int) -> Image.Image:
@@ -195,9 +201,31 @@ class ImageGeometry:
 # every grid of up to 9 tiles. Used where no checkpoint is at hand (a model behind an API).
 HUB_GEOMETRY = ImageGeometry(
     candidate_resolutions=tuple(
-        (384 * w, 384 * h) for w, h in (
-            (1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (1, 4), (4, 1), (2, 2), (1, 5), (5, 1), (1, 6), (6, 1),
-            (2, 3), (3, 2), (1, 7), (7, 1), (1, 8), (8, 1), (2, 4), (4, 2), (1, 9), (9, 1), (3, 3),
+        (384 * w, 384 * h)
+        for w, h in (
+            (1, 1),
+            (1, 2),
+            (2, 1),
+            (1, 3),
+            (3, 1),
+            (1, 4),
+            (4, 1),
+            (2, 2),
+            (1, 5),
+            (5, 1),
+            (1, 6),
+            (6, 1),
+            (2, 3),
+            (3, 2),
+            (1, 7),
+            (7, 1),
+            (1, 8),
+            (8, 1),
+            (2, 4),
+            (4, 2),
+            (1, 9),
+            (9, 1),
+            (3, 3),
         )
     ),
     patch_size=14,

@@ -20,7 +20,7 @@ keys (``model.layers.N.self_attn.q_proj`` ...).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,14 +82,18 @@ class KVCache:
         start, end = self._lengths[layer_idx], self._lengths[layer_idx] + key.shape[2]
         if end > self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)
             grow = max(end, 2 * self._keys[layer_idx].shape[2]) - self._keys[layer_idx].shape[2]
-            self._keys[layer_idx] = torch.cat([self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2)
-            self._values[layer_idx] = torch.cat([self._values[layer_idx], self._values[layer_idx].new_empty(*value.shape[:2], grow, value.shape[3])], 2)
+            self._keys[layer_idx] = torch.cat(
+                [self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2
+            )
+            self._values[layer_idx] = torch.cat(
+                [self._values[layer_idx], self._values[layer_idx].new_empty(*value.shape[:2], grow, value.shape[3])], 2
+            )
         self._keys[layer_idx][:, :, start:end] = key
         self._values[layer_idx][:, :, start:end] = value
         self._lengths[layer_idx] = end
         return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
 
-    def fill_left_padded(self, rows: Sequence[tuple[int, "KVCache"]], length: int) -> None:
+    def fill_left_padded(self, rows: Sequence[tuple[int, KVCache]], length: int) -> None:
         """Become the cache of a left-padded batch of ``length`` positions from one cache per row.
 
         ``rows`` holds, per batch row, where its real tokens start and the cache of those tokens
@@ -129,8 +133,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        # F.rms_norm is x * rsqrt(mean(x^2) + eps) in one operator (fewer per decode step)
+        x = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=self.variance_epsilon)
         return self.weight * x.to(dtype)
 
 
@@ -182,12 +186,11 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope_theta)
 
     def forward(
         self,
         x: torch.Tensor,
-        position_ids: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         is_causal: bool,
         cache: KVCache | None,
@@ -196,7 +199,7 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = self.rotary_emb(position_ids, q.dtype)
+        cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, L, D]
@@ -240,7 +243,6 @@ class MultiHeadLatentAttention(nn.Module):
             self.kv_lora_rank, self.num_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False
         )
         self.o_proj = nn.Linear(self.num_heads * self.v_head_dim, hidden, bias=bias)
-        self.rotary_emb = RotaryEmbedding(self.qk_rope_head_dim, config.rope_theta)
         self.softmax_scale = self.q_head_dim**-0.5  # of the un-absorbed head size (nope + rope)
 
     def project_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +260,7 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        position_ids: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         is_causal: bool,
         cache: KVCache | None,
@@ -266,13 +268,13 @@ class MultiHeadLatentAttention(nn.Module):
         b, t, _ = x.shape
         q_nope, q_pe = self.project_query(x)
         compressed_kv, k_pe = self.project_latent(x)
-        cos, sin = self.rotary_emb(position_ids, q_pe.dtype)
+        cos, sin = rope
         q_pe = apply_rotary(deinterleave(q_pe), cos, sin)
         k_pe = apply_rotary(deinterleave(k_pe), cos, sin)
         if cache is not None:
             k_pe, compressed_kv = cache.update(self.layer_idx, k_pe, compressed_kv)  # [B, 1, L, .]
         w = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-        q_absorb, out_absorb = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim:]  # [H, nope, c], [H, v, c]
+        q_absorb, out_absorb = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]  # [H, nope, c], [H, v, c]
         query = torch.cat([torch.matmul(q_nope, q_absorb), q_pe], dim=-1)  # [B, H, T, c + rope]
         key = torch.cat([compressed_kv, k_pe], dim=-1).expand(-1, self.num_heads, -1, -1)  # [B, H, L, c + rope]
         value = compressed_kv.expand(-1, self.num_heads, -1, -1)  # [B, H, L, c]
@@ -294,6 +296,105 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def grouped_mm(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows ``ends[e-1]:ends[e]`` of ``x`` [N, in] times ``weight[e]``^T [E, out, in] -> [N, out].
+
+    ``torch._grouped_mm`` runs all groups in one call with the group ends on the device (no host
+    sync; one kernel on CUDA, a C++ loop on CPU). Where it is missing or refuses the dtype, a
+    Python loop over the groups does the same (it reads ``ends`` on the host).
+    """
+    if _GROUPED_MM:
+        try:
+            return torch._grouped_mm(x, weight.transpose(-2, -1), offs=ends)
+        except RuntimeError:  # e.g. a dtype or GPU generation the kernel does not cover
+            pass
+    out, start = x.new_empty(x.shape[0], weight.shape[1]), 0
+    for e, end in enumerate(ends.tolist()):
+        out[start:end] = F.linear(x[start:end], weight[e])
+        start = end
+    return out
+
+
+_GROUPED_MM = hasattr(torch, "_grouped_mm")
+
+
+class Experts(nn.Module):
+    """The routed experts of one MoE layer, stored stacked so that all of them run as grouped GEMMs.
+
+    ``gate_up_proj`` [E, 2 * I, hidden] holds each expert's gate rows then its up rows,
+    ``down_proj`` [E, hidden, I]. Why stacked: a per-expert Python loop needs every expert's token
+    count on the host (a sync per layer per token on a GPU, which also rules out CUDA graphs) and
+    makes one small GEMM per expert; stacked, each weight is one ``grouped_mm`` over tokens sorted
+    by expert. The checkpoint keeps one key per expert (``N.gate_proj.weight``, ``N.up_proj.weight``,
+    ``N.down_proj.weight`` under ``mlp.experts``): ``state_dict`` and ``load_state_dict`` speak those
+    keys, and :func:`~videocaption.deepseek_vl2.weights.load_weights` copies each file tensor
+    straight into its row, so loading never holds a layer twice.
+    """
+
+    KEYS = ("gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, config: LanguageConfig) -> None:
+        super().__init__()
+        n, hidden, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+        self.num_experts, self.intermediate_size = n, inter
+        self.gate_up_proj = nn.Parameter(torch.empty(n, 2 * inter, hidden))
+        self.down_proj = nn.Parameter(torch.empty(n, hidden, inter))
+        self.act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] tokens sorted by expert, expert e owning rows ``ends[e-1]:ends[e]`` -> [N, hidden]."""
+        gate, up = grouped_mm(x, self.gate_up_proj, ends).chunk(2, dim=-1)  # 2 x [N, I]
+        return grouped_mm(self.act_fn(gate) * up, self.down_proj, ends)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` alone on [..., hidden] (the straightforward formula, for checks)."""
+        gate, up = self.gate_up_proj[e].split(self.intermediate_size)
+        return F.linear(self.act_fn(F.linear(x, gate)) * F.linear(x, up), self.down_proj[e])
+
+    def slot(self, key: str) -> torch.Tensor:
+        """The rows of the stacked storage that checkpoint key ``N.gate_proj.weight`` (etc.) names."""
+        e, name, _ = key.split(".")
+        if name == "down_proj":
+            return self.down_proj[int(e)]
+        gate, up = self.gate_up_proj[int(e)].split(self.intermediate_size)
+        return gate if name == "gate_proj" else up
+
+    def checkpoint_keys(self) -> list[str]:
+        return [f"{e}.{name}.weight" for e in range(self.num_experts) for name in self.KEYS]
+
+    def materialize(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Real (uninitialised) storage in place of meta tensors, before rows are copied in."""
+        for name in ("gate_up_proj", "down_proj"):
+            param = getattr(self, name)
+            if param.is_meta:
+                setattr(
+                    self,
+                    name,
+                    nn.Parameter(
+                        torch.empty(param.shape, device=device, dtype=dtype), requires_grad=param.requires_grad
+                    ),
+                )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Per-expert keys as in the checkpoint. keep_vars: views (shapes, no copy); otherwise
+        # copies, since safetensors refuses to save tensors that share storage.
+        for key in self.checkpoint_keys():
+            row = self.slot(key)
+            destination[prefix + key] = row if keep_vars else row.detach().clone()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        keys = [k for k in self.checkpoint_keys() if prefix + k in state_dict]
+        if keys:
+            first = state_dict[prefix + keys[0]]
+            self.materialize(first.device, first.dtype)
+        with torch.no_grad():
+            for key in keys:
+                self.slot(key).copy_(state_dict[prefix + key])
+        missing_keys.extend(prefix + k for k in self.checkpoint_keys() if prefix + k not in state_dict)
 
 
 class MoEGate(nn.Module):
@@ -347,7 +448,7 @@ class MoE(nn.Module):
 
     def __init__(self, config: LanguageConfig) -> None:
         super().__init__()
-        self.experts = nn.ModuleList(MLP(config, config.moe_intermediate_size) for _ in range(config.n_routed_experts))
+        self.experts = Experts(config)
         self.gate = MoEGate(config)
         self.shared_experts = (
             MLP(config, config.moe_intermediate_size * config.n_shared_experts) if config.n_shared_experts else None
@@ -363,26 +464,21 @@ class MoE(nn.Module):
         return y
 
     def route(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the chosen experts' outputs, each expert run once on all its tokens.
+        """Weighted sum of the chosen experts' outputs: tokens sorted by expert, one grouped GEMM per weight.
 
-        Assignments are sorted by expert so every expert sees one contiguous slice of gathered
-        tokens; results are weighted and summed in float32 (as upstream) with ``index_add_``.
+        Everything stays on the device (no token count is read on the host); results are
+        weighted and summed in float32 (as upstream) with ``index_add_``.
         """
         n, k = idx.shape
         flat_idx = idx.reshape(-1)  # [N * k]
         order = flat_idx.argsort(stable=True)
         token_of = order // k  # token of each sorted assignment
-        counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
-        tokens = x.index_select(0, token_of)  # [N * k, hidden]
+        experts = torch.arange(self.experts.num_experts, device=x.device, dtype=flat_idx.dtype)
+        ends = torch.searchsorted(flat_idx[order], experts, right=True).to(torch.int32)  # [E] group ends
+        y = self.experts(x.index_select(0, token_of), ends)  # [N * k, hidden]
         weights = weight.reshape(-1).index_select(0, order).unsqueeze(-1)  # [N * k, 1] float32
         out = torch.zeros(n, x.shape[-1], dtype=torch.float32, device=x.device)
-        start = 0
-        for expert, count in zip(self.experts, counts):
-            if count:
-                rows = slice(start, start + count)
-                out.index_add_(0, token_of[rows], expert(tokens[rows]).float() * weights[rows])
-                start += count
-        return out.to(x.dtype)
+        return out.index_add_(0, token_of, y.float() * weights).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- decoder
@@ -395,8 +491,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, position_ids, mask, is_causal, cache):
-        x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, is_causal, cache)
+    def forward(self, x, rope, mask, is_causal, cache):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, is_causal, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -414,7 +510,9 @@ def attention_mask(
     k_len = past_len + q_len
     if key_mask is not None and key_mask.shape[-1] != k_len:
         raise ValueError(f"attention mask covers {key_mask.shape[-1]} positions, expected {k_len}")
-    if key_mask is None or bool(key_mask.all()):
+    # Whether a given mask is all True is read on the host only for a prompt (q_len > 1): in the
+    # per-token loop that read would be a device sync per step, and a one-query mask is cheap.
+    if key_mask is None or (q_len > 1 and bool(key_mask.all())):
         if q_len == 1:
             return None, False
         if past_len == 0:
@@ -436,6 +534,9 @@ class DeepseekV2Model(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        # One RoPE table per forward, shared by all layers (they all rotate the same positions).
+        rope_dim = config.qk_rope_head_dim if config.use_mla else config.head_dim
+        self.rotary_emb = RotaryEmbedding(rope_dim, config.rope_theta)
 
     def forward(
         self,
@@ -451,9 +552,10 @@ class DeepseekV2Model(nn.Module):
         """
         past_len = len(cache) if cache is not None else 0
         mask, is_causal = attention_mask(attention_mask_2d, inputs_embeds.shape[1], past_len, inputs_embeds.device)
+        rope = self.rotary_emb(position_ids, inputs_embeds.dtype)  # cos, sin [B, T, rope_dim]
         x = inputs_embeds
         for layer in self.layers:
-            x = layer(x, position_ids, mask, is_causal, cache)
+            x = layer(x, rope, mask, is_causal, cache)
         return self.norm(x)
 
 

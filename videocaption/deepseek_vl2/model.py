@@ -62,7 +62,7 @@ class DeepseekVL2Model(nn.Module):
             return images.new_zeros(0, 0, self.config.projector.n_embed)
         tiles = torch.cat(tiles).to(self.image_newline.dtype)
         chunks = [
-            self.projector(self.vision(tiles[i: i + self.vision_chunk_size]))
+            self.projector(self.vision(tiles[i : i + self.vision_chunk_size]))
             for i in range(0, tiles.shape[0], self.vision_chunk_size)
         ]
         return torch.cat(chunks)
@@ -85,7 +85,7 @@ class DeepseekVL2Model(nn.Module):
         out, tile = [], 0
         for grid in self.tiles_per_row(images_spatial_crop):
             for w, h in grid:
-                out.append(self._layout(image_embeds[tile: tile + 1 + w * h], w, h))
+                out.append(self._layout(image_embeds[tile : tile + 1 + w * h], w, h))
                 tile += 1 + w * h
         if tile != image_embeds.shape[0]:
             raise ValueError(f"images_spatial_crop describes {tile} tiles but {image_embeds.shape[0]} were encoded")
@@ -111,7 +111,11 @@ class DeepseekVL2Model(nn.Module):
                 image_embeds = embeds.new_zeros(0, 0, embeds.shape[-1])
             else:
                 image_embeds = self.encode_images(images, images_spatial_crop)
-        features = self.image_sequence(image_embeds, images_spatial_crop) if image_embeds.shape[0] else embeds.new_zeros(0, embeds.shape[-1])
+        features = (
+            self.image_sequence(image_embeds, images_spatial_crop)
+            if image_embeds.shape[0]
+            else embeds.new_zeros(0, embeds.shape[-1])
+        )
         mask = images_seq_mask.bool()
         n_tokens = int(mask.sum())
         if n_tokens != features.shape[0]:

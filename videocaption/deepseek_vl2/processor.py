@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class ProcessorConfig:
     ignore_id: int = -100
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProcessorConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ProcessorConfig:
         try:
             config = cls(
                 candidate_resolutions=tuple((int(w), int(h)) for w, h in data["candidate_resolutions"]),
@@ -126,7 +127,7 @@ class DeepseekVL2Batch:
     seq_lens: list[int]
     num_image_tokens: list[list[int]] = field(default_factory=list)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "DeepseekVL2Batch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DeepseekVL2Batch:
         """Move the tensors (and cast the pixels to ``dtype`` if given)."""
         self.input_ids = self.input_ids.to(device)
         self.labels = self.labels.to(device)
@@ -179,7 +180,7 @@ class DeepseekVL2Processor:
         return token_id
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "DeepseekVL2Processor":
+    def from_pretrained(cls, path: str | os.PathLike) -> DeepseekVL2Processor:
         """Read ``tokenizer.json``, ``tokenizer_config.json`` (optional) and ``processor_config.json``."""
         path = Path(path)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -212,8 +213,18 @@ class DeepseekVL2Processor:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         text = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.clean_up_tokenization_spaces:  # transformers' clean_up_tokenization
-            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            for a, b in (
+                (" .", "."),
+                (" ?", "?"),
+                (" !", "!"),
+                (" ,", ","),
+                (" ' ", "'"),
+                (" n't", "n't"),
+                (" 'm", "'m"),
+                (" 's", "'s"),
+                (" 've", "'ve"),
+                (" 're", "'re"),
+            ):
                 text = text.replace(a, b)
         return text
 
@@ -272,7 +283,9 @@ class DeepseekVL2Processor:
         """Ids and image mask of ``text`` with each ``<image>`` expanded; pixels if ``images`` given."""
         splits = text.split(self.config.image_token)
         if len(splits) - 1 != len(sizes):
-            raise ValueError(f"the prompt has {len(splits) - 1} {self.config.image_token} placeholders but {len(sizes)} images")
+            raise ValueError(
+                f"the prompt has {len(splits) - 1} {self.config.image_token} placeholders but {len(sizes)} images"
+            )
         ids: list[int] = []
         mask: list[bool] = []
         tiles: list[torch.Tensor] = []
@@ -316,9 +329,9 @@ class DeepseekVL2Processor:
             if role in (USER_ROLE, "user"):
                 turn = self.format_turn(USER_ROLE, content, system_prompt if idx == 0 else "")
                 n = turn.count(self.config.image_token)
-                turn_images = None if images is None else images[image_index: image_index + n]
+                turn_images = None if images is None else images[image_index : image_index + n]
                 turn_ids, turn_mask, turn_tiles, turn_crops, turn_counts = self._tokenize_with_images(
-                    turn, turn_images, sizes[image_index: image_index + n], cropping
+                    turn, turn_images, sizes[image_index : image_index + n], cropping
                 )
                 image_index += n
                 ids += turn_ids
@@ -344,7 +357,9 @@ class DeepseekVL2Processor:
             else:
                 raise ValueError(f"unknown role {role!r}")
         if image_index != len(sizes):
-            raise ValueError(f"the conversation has {image_index} {self.config.image_token} placeholders but {len(sizes)} images")
+            raise ValueError(
+                f"the conversation has {image_index} {self.config.image_token} placeholders but {len(sizes)} images"
+            )
         return ids, labels, mask, tiles, crops, counts
 
     def process_one(
@@ -383,7 +398,13 @@ class DeepseekVL2Processor:
             num_image_tokens=counts,
         )
 
-    def count_tokens(self, conversation: Sequence[dict[str, Any]], image_sizes: Sequence[tuple[int, int]] = (), *, system_prompt: str = "") -> int:
+    def count_tokens(
+        self,
+        conversation: Sequence[dict[str, Any]],
+        image_sizes: Sequence[tuple[int, int]] = (),
+        *,
+        system_prompt: str = "",
+    ) -> int:
         """Length of ``process_one(conversation, images)`` for images of these (width, height) sizes."""
         ids, *_ = self._conversation_tokens(conversation, None, [tuple(s) for s in image_sizes], system_prompt)
         return len(ids) - 1  # inference mode drops the final eos
@@ -409,10 +430,10 @@ class DeepseekVL2Processor:
         crops = torch.zeros(batch, max_images, 2, dtype=torch.long)
         for b, s in enumerate(samples):
             n = len(s)
-            input_ids[b, seq - n:] = s.input_ids
-            labels[b, seq - n:] = s.target_ids
-            attention_mask[b, seq - n:] = True
-            images_seq_mask[b, seq - n:] = s.images_seq_mask
+            input_ids[b, seq - n :] = s.input_ids
+            labels[b, seq - n :] = s.target_ids
+            attention_mask[b, seq - n :] = True
+            images_seq_mask[b, seq - n :] = s.images_seq_mask
             images[b, : s.images.shape[0]] = s.images
             crops[b, : s.images_spatial_crop.shape[0]] = s.images_spatial_crop
         labels[labels == self.pad_id] = self.config.ignore_id  # as upstream (labels never hold the pad id)
@@ -437,7 +458,9 @@ class DeepseekVL2Processor:
         inference_mode: bool = True,
     ) -> DeepseekVL2Batch:
         """One conversation as a batch of one (upstream ``processor(..., force_batchify=True)``)."""
-        return self.batchify([self.process_one(conversations, images, system_prompt=system_prompt, inference_mode=inference_mode)])
+        return self.batchify(
+            [self.process_one(conversations, images, system_prompt=system_prompt, inference_mode=inference_mode)]
+        )
 
     # ------------------------------------------------------------ user turns
     @staticmethod

@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
 from videocaption.errors import ModelLoadError
+
+from .language import Experts
 
 UNUSED_PREFIXES = ("vision.attn_pool.",)  # present in the official checkpoints, unused by design
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer.json")
@@ -70,7 +72,9 @@ def weight_files(model_dir: Path, name: str) -> list[Path]:
             raise ModelLoadError(f"Model '{name}' has no safetensors weights in '{model_dir}'.")
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise ModelLoadError(f"Model '{name}' is incomplete: weight file(s) {', '.join(missing)} missing in '{model_dir}'.")
+        raise ModelLoadError(
+            f"Model '{name}' is incomplete: weight file(s) {', '.join(missing)} missing in '{model_dir}'."
+        )
     return files
 
 
@@ -100,11 +104,15 @@ def load_weights(
     """Fill ``module`` (possibly on the meta device) from safetensors ``files``, strictly.
 
     Tensors are cast to ``dtype`` and placed on ``device`` one at a time, so a bf16 checkpoint never
-    exists twice in memory. Missing keys, unexpected keys and shape mismatches raise ModelLoadError.
+    exists twice in memory; a routed expert's tensor is copied straight into its row of the
+    layer's stacked storage (:class:`~videocaption.deepseek_vl2.language.Experts`). Missing keys,
+    unexpected keys and shape mismatches raise ModelLoadError.
     """
     expected = {k: v for k, v in module.state_dict(keep_vars=True).items()}
     tied = {k for k in expected if _is_tied(module, k)}
+    stacked = _stacked_slots(module)
     found: dict[str, torch.Tensor] = {}
+    copied: set[str] = set()  # keys already written into stacked storage
     unexpected: list[str] = []
     load_device = "cpu" if device.type == "mps" else str(device)  # safetensors cannot map onto mps
     for file in files:
@@ -122,12 +130,19 @@ def load_weights(
                             f"Model '{name}' does not match the architecture: {key} has shape {shape}, "
                             f"expected {tuple(expected[key].shape)}."
                         )
-                    found[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                    if key in stacked:
+                        owner, slot_key = stacked[key]
+                        owner.materialize(device, dtype)
+                        with torch.no_grad():
+                            owner.slot(slot_key).copy_(f.get_tensor(key))
+                        copied.add(key)
+                    else:
+                        found[key] = f.get_tensor(key).to(device=device, dtype=dtype)
         except ModelLoadError:
             raise
         except Exception as exc:
             raise ModelLoadError(f"Model '{name}' has an unreadable weight file '{file.name}' ({exc}).") from exc
-    missing = [k for k in expected if k not in found and k not in tied]
+    missing = [k for k in expected if k not in found and k not in copied and k not in tied]
     if missing or unexpected:
         problems = []
         if missing:
@@ -140,6 +155,15 @@ def load_weights(
     leftovers = [n for n, p in module.named_parameters() if p.is_meta]
     if leftovers:
         raise ModelLoadError(f"Model '{name}' left parameters uninitialised: {_describe(leftovers)}.")
+
+
+def _stacked_slots(module: nn.Module) -> dict[str, tuple[Experts, str]]:
+    """Checkpoint key -> (stacked experts module, its key within that module) for every routed expert."""
+    slots = {}
+    for prefix, sub in module.named_modules():
+        if isinstance(sub, Experts):
+            slots.update({f"{prefix}.{key}": (sub, key) for key in sub.checkpoint_keys()})
+    return slots
 
 
 def _is_tied(module: nn.Module, key: str) -> bool:

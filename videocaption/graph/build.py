@@ -15,11 +15,11 @@ from typing import Any
 
 from videocaption.audio.samples import SAMPLE_RATE
 from videocaption.errors import InvalidOptionError, ModelLoadError
-from videocaption.media.decoding import AVDISCARD_ALL, choose_decode, decode_settings, reads_keyframes
-from videocaption.sampling.grid import select_expression
-from videocaption.options import CaptionOptions
-from videocaption.media.probe import MediaInfo, ffmpeg_url, is_url, probe_media, probe_url_streams
 from videocaption.graph.context import RUN_ID_OPTION
+from videocaption.media.decoding import AVDISCARD_ALL, choose_decode, decode_settings, reads_keyframes
+from videocaption.media.probe import MediaInfo, ffmpeg_url, is_url, probe_media, probe_url_streams
+from videocaption.options import CaptionOptions
+from videocaption.sampling.grid import select_expression
 
 log = logging.getLogger("llm_caption")
 MODULE_NAME = "llm_caption"
@@ -35,8 +35,10 @@ def module_path() -> str:
     """
     spec = importlib.util.find_spec(MODULE_NAME)
     if spec is None or spec.origin is None:
-        raise ModelLoadError(f"the BMF module file {MODULE_NAME}.py cannot be found: install the project "
-                             "(pip install .) or run from its checkout")
+        raise ModelLoadError(
+            f"the BMF module file {MODULE_NAME}.py cannot be found: install the project "
+            "(pip install .) or run from its checkout"
+        )
     return str(Path(spec.origin).parent)
 
 
@@ -65,8 +67,9 @@ def probe_input(video_path: str | os.PathLike, options: CaptionOptions) -> Media
     return probe_media(video_path, keyframes=reads_keyframes(options.decode_skip, options.sampling))
 
 
-def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | None = None,
-                    media: MediaInfo | None = None) -> dict[str, Any]:
+def decoder_options(
+    video_path: str | os.PathLike, options: CaptionOptions | None = None, media: MediaInfo | None = None
+) -> dict[str, Any]:
     """BMF decoder options: every frame upright (``autorotate``, BMF's default, named so it
     stays on: phone videos carry a display matrix), stamped with its own time; with
     ``options``, only the frames sampling needs decoded (:func:`decode_mode`, by ``media``,
@@ -80,8 +83,9 @@ def decoder_options(video_path: str | os.PathLike, options: CaptionOptions | Non
     return settings
 
 
-def decode_mode(video_path: str | os.PathLike, options: CaptionOptions,
-                media: MediaInfo | None = None) -> tuple[str, MediaInfo]:
+def decode_mode(
+    video_path: str | os.PathLike, options: CaptionOptions, media: MediaInfo | None = None
+) -> tuple[str, MediaInfo]:
     """The decode mode ``options.decode_skip`` comes to for this input, and what it was chosen by.
 
     Only a local file is probed (:func:`probe_input`, when ``media`` is not given) and only a
@@ -95,14 +99,16 @@ def decode_mode(video_path: str | os.PathLike, options: CaptionOptions,
     if media is None:
         media = probe_input(video_path, options)
     try:
-        return choose_decode(options.decode_skip, options.fps, media,
-                             can_seek=local and options.sampling == "uniform"), media
+        return choose_decode(
+            options.decode_skip, options.fps, media, can_seek=local and options.sampling == "uniform"
+        ), media
     except ValueError as error:
         raise InvalidOptionError(f"{video_path}: {error}") from None
 
 
-def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None,
-                        media: MediaInfo | None = None):
+def build_caption_graph(
+    video_path: str | os.PathLike, options: CaptionOptions, run_id: str | None = None, media: MediaInfo | None = None
+):
     """Build (but do not run) the graph; returns the graph and the module's caption stream.
 
     Args:
@@ -128,24 +134,12 @@ def build_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, 
     if options.transcribe and media.has_audio:  # as the VAD and the recogniser take it: 16 kHz mono float
         if "durations" in settings:  # a seeking decoder trims the audio to its spans too: read it whole
             decoded = graph.decode({"input_path": settings["input_path"], "skip_frame": AVDISCARD_ALL})
-        streams.append(decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
-                       .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"))
-    node = bmf.module(streams, MODULE_NAME, module_options(options, run_id),
-                      module_path=module_path(), entry=MODULE_ENTRY)
+        streams.append(
+            decoded["audio"]
+            .ff_filter("aresample", str(SAMPLE_RATE))
+            .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono")
+        )
+    node = bmf.module(
+        streams, MODULE_NAME, module_options(options, run_id), module_path=module_path(), entry=MODULE_ENTRY
+    )
     return graph, node
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.graph.watchdog import Activity
@@ -36,6 +36,8 @@ class RunContext:
     # dict cannot say "no result file" (there a missing result_path means result.json).
     options: CaptionOptions | None = None
     result: CaptionResult | None = None  # set by the module once the result is made (and written)
+    source: str = ""  # the input as the caller named it (the report shows it)
+    report_poster: bool = False  # the report also writes the library index's picture of the video
 
     def report(self, progress: Progress) -> None:
         if self.on_progress is not None:

@@ -40,8 +40,10 @@ def _to_rgb24(frame):
         try:
             return frame.reformat(mp.PixelInfo(mp.kPF_RGB24))
         except Exception:
-            raise VideoInputError(f"cannot convert a {frame.width}x{frame.height} frame in pixel format "
-                             f"{frame.frame().format()} to RGB: {ffmpeg_error}") from None
+            raise VideoInputError(
+                f"cannot convert a {frame.width}x{frame.height} frame in pixel format "
+                f"{frame.frame().format()} to RGB: {ffmpeg_error}"
+            ) from None
 
 
 def frame_timestamp(packet, frame) -> float:
@@ -82,8 +84,23 @@ def _luma_first_formats() -> frozenset:
     if _LUMA_FIRST is None:
         import bmf.hmp as mp
 
-        names = ("kPF_YUV420P", "kPF_YUV422P", "kPF_YUV444P", "kPF_YUVJ420P", "kPF_YUVJ422P", "kPF_YUVJ444P",
-                 "kPF_NV12", "kPF_NV21", "kPF_P010LE", "kPF_P016LE", "kPF_YUVA420P", "kPF_YUV420P10LE", "kPF_YUV422P10LE", "kPF_YUV444P10LE",
-                 "kPF_GRAY8", "kPF_GRAY16")
+        names = (
+            "kPF_YUV420P",
+            "kPF_YUV422P",
+            "kPF_YUV444P",
+            "kPF_YUVJ420P",
+            "kPF_YUVJ422P",
+            "kPF_YUVJ444P",
+            "kPF_NV12",
+            "kPF_NV21",
+            "kPF_P010LE",
+            "kPF_P016LE",
+            "kPF_YUVA420P",
+            "kPF_YUV420P10LE",
+            "kPF_YUV422P10LE",
+            "kPF_YUV444P10LE",
+            "kPF_GRAY8",
+            "kPF_GRAY16",
+        )
         _LUMA_FIRST = frozenset(getattr(mp, name) for name in names if hasattr(mp, name))
     return _LUMA_FIRST

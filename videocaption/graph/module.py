@@ -25,16 +25,15 @@ from typing import Any
 from bmf import AudioFrame, Module, Packet, ProcessResult, Timestamp, VideoFrame
 
 from videocaption.audio import audio_frame_samples
+from videocaption.captioning.captioner import Captioner
 from videocaption.captioning.checkpoint import checkpoint_path
 from videocaption.errors import CaptionError
-from videocaption.graph.frames import frame_timestamp, video_frame_to_image
-from videocaption.options import CaptionOptions
-from videocaption.captioning.captioner import Captioner
-from videocaption.result import BatchCaption, CaptionResult
 from videocaption.graph.context import RUN_ID_OPTION, context_for
-from videocaption.graph.frames import frame_thumbnail
+from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_frame_to_image
+from videocaption.options import CaptionOptions
 from videocaption.outputs.files import check_output_path
 from videocaption.outputs.writers import output_paths, write_outputs
+from videocaption.result import BatchCaption, CaptionResult
 
 log = logging.getLogger("llm_caption")
 
@@ -151,7 +150,13 @@ class CaptionModule(Module):
         with self._activity.writing() as allowed:
             if not allowed:
                 raise CaptionError("the run was stopped before its result was written")
-            write_outputs(result, self.options)
+            write_outputs(
+                result,
+                self.options,
+                thumbnails=self._captioner.thumbnails,
+                video_name=self._run.source,
+                poster=self._run.report_poster,
+            )
 
     def _emit_captions(self, outputs, captions: list[BatchCaption]) -> None:
         for caption in captions:
@@ -183,5 +188,9 @@ class CaptionModule(Module):
         self._done = True
         kept = self._captioner.stop()
         if kept and self.options.result_path is not None:
-            log.warning("stopped before the end of the video: no result written; %d described batches are kept "
-                        "in %s (run again with resume to continue)", kept, checkpoint_path(self.options.result_path))
+            log.warning(
+                "stopped before the end of the video: no result written; %d described batches are kept "
+                "in %s (run again with resume to continue)",
+                kept,
+                checkpoint_path(self.options.result_path),
+            )

@@ -18,6 +18,7 @@ from videocaption.graph.context import RunContext, registered
 from videocaption.graph.watchdog import Activity
 from videocaption.media.probe import MediaInfo, explain_decoder_error
 from videocaption.options import CaptionOptions
+from videocaption.outputs.writers import output_paths
 from videocaption.result import CaptionResult
 
 log = logging.getLogger("llm_caption")
@@ -27,8 +28,14 @@ log = logging.getLogger("llm_caption")
 DEFAULT_STALL_TIMEOUT_S = 60.0
 
 
-def wait_for_graph(graph, node=None, *, activity: Activity | None = None,
-                   stall_timeout: float | None = None, video_path: str | os.PathLike = "") -> None:
+def wait_for_graph(
+    graph,
+    node=None,
+    *,
+    activity: Activity | None = None,
+    stall_timeout: float | None = None,
+    video_path: str | os.PathLike = "",
+) -> None:
     """Run a built graph (when ``node`` is given) and wait for it to finish, interruptibly.
 
     BMF's ``run`` and ``close`` block in C++ (``run`` already while the decoder opens its input,
@@ -126,19 +133,23 @@ def _collect(graph_ref: weakref.ref) -> None:
 
 
 def _check_outputs_are_not_the_input(video_path: str | os.PathLike, options: CaptionOptions) -> None:
-    for path in (options.result_path, options.srt_path, options.vtt_path):
-        if path is not None and os.path.exists(path) and os.path.exists(video_path) \
-                and os.path.samefile(path, video_path):
+    for path in output_paths(options):
+        if os.path.exists(path) and os.path.exists(video_path) and os.path.samefile(path, video_path):
             raise OutputError(f"{path}: is the input video; give the result another name")
 
 
-def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
-                      media: MediaInfo | None = None,
-                      stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
-                      on_progress: ProgressCallback | None = None) -> CaptionResult:
+def run_caption_graph(
+    video_path: str | os.PathLike,
+    options: CaptionOptions,
+    *,
+    media: MediaInfo | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
+    on_progress: ProgressCallback | None = None,
+    report_poster: bool = False,
+) -> CaptionResult:
     """Caption one video through BMF; returns the result the module made, in memory.
 
-    The module writes the files ``options`` names (result_path, srt_path, vtt_path: none that
+    The module writes the files ``options`` names (result_path, srt_path, vtt_path, report_path: none that
     is None) before it hands the result over; nothing is read back.
 
     Args:
@@ -149,6 +160,7 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
             the module is idle (model work never counts); None waits forever.
         on_progress: called with each :class:`~videocaption.captioning.progress.Progress` report of the
             run (from BMF's thread).
+        report_poster: with ``report_path``, also write the library index's picture of the video.
 
     Raises:
         VideoInputError: the input is missing or not a video, the decoder could not open it, or
@@ -162,7 +174,9 @@ def run_caption_graph(video_path: str | os.PathLike, options: CaptionOptions, *,
     _check_outputs_are_not_the_input(video_path, options)
     if media.video_end is not None and options.video_end is None:  # the last subtitle cue ends there
         options = options.replace(video_end=media.video_end)
-    run = RunContext(on_progress=on_progress, options=options)
+    run = RunContext(
+        on_progress=on_progress, options=options, source=os.fspath(video_path), report_poster=report_poster
+    )
     with registered(run) as run_id:
         graph, node = build_caption_graph(video_path, options, run_id, media)
         keep_python_signal_handlers()

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from videocaption.errors import CaptionError
-from videocaption.options import CaptionOptions, cli_flag, options_with_role
 from videocaption.library.manifest import FAILED, OK, SKIPPED, ManifestRow
+from videocaption.options import CaptionOptions, cli_flag, options_with_role
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 DEFAULT_OUTPUT_DIR = "results"
@@ -31,8 +31,9 @@ def stop_on_signals() -> None:
 
     The exit status then says which one it was (130 or 143, as in single-video mode). Ray
     installs its own SIGTERM handler in ``ray.init`` (a C++ stack dump, then an abort); the
-    runner puts these back after it (see ``ray_session``).
+    runner puts these back after it (see ``RaySession``).
     """
+
     def stop(signum: int, frame: object) -> None:
         _stopped_by.append(signum)
         raise KeyboardInterrupt
@@ -50,24 +51,44 @@ def add_library_arguments(parser: argparse.ArgumentParser) -> None:
         f"folder (default: {DEFAULT_OUTPUT_DIR}/), where each video's result.json lands in a folder "
         "mirroring its absolute path (OUTPUT/data/videos/a.mp4/ for /data/videos/a.mp4; URLs under "
         "OUTPUT/_urls/HOST/), so adding inputs never moves a result. Rerunning the same command "
-        "continues where it stopped.")
-    group.add_argument("--workers", type=int, metavar="N",
-                       help="Ray workers, each holding one model (alone: starts a local Ray instance)")
-    group.add_argument("--ray-address", metavar="ADDR",
-                       help="use an existing Ray cluster: auto, or ray://HOST:10001")
-    group.add_argument("--manifest", metavar="PATH",
-                       help=f"the Parquet manifest, one row per input (default: OUTPUT/{MANIFEST_NAME}; "
-                            "rows are journaled as they finish in PATH with suffix .jsonl)")
-    group.add_argument("--cpus-per-worker", type=float, metavar="N",
-                       help="Ray CPUs per worker; torch uses as many threads (default: 1)")
-    group.add_argument("--gpus-per-worker", type=float, metavar="N",
-                       help="Ray GPUs per worker, fractions allowed (default: 1 when the cluster has GPUs and "
-                            "the model runs in the workers, 0 with --backend openai)")
-    group.add_argument("--video-retries", type=int, metavar="N",
-                       help="times a video is retried when its worker process dies (default: 3); "
-                            "--max-retries stays the openai backend's HTTP retries")
-    group.add_argument("--retry-failed", action="store_true",
-                       help="caption again the inputs an earlier run recorded as failed")
+        "continues where it stopped.",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray workers, each holding one model (alone: starts a local Ray instance)",
+    )
+    group.add_argument("--ray-address", metavar="ADDR", help="use an existing Ray cluster: auto, or ray://HOST:10001")
+    group.add_argument(
+        "--manifest",
+        metavar="PATH",
+        help=f"the Parquet manifest, one row per input (default: OUTPUT/{MANIFEST_NAME}; "
+        "rows are journaled as they finish in PATH with suffix .jsonl)",
+    )
+    group.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        metavar="N",
+        help="Ray CPUs per worker; torch uses as many threads (default: 1)",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="N",
+        help="Ray GPUs per worker, fractions allowed (default: 1 when the cluster has GPUs and "
+        "the model runs in the workers, 0 with --backend openai)",
+    )
+    group.add_argument(
+        "--video-retries",
+        type=int,
+        metavar="N",
+        help="times a video is retried when its worker process dies (default: 3); "
+        "--max-retries stays the openai backend's HTTP retries",
+    )
+    group.add_argument(
+        "--retry-failed", action="store_true", help="caption again the inputs an earlier run recorded as failed"
+    )
 
 
 def library_requested(args: argparse.Namespace) -> bool:
@@ -84,8 +105,9 @@ def check_library_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
     fields = {field.name: field for field in dataclasses.fields(CaptionOptions)}
     for name in options_with_role("library", "refused"):  # --live: one stream, not a library
         if getattr(args, name) != fields[name].default:
-            parser.error(f"{cli_flag(fields[name])} captions one stream; it does not go with --workers or "
-                         "--ray-address")
+            parser.error(
+                f"{cli_flag(fields[name])} captions one stream; it does not go with --workers or --ray-address"
+            )
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
@@ -98,8 +120,7 @@ def check_library_arguments(args: argparse.Namespace, parser: argparse.ArgumentP
         parser.error(f"--video-retries must be 0 or more, got {args.video_retries}")
     for flag in ("srt", "vtt"):
         if getattr(args, f"{flag}_path") not in (None, "beside-result"):
-            parser.error(f"--{flag} PATH names one file; in library mode use --{flag} alone "
-                         "(beside each result.json)")
+            parser.error(f"--{flag} PATH names one file; in library mode use --{flag} alone (beside each result.json)")
 
 
 def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -121,8 +142,7 @@ def library_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     )
 
 
-def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                        options: CaptionOptions) -> int:
+def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParser, options: CaptionOptions) -> int:
     """Run library mode; returns the exit code (0 all ok, 3 any failed, 2 bad input or an unwritable
     output, 130 Ctrl-C, 143 SIGTERM)."""
     from tqdm import tqdm
@@ -159,24 +179,30 @@ def run_library_command(args: argparse.Namespace, parser: argparse.ArgumentParse
     print(summary_line(run), file=sys.stdout)
     shares = worker_shares(run)
     if shares:
-        print("model share of wall time per worker: "
-              + ", ".join(f"{worker} {share:.0%}" for worker, share in shares.items()))
+        print(
+            "model share of wall time per worker: "
+            + ", ".join(f"{worker} {share:.0%}" for worker, share in shares.items())
+        )
     print(f"manifest: {config.manifest_path}")
     if run.interrupted:
-        print(f"interrupted: {len(run.captioned)} videos finished in this run are kept; "
-              "run the same command again to continue", file=sys.stderr)
+        print(
+            f"interrupted: {len(run.captioned)} videos finished in this run are kept; "
+            "run the same command again to continue",
+            file=sys.stderr,
+        )
         return 128 + _stopped_by[0] if _stopped_by else EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if run.any_failed else EXIT_OK
 
 
 def summary_line(run) -> str:
     """``12 inputs: 10 ok, 1 failed, 1 skipped; 8 captioned in 61.0 s: 7.9 videos/min, 3.1 frames/s``."""
-    line = (f"{len(run.rows)} inputs: {run.count(OK)} ok, {run.count(FAILED)} failed, "
-            f"{run.count(SKIPPED)} skipped")
+    line = f"{len(run.rows)} inputs: {run.count(OK)} ok, {run.count(FAILED)} failed, {run.count(SKIPPED)} skipped"
     if run.captioned and run.seconds > 0:
         frames = sum(row.frames_analysed or 0 for row in run.captioned)
-        line += (f"; {len(run.captioned)} captioned in {run.seconds:.1f} s: "
-                 f"{len(run.captioned) / run.seconds * 60:.1f} videos/min, {frames / run.seconds:.1f} frames/s")
+        line += (
+            f"; {len(run.captioned)} captioned in {run.seconds:.1f} s: "
+            f"{len(run.captioned) / run.seconds * 60:.1f} videos/min, {frames / run.seconds:.1f} frames/s"
+        )
     return line
 
 

@@ -15,13 +15,14 @@ captioned again and leaving its old result orphaned.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from videocaption.errors import VideoInputError
 from videocaption.media.probe import VIDEO_EXTENSIONS, is_url
+
 URL_FOLDER = "_urls"  # outputs of URL inputs go under OUTPUT/_urls/HOST/PATH
 
 
@@ -66,8 +67,10 @@ def expand_inputs(inputs: Sequence[str], *, exclude: Sequence[Path] = ()) -> lis
         path = Path(entry).expanduser().resolve()
         if path.is_dir():
             if excluded and path == excluded[0]:
-                raise VideoInputError(f"{entry}: is the output folder (--output); give the folders of the "
-                                      "videos, or another output folder")
+                raise VideoInputError(
+                    f"{entry}: is the output folder (--output); give the folders of the "
+                    "videos, or another output folder"
+                )
             for file, reason in _walk(path, excluded):
                 items.setdefault(os.path.realpath(file), LibraryItem(str(file), local_key(file), reason))
         elif path.exists() or path.is_symlink():
@@ -77,8 +80,9 @@ def expand_inputs(inputs: Sequence[str], *, exclude: Sequence[Path] = ()) -> lis
     owners: dict[str, str] = {}
     for item in items.values():
         if owners.setdefault(item.key, item.source) != item.source:  # a/b and a//b, say
-            raise VideoInputError(f"{item.source} and {owners[item.key]} would share the output folder "
-                                  f"{item.key}; give only one of them")
+            raise VideoInputError(
+                f"{item.source} and {owners[item.key]} would share the output folder {item.key}; give only one of them"
+            )
     return list(items.values())
 
 

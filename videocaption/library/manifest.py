@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from videocaption.errors import InvalidOptionError, OutputError
 from videocaption.outputs.files import NEW_FILE_MODE
@@ -59,10 +60,12 @@ def parquet_schema():
 
     # Annotations are strings here ("float | None"): the first word names the column's type.
     types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64()}
-    return pa.schema([
-        pa.field(field.name, types[str(field.type).split()[0]], nullable=field.name not in REQUIRED_COLUMNS)
-        for field in fields(ManifestRow)
-    ])
+    return pa.schema(
+        [
+            pa.field(field.name, types[str(field.type).split()[0]], nullable=field.name not in REQUIRED_COLUMNS)
+            for field in fields(ManifestRow)
+        ]
+    )
 
 
 class Manifest:
@@ -80,8 +83,10 @@ class Manifest:
         self.path = Path(path)
         self.journal = self.path.with_suffix(".jsonl")
         if self.journal == self.path:
-            raise InvalidOptionError(f"--manifest {path}: the manifest is a Parquet file, and its journal is the "
-                                     "same path with the suffix .jsonl; name it .parquet")
+            raise InvalidOptionError(
+                f"--manifest {path}: the manifest is a Parquet file, and its journal is the "
+                "same path with the suffix .jsonl; name it .parquet"
+            )
         self._file = None
 
     def check_writable(self) -> None:
@@ -128,8 +133,10 @@ class Manifest:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as error:
-            raise OutputError(f"{self.journal}: cannot record {row.path} ({_reason(error)}); the rows before "
-                              "it are kept: rerun the same command to continue") from None
+            raise OutputError(
+                f"{self.journal}: cannot record {row.path} ({_reason(error)}); the rows before "
+                "it are kept: rerun the same command to continue"
+            ) from None
 
     def _open(self) -> None:
         if self._file is None:
@@ -165,8 +172,9 @@ class Manifest:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except OSError as error:
-            raise OutputError(f"{self.path}: cannot write the manifest ({_reason(error)}); "
-                              f"its rows are kept in {self.journal}") from None
+            raise OutputError(
+                f"{self.path}: cannot write the manifest ({_reason(error)}); its rows are kept in {self.journal}"
+            ) from None
         os.close(fd)
         try:
             pq.write_table(table, tmp)
@@ -175,8 +183,9 @@ class Manifest:
         except BaseException as error:
             Path(tmp).unlink(missing_ok=True)
             if isinstance(error, OSError):
-                raise OutputError(f"{self.path}: cannot write the manifest ({_reason(error)}); "
-                                  f"its rows are kept in {self.journal}") from None
+                raise OutputError(
+                    f"{self.path}: cannot write the manifest ({_reason(error)}); its rows are kept in {self.journal}"
+                ) from None
             raise
         return self.path
 

@@ -19,17 +19,19 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import finished_result
 from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
-from videocaption.options import CaptionOptions
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
 from videocaption.library.workers import CaptionWorker, result_path, row_from_document
+from videocaption.options import CaptionOptions
+from videocaption.outputs.report import write_library_index
 
 log = logging.getLogger("llm_caption")
 # Handed to each worker as an argument of its constructor, when set. Never through Ray's
@@ -73,8 +75,9 @@ class LibraryRun:
         return any(row.status == FAILED for row in self.rows)
 
 
-def plan(items: list[LibraryItem], previous: dict[str, ManifestRow], config: LibraryConfig
-         ) -> tuple[dict[str, ManifestRow], list[LibraryItem]]:
+def plan(
+    items: list[LibraryItem], previous: dict[str, ManifestRow], config: LibraryConfig
+) -> tuple[dict[str, ManifestRow], list[LibraryItem]]:
     """Split the library into rows already known and videos to caption.
 
     A video with a complete result keeps the row an earlier run recorded (or one rebuilt from its
@@ -122,15 +125,19 @@ def _moved_to_its_key(item: LibraryItem, before: ManifestRow, output_dir: Path) 
         new.parent.mkdir(parents=True, exist_ok=True)
         os.rename(old, new)
     except OSError as error:
-        log.warning("%s: cannot move its earlier outputs from %s to %s (%s); captioning it again",
-                    item.source, old, new, error)
+        log.warning(
+            "%s: cannot move its earlier outputs from %s to %s (%s); captioning it again", item.source, old, new, error
+        )
         return None
     return dataclasses.replace(before, key=item.key)
 
 
-def run_library(config: LibraryConfig, options: CaptionOptions,
-                on_row: Callable[[ManifestRow, int], None] | None = None,
-                on_start: Callable[[int], None] | None = None) -> LibraryRun:
+def run_library(
+    config: LibraryConfig,
+    options: CaptionOptions,
+    on_row: Callable[[ManifestRow, int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> LibraryRun:
     """Caption every video of the library on Ray; rows are durable as they finish.
 
     Ctrl-C ends the run early: the finished rows are still written, and the returned run says
@@ -159,8 +166,7 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
     try:
         check_folder_writable(config.output_dir)
     except OSError as error:
-        raise OutputError(f"{config.output_dir}: cannot write results there "
-                          f"({error.strerror or error})") from None
+        raise OutputError(f"{config.output_dir}: cannot write results there ({error.strerror or error})") from None
     manifest.check_writable()
     lock = lock_output(config.output_dir)
     try:
@@ -169,16 +175,27 @@ def run_library(config: LibraryConfig, options: CaptionOptions,
         lock.close()
 
 
-def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, items: list[LibraryItem],
-         on_row: Callable[[ManifestRow, int], None] | None, on_start: Callable[[int], None] | None) -> LibraryRun:
+def _run(
+    config: LibraryConfig,
+    options: CaptionOptions,
+    manifest: Manifest,
+    items: list[LibraryItem],
+    on_row: Callable[[ManifestRow, int], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> LibraryRun:
     previous = manifest.previous_rows()
     known, todo = plan(items, previous, config)
-    other_model = sorted({row.model for row in known.values() if row.status == OK and row.model
-                          and row.model != options.model})
+    other_model = sorted(
+        {row.model for row in known.values() if row.status == OK and row.model and row.model != options.model}
+    )
     if other_model:
         count = sum(row.status == OK and row.model in other_model for row in known.values())
-        log.warning("%d finished videos keep results captioned with another model (%s); to caption them "
-                    "with this one, give another --output", count, ", ".join(other_model))
+        log.warning(
+            "%d finished videos keep results captioned with another model (%s); to caption them "
+            "with this one, give another --output",
+            count,
+            ", ".join(other_model),
+        )
     for row in known.values():
         if previous.get(row.path) != row:
             manifest.append(row)
@@ -189,7 +206,7 @@ def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, ite
     interrupted = False
     try:
         if todo:
-            with ray_session(config):
+            with RaySession(config):
                 _caption_all(todo, config, options, manifest, known, captioned, on_row)
     except KeyboardInterrupt:
         interrupted = True  # the videos still running keep their checkpoints for the next run
@@ -197,6 +214,8 @@ def _run(config: LibraryConfig, options: CaptionOptions, manifest: Manifest, ite
         rows = [known[item.source] for item in items if item.source in known]
         manifest.close()
         manifest.write_parquet(rows)
+        if options.report_path:  # each video's result.html, and one page listing them all
+            write_library_index(rows, config.output_dir)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
 
 
@@ -227,17 +246,24 @@ def lock_output(folder: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise OutputError(f"{folder}: another library run is writing there ({holder}); wait for it to end, "
-                          "or give another --output") from None
+        raise OutputError(
+            f"{folder}: another library run is writing there ({holder}); wait for it to end, or give another --output"
+        ) from None
     handle.truncate(0)
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     return handle
 
 
-def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: CaptionOptions, manifest: Manifest,
-                 known: dict[str, ManifestRow], captioned: list[ManifestRow],
-                 on_row: Callable[[ManifestRow, int], None] | None) -> None:
+def _caption_all(
+    todo: list[LibraryItem],
+    config: LibraryConfig,
+    options: CaptionOptions,
+    manifest: Manifest,
+    known: dict[str, ManifestRow],
+    captioned: list[ManifestRow],
+    on_row: Callable[[ManifestRow, int], None] | None,
+) -> None:
     import ray
 
     actors = start_workers(config, options, len(todo))
@@ -254,8 +280,10 @@ def _caption_all(todo: list[LibraryItem], config: LibraryConfig, options: Captio
                 if on_row is not None:
                     on_row(row, len(waiting) + len(pool.running))
             if waiting and not pool.alive:
-                raise RayConnectionError(f"no worker came back within {RECOVERY_TIMEOUT_S:g} s of dying; "
-                                         f"{len(waiting)} videos were not started (rerun to continue)")
+                raise RayConnectionError(
+                    f"no worker came back within {RECOVERY_TIMEOUT_S:g} s of dying; "
+                    f"{len(waiting)} videos were not started (rerun to continue)"
+                )
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
@@ -308,8 +336,11 @@ class _Pool:
                 rows.append(self._died(item, error))
                 self.restarting.setdefault(actor, time.monotonic())
             except ray.exceptions.RayError as error:
-                rows.append(ManifestRow(path=item.source, key=item.key, status=FAILED,
-                                        error=f"{item.source}: {_ray_reason(error)}"))
+                rows.append(
+                    ManifestRow(
+                        path=item.source, key=item.key, status=FAILED, error=f"{item.source}: {_ray_reason(error)}"
+                    )
+                )
                 self.idle.append(actor)
         return rows
 
@@ -330,9 +361,11 @@ class _Pool:
 
     def _died(self, item: LibraryItem, error: Exception) -> ManifestRow:
         attempts = self.config.video_retries + 1
-        message = (f"{item.source}: its worker process died while captioning it, {attempts} "
-                   f"attempt{'s' if attempts > 1 else ''} (killed, out of memory, or crashed; "
-                   f"Ray: {_ray_reason(error)})")
+        message = (
+            f"{item.source}: its worker process died while captioning it, {attempts} "
+            f"attempt{'s' if attempts > 1 else ''} (killed, out of memory, or crashed; "
+            f"Ray: {_ray_reason(error)})"
+        )
         return ManifestRow(path=item.source, key=item.key, status=FAILED, error=message)
 
 
@@ -358,20 +391,26 @@ def start_workers(config: LibraryConfig, options: CaptionOptions, videos: int) -
     available = ray.cluster_resources().get("GPU", 0)
     if config.ray_address is None and gpus * count > available:
         # A local instance never grows: the workers would wait for GPUs for ever.
-        raise InvalidOptionError(f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
-                                 f"this machine has {available:g} (--gpus-per-worker, --workers)")
+        raise InvalidOptionError(
+            f"{count} workers x {gpus:g} GPUs need {gpus * count:g} GPUs; "
+            f"this machine has {available:g} (--gpus-per-worker, --workers)"
+        )
     # The workers import the installed package (pip install . on every node of a cluster); the
     # secrets go to their constructor, never to a runtime_env (see SECRET_ENV).
     secrets = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
     remote = ray.remote(CaptionWorker).options(
-        num_cpus=config.cpus_per_worker, num_gpus=gpus,
+        num_cpus=config.cpus_per_worker,
+        num_gpus=gpus,
         # A dead worker process is restarted (for ever) and its video retried video_retries times;
         # a video that kills its worker every time becomes a failed row, the next video goes on.
-        max_restarts=-1, max_task_retries=config.video_retries,
+        max_restarts=-1,
+        max_task_retries=config.video_retries,
     )
     worker_options = dataclasses.asdict(options)
-    actors = [remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker, secrets)
-              for _ in range(count)]
+    actors = [
+        remote.remote(worker_options, str(config.output_dir.resolve()), config.cpus_per_worker, secrets)
+        for _ in range(count)
+    ]
     for state in ray.get([actor.ready.remote() for actor in actors]):
         if state["load_error"]:
             for actor in actors:
@@ -390,7 +429,7 @@ def _workers_that_fit(cpus_per_worker: float, gpus_per_worker: float) -> int:
     return max(1, fits)
 
 
-class ray_session:
+class RaySession:
     """Connect to the cluster named by ``ray_address``, or start a quiet local instance.
 
     A local instance gets as many logical CPUs as the workers ask for (at least the machine's),
@@ -402,7 +441,7 @@ class ray_session:
         self.config = config
         self.started = False
 
-    def __enter__(self) -> ray_session:
+    def __enter__(self) -> RaySession:
         import ray
 
         if ray.is_initialized():
@@ -421,7 +460,9 @@ class ray_session:
                 ray.init(num_cpus=max(os.cpu_count() or 1, wanted), **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = self.config.ray_address or "a local instance"
-            raise RayConnectionError(f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}") from None
+            raise RayConnectionError(
+                f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}"
+            ) from None
         finally:
             for signum, handler in handlers.items():  # Ray's C++ SIGTERM handler dumps a stack and aborts
                 signal.signal(signum, handler)

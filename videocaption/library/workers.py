@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from videocaption.errors import CaptionError
-from videocaption.options import CaptionOptions
-from videocaption.result import CaptionResult
 from videocaption.library.inputs import LibraryItem
 from videocaption.library.manifest import FAILED, OK, ManifestRow
+from videocaption.options import CaptionOptions
+from videocaption.result import CaptionResult
 
 log = logging.getLogger("llm_caption")
 RESULT_NAME = "result.json"
@@ -33,12 +33,13 @@ def result_path(output_dir: str | os.PathLike, item: LibraryItem) -> Path:
 
 
 def video_options(options: CaptionOptions, output_dir: str | os.PathLike, item: LibraryItem) -> CaptionOptions:
-    """The options of one video: its own result path, subtitles beside it, resume on."""
+    """The options of one video: its own result path, subtitles and report beside it, resume on."""
     path = result_path(output_dir, item)
     return options.replace(
         result_path=str(path),
         srt_path=str(path.with_suffix(".srt")) if options.srt_path else None,
         vtt_path=str(path.with_suffix(".vtt")) if options.vtt_path else None,
+        report_path=str(path.with_suffix(".html")) if options.report_path else None,
         resume=True,
     )
 
@@ -59,13 +60,20 @@ def row_from_document(item: LibraryItem, result: dict[str, Any], **extra: Any) -
     average = result.get("average_inference")
     usage = result.get("usage") or {}
     return ManifestRow(
-        path=item.source, key=item.key, status=FAILED if failed else OK,
-        error=(f"batches {', '.join(failed)} could not be described (see their 'error' fields)"
-               if failed else None),
-        frames_analysed=result.get("frames_analysed"), batches=len(batches), title=result.get("video_title"),
-        summary=result.get("summary"), model=result.get("model"), turnaround_time=result.get("turnaround_time"),
-        average_inference=average, model_seconds=round(average * len(batches), 4) if average is not None else None,
-        prompt_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("generated_tokens"),
+        path=item.source,
+        key=item.key,
+        status=FAILED if failed else OK,
+        error=(f"batches {', '.join(failed)} could not be described (see their 'error' fields)" if failed else None),
+        frames_analysed=result.get("frames_analysed"),
+        batches=len(batches),
+        title=result.get("video_title"),
+        summary=result.get("summary"),
+        model=result.get("model"),
+        turnaround_time=result.get("turnaround_time"),
+        average_inference=average,
+        model_seconds=round(average * len(batches), 4) if average is not None else None,
+        prompt_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("generated_tokens"),
         **extra,
     )
 
@@ -86,8 +94,9 @@ class CaptionWorker:
             argument, in memory, because Ray writes a ``runtime_env``'s variables to its logs.
     """
 
-    def __init__(self, options: dict[str, Any], output_dir: str, cpus: float,
-                 secrets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, options: dict[str, Any], output_dir: str, cpus: float, secrets: dict[str, str] | None = None
+    ) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         os.environ.update(secrets or {})
         self.options = CaptionOptions(**options)
@@ -109,8 +118,12 @@ class CaptionWorker:
         import sys
 
         torch = sys.modules.get("torch")
-        return {"worker": self.name(), "pid": os.getpid(), "load_error": self.load_error,
-                "torch_threads": torch.get_num_threads() if torch else None}
+        return {
+            "worker": self.name(),
+            "pid": os.getpid(),
+            "load_error": self.load_error,
+            "torch_threads": torch.get_num_threads() if torch else None,
+        }
 
     @staticmethod
     def name() -> str:
@@ -133,16 +146,25 @@ class CaptionWorker:
             options = video_options(self.options, self.output_dir, item)
             media = probe_input(source, options)  # the one probe: the row's duration, the run's decoding
             duration = media.duration if not item.is_url else None
-            result = run_caption_graph(source, options, media=media)
+            result = run_caption_graph(source, options, media=media, report_poster=True)  # poster: index.html
         except Exception as error:  # noqa: BLE001 - one bad video must not end the library
             log.warning("%s: %s", source, one_line(error))
-            row = ManifestRow(path=source, key=key, status=FAILED, error=one_line(error), duration=duration,
-                              **self._times(started, cpu_started), **host)
+            row = ManifestRow(
+                path=source,
+                key=key,
+                status=FAILED,
+                error=one_line(error),
+                duration=duration,
+                **self._times(started, cpu_started),
+                **host,
+            )
             return asdict(row)
         row = row_from_result(item, result, duration=duration, **self._times(started, cpu_started), **host)
         return asdict(row)
 
     @staticmethod
     def _times(started: float, cpu_started: float) -> dict[str, float]:
-        return {"wall_seconds": round(time.perf_counter() - started, 4),
-                "cpu_seconds": round(time.process_time() - cpu_started, 4)}
+        return {
+            "wall_seconds": round(time.perf_counter() - started, 4),
+            "cpu_seconds": round(time.process_time() - cpu_started, 4),
+        }

@@ -52,8 +52,8 @@ from videocaption.options import CaptionOptions, options_changed, options_with_r
 from videocaption.media.probe import check_readable, is_live_url, is_url
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.sampling.samplers import Decision, Thumbnail
-from videocaption.outputs.writers import JsonlWriter, WriteSRT, WriteVTT, write_outputs
-from videocaption.outputs.files import check_output_path, write_files_atomic
+from videocaption.outputs.writers import JsonlWriter, output_paths, write_outputs
+from videocaption.outputs.files import check_output_path
 
 log = logging.getLogger("llm_caption")
 
@@ -215,19 +215,18 @@ class LiveRun:
                           "summary": summary, "summary_rounds": rounds})
 
     def _write_subtitles(self) -> None:
-        """Rewrite the subtitle files with every cue so far, atomically: a player or a reader
-        always finds a whole, valid file."""
-        writers = ((WriteSRT(self.options.subtitles), self.options.srt_path),
-                   (WriteVTT(self.options.subtitles), self.options.vtt_path))
-        if any(path for _, path in writers):
-            result = self.captioner.snapshot()
-            write_files_atomic({Path(path): writer.render(result) for writer, path in writers if path})
+        """Rewrite the subtitle files and the report with every batch so far, atomically: a
+        player or a reader always finds a whole, valid file (result.json waits for the end)."""
+        if self.options.srt_path or self.options.vtt_path or self.options.report_path:
+            write_outputs(self.captioner.snapshot(), self.options, thumbnails=self.captioner.thumbnails,
+                          video_name=self.source, partial=True, result_file=False)
 
     def finish(self, ended_by: str) -> CaptionResult:
         """The final summary and title, the final record, and result.json (with the subtitles)."""
         live = {"input": self.source, "dropped_frames": self.frames.dropped, "reconnects": self.reconnects,
                 "summaries": self.summaries, "ended_by": ended_by}
-        result = self.captioner.finish(lambda result: write_outputs(result, self.options), extra={"live": live},
+        result = self.captioner.finish(lambda result: write_outputs(result, self.options, thumbnails=self.captioner.thumbnails,
+                                                                   video_name=self.source), extra={"live": live},
                                        allow_empty=True)
         self._record({"type": "final", "video_title": result.video_title, "summary": result.summary,
                       "summary_rounds": result.summary_rounds, "frames_analysed": result.frames_analysed,
@@ -273,9 +272,8 @@ class LiveCaptioner:
     def __init__(self, source: str | os.PathLike, options: CaptionOptions, model=None) -> None:
         self.source = os.fspath(source)
         self.options = options
-        for path in (options.result_path, options.srt_path, options.vtt_path):
-            if path:
-                check_output_path(path)
+        for path in output_paths(options):
+            check_output_path(path)
         self._growing_file = not is_url(self.source)
         if self._growing_file and not Path(self.source).is_file():
             check_readable(Path(self.source))  # says why (missing, a directory, a pipe); a growing file may be empty

@@ -18,8 +18,9 @@ import dataclasses
 import gc
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -152,11 +153,14 @@ class AudioTrack:
         if self.end is not None:
             gap = start - self.end
             if gap < 0:
-                samples, start = samples[round(-gap * SAMPLE_RATE):], self.end
+                samples, start = samples[round(-gap * SAMPLE_RATE) :], self.end
             elif gap > AUDIO_GAP_TOLERANCE_S:
                 total = round(gap * SAMPLE_RATE)
                 for offset in range(0, total, SILENCE_CHUNK):
-                    yield np.zeros(min(SILENCE_CHUNK, total - offset), dtype=np.float32), self.end + offset / SAMPLE_RATE
+                    yield (
+                        np.zeros(min(SILENCE_CHUNK, total - offset), dtype=np.float32),
+                        self.end + offset / SAMPLE_RATE,
+                    )
         if len(samples):
             self.end = start + len(samples) / SAMPLE_RATE
             yield samples, start
@@ -229,9 +233,15 @@ class Connection:
 
     _abandoned: list[Any] = []
 
-    def __init__(self, url: str, on_frame: Callable[[Any, Any], bool], start_time: float | None = None, *,
-                 on_audio: Callable[[Any, Any], None] | None = None,
-                 on_no_audio: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_frame: Callable[[Any, Any], bool],
+        start_time: float | None = None,
+        *,
+        on_audio: Callable[[Any, Any], None] | None = None,
+        on_no_audio: Callable[[], None] | None = None,
+    ) -> None:
         """``on_frame(packet, frame)`` gets each video frame; with ``on_audio`` the audio is read
         too (``on_audio(packet, frame)``), and ``on_no_audio()`` is called when the stream has none."""
         self.url = url
@@ -261,8 +271,14 @@ class Connection:
             decoded = self._graph.decode(options)
             outputs = [_graph_output(self._graph, decoded["video"])]  # first: the decoder's output 0 is video
             if self._on_audio is not None:  # as the VAD and the recogniser take it: 16 kHz mono float
-                outputs.append(_graph_output(self._graph, decoded["audio"].ff_filter("aresample", str(SAMPLE_RATE))
-                                             .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono")))
+                outputs.append(
+                    _graph_output(
+                        self._graph,
+                        decoded["audio"]
+                        .ff_filter("aresample", str(SAMPLE_RATE))
+                        .ff_filter("aformat", sample_fmts="flt", channel_layouts="mono"),
+                    )
+                )
             video_ended = False
             for index, packet in _run_outputs(self._graph, outputs, self._abandon):
                 if self._abandon.is_set():

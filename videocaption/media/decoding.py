@@ -67,8 +67,12 @@ def choose_decode(decode_skip: str, fps: float, media: MediaInfo, *, can_seek: b
         raise ValueError(f"decode_skip seek needs {problem}")
     if decode_skip != "auto":
         return decode_skip
-    if (not problem and media.frame_rate is not None and media.keyframe_interval is not None
-            and 1 / fps >= media.keyframe_interval):
+    if (
+        not problem
+        and media.frame_rate is not None
+        and media.keyframe_interval is not None
+        and 1 / fps >= media.keyframe_interval
+    ):
         return "seek"
     if media.frame_rate is not None and media.frame_rate >= MIN_FRAMES_PER_SAMPLE * fps:
         return "nonref"

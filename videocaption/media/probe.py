@@ -11,6 +11,7 @@ ffprobe, only the file-system checks run and BMF's own errors are translated by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from videocaption.errors import VideoInputError
 
+log = logging.getLogger("llm_caption")
+
 # Demuxers that read images: such a file has a "video stream" but is a video only when it
 # holds more than one picture (an animated GIF, APNG or WebP).
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "apng"}
@@ -28,9 +31,22 @@ PROBE_TIMEOUT_S = 30
 
 
 # File names a folder walk takes for videos.
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".m4v",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+    }
+)
 # Protocols of live streams: such an input plays until it is stopped (videocaption/live/captioner.py).
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "srt://", "udp://", "rtp://", "tcp://")
 # Inputs read over a network protocol rather than from a local file.
@@ -137,8 +153,12 @@ def probe_media(path: str | os.PathLike, *, keyframes: bool = True) -> MediaInfo
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return MediaInfo()
-    info = _ffprobe(ffprobe, path, "stream=codec_type,width,height,r_frame_rate,avg_frame_rate:stream_tags=rotate:"
-                                   "stream_side_data=rotation:format=duration,start_time,format_name")
+    info = _ffprobe(
+        ffprobe,
+        path,
+        "stream=codec_type,width,height,r_frame_rate,avg_frame_rate:stream_tags=rotate:"
+        "stream_side_data=rotation:format=duration,start_time,format_name",
+    )
     streams, fmt = info.get("streams", []), info.get("format", {})
     video = [s for s in streams if s.get("codec_type") == "video"]
     if not video:
@@ -148,7 +168,14 @@ def probe_media(path: str | os.PathLike, *, keyframes: bool = True) -> MediaInfo
         raise VideoInputError(f"{path}: is a still image, not a video")
     duration = _seconds(fmt.get("duration"))
     start_time = _seconds(fmt.get("start_time")) or 0.0
-    video_end, keyframe_interval = _read_packets(ffprobe, path, duration, keyframes)
+    try:
+        video_end, keyframe_interval = _read_packets(ffprobe, path, duration, keyframes)
+    except VideoInputError as error:
+        # The streams are known: only the measures are lost (no seeking, the last cue ends one
+        # sampling interval after the last frame). Seen on MKV with negative timestamps, which
+        # ffprobe cannot seek in but FFmpeg decodes from the start.
+        log.info("%s: the packets could not be read (%s); decoding it whole", path, error)
+        video_end, keyframe_interval = None, None
     return MediaInfo(
         duration=duration,
         start_time=start_time,
@@ -177,8 +204,9 @@ def probe_url_streams(url: str) -> MediaInfo:
     return MediaInfo(has_audio="audio" in kinds, streams=kinds)
 
 
-def _read_packets(ffprobe: str, path: Path, duration: float | None, keyframes: bool
-                  ) -> tuple[float | None, float | None]:
+def _read_packets(
+    ffprobe: str, path: Path, duration: float | None, keyframes: bool
+) -> tuple[float | None, float | None]:
     """(video_end, keyframe_interval) from one read of the first video stream's packets.
 
     Neither duration the container states gives the video's end: the format's covers the
@@ -189,8 +217,9 @@ def _read_packets(ffprobe: str, path: Path, duration: float | None, keyframes: b
     """
     end = f"{max(0.0, duration - VIDEO_END_PROBE_S):.3f}%" if duration is not None else "0%"
     intervals = f"%+{KEYFRAME_PROBE_S},{end}" if keyframes and duration is not None else end
-    packets = _ffprobe(ffprobe, path, "packet=pts_time,duration_time,flags", "-select_streams", "v:0",
-                       "-read_intervals", intervals).get("packets", [])
+    packets = _ffprobe(
+        ffprobe, path, "packet=pts_time,duration_time,flags", "-select_streams", "v:0", "-read_intervals", intervals
+    ).get("packets", [])
     timed = [(t, p) for p in packets if (t := _seconds(p.get("pts_time"))) is not None]
     ends = [t + (_seconds(p.get("duration_time")) or 0.0) for t, p in timed]
     video_end = max(ends) if ends and max(ends) > 0 else None
@@ -229,7 +258,7 @@ def _ffprobe(ffprobe: str, path: Path, entries: str, *extra: str) -> dict:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)")
+        raise VideoInputError(f"{path}: not a readable video (probing took over {PROBE_TIMEOUT_S} s)") from None
     if done.returncode != 0:
         raise VideoInputError(f"{path}: not a video file ({_probe_failure(done.stderr, path)})")
     try:
@@ -268,8 +297,10 @@ def explain_decoder_error(path: str | os.PathLike, error: Exception) -> VideoInp
     if counts:
         decoded, failed = map(int, counts.groups())
         # BMF's decoder gives up on the whole input when over two thirds of its packets fail.
-        return VideoInputError(f"{path}: cannot be decoded: {failed} of {decoded + failed} packets failed to "
-                               "decode (a damaged or truncated file)")
+        return VideoInputError(
+            f"{path}: cannot be decoded: {failed} of {decoded + failed} packets failed to "
+            "decode (a damaged or truncated file)"
+        )
     return VideoInputError(f"{path}: cannot be decoded ({reason[:200]})")
 
 
@@ -286,8 +317,11 @@ def _bmf_reason(text: str) -> str:
 
 def _probe_failure(stderr: str, path: Path) -> str:
     """Why ffprobe could not open a file: its last line, with the demuxer's reason when it gave one."""
-    lines = [_strip_path(re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line), path)
-             for line in stderr.strip().splitlines() if line.strip()]
+    lines = [
+        _strip_path(re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line), path)
+        for line in stderr.strip().splitlines()
+        if line.strip()
+    ]
     if not lines:
         return "unknown format"
     if any("moov atom not found" in line for line in lines):

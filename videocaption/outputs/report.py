@@ -34,11 +34,12 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from videocaption.options import REPORT_IMAGES
 from videocaption.outputs.files import write_files_atomic
 from videocaption.result import BatchCaption, CaptionResult
 
 ImagesMode = Literal["embed", "folder"]
-IMAGES_MODES: tuple[str, ...] = ("embed", "folder")
+IMAGES_MODES: tuple[str, ...] = REPORT_IMAGES
 DEFAULT_IMAGES: ImagesMode = "embed"  # one file to mail or attach; see the module docstring
 THUMBNAIL_WIDTH = 160  # pixels; a card shows batch_size of them side by side
 THUMBNAIL_QUALITY = 70  # JPEG quality: ~5-10 KB a frame, enough to recognise a scene
@@ -177,8 +178,10 @@ def _batch_ends(result: CaptionResult, duration: float) -> list[float]:
     the next batch's first frame or the end of the video."""
     interval = 1.0 / result.fps if result.fps > 0 else 1.0
     starts = [batch.start_time for batch in result.batches[1:]] + [duration]
-    return [max(batch.start_time, min(batch.end_time + interval, next_start, duration))
-            for batch, next_start in zip(result.batches, starts)]
+    return [
+        max(batch.start_time, min(batch.end_time + interval, next_start, duration))
+        for batch, next_start in zip(result.batches, starts)
+    ]
 
 
 def _batch_at(result: CaptionResult, seconds: float) -> BatchCaption | None:
@@ -191,8 +194,10 @@ def timeline(result: CaptionResult, duration: float) -> dict[str, list[dict[str,
     """The timeline's rows of bars: batches, shots (with the cuts between them), skipped
     near-duplicates, speech; each bar links to the card of its batch."""
     ends = _batch_ends(result, duration)
-    batches = [_segment(batch.start_time, end, duration, batch_id=batch.batch_id, error=batch.error is not None)
-               for batch, end in zip(result.batches, ends)]
+    batches = [
+        _segment(batch.start_time, end, duration, batch_id=batch.batch_id, error=batch.error is not None)
+        for batch, end in zip(result.batches, ends)
+    ]
     shots: list[dict[str, Any]] = []
     for batch, end in zip(result.batches, ends):
         if batch.shot is None:
@@ -202,24 +207,41 @@ def timeline(result: CaptionResult, duration: float) -> dict[str, list[dict[str,
         else:
             shots.append(_segment(batch.start_time, end, duration, shot=batch.shot, batch_id=batch.batch_id))
     cuts = [{"time": shot["start"], "left": shot["left"], "batch_id": shot["batch_id"]} for shot in shots[1:]]
-    skipped = [_segment(batch.start_time, end, duration, batch_id=batch.batch_id, frames=batch.frames_skipped)
-               for batch, end in zip(result.batches, ends) if batch.frames_skipped]
+    skipped = [
+        _segment(batch.start_time, end, duration, batch_id=batch.batch_id, frames=batch.frames_skipped)
+        for batch, end in zip(result.batches, ends)
+        if batch.frames_skipped
+    ]
     speech = []
     for segment in result.transcript or []:
         start, end = float(segment["start"]), float(segment["end"])
         owner = _batch_at(result, start)
-        speech.append(_segment(start, max(start, min(end, duration)), duration, text=str(segment.get("text", "")),
-                               batch_id=owner.batch_id if owner else None))
-    return {"batches": batches, "shots": shots, "cuts": cuts, "skipped": skipped, "speech": speech,
-            "ticks": _ticks(duration)}
+        speech.append(
+            _segment(
+                start,
+                max(start, min(end, duration)),
+                duration,
+                text=str(segment.get("text", "")),
+                batch_id=owner.batch_id if owner else None,
+            )
+        )
+    return {
+        "batches": batches,
+        "shots": shots,
+        "cuts": cuts,
+        "skipped": skipped,
+        "speech": speech,
+        "ticks": _ticks(duration),
+    }
 
 
 def _ticks(duration: float, count: int = 6) -> list[dict[str, Any]]:
     """Time labels under the timeline at round steps (1, 2, 5, 10, 15, 30 s, 1, 2, 5 min, ...)."""
     steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600]
     step = next((s for s in steps if duration / s <= count), steps[-1] * math.ceil(duration / (steps[-1] * count)))
-    return [{"left": _percent(t, duration), "label": clock(t).removesuffix(".0")}
-            for t in range(0, int(duration) + 1, step)]
+    return [
+        {"left": _percent(t, duration), "label": clock(t).removesuffix(".0")} for t in range(0, int(duration) + 1, step)
+    ]
 
 
 def _events(batch: BatchCaption) -> list[str]:
@@ -251,27 +273,38 @@ def _image_source(thumbnail: Thumbnail, images: ImagesMode, asset_prefix: str) -
     return thumbnail.data_url() if images == "embed" else quote(f"{asset_prefix}{thumbnail.file_name}")
 
 
-def _cards(result: CaptionResult, thumbnails: Thumbnails, images: ImagesMode, asset_prefix: str) -> list[dict[str, Any]]:
+def _cards(
+    result: CaptionResult, thumbnails: Thumbnails, images: ImagesMode, asset_prefix: str
+) -> list[dict[str, Any]]:
     cards = []
     for batch in result.batches:
-        frames = [{"src": _image_source(t, images, asset_prefix), "time": clock(t.timestamp), "seconds": t.timestamp,
-                   "width": t.width, "height": t.height}
-                  for t in thumbnails.between(batch.start_time, batch.end_time)]
-        cards.append({
-            "batch_id": batch.batch_id,
-            "start": batch.start_time,
-            "end": batch.end_time,
-            "span": f"{clock(batch.start_time)} - {clock(batch.end_time)}",
-            "frames": frames,
-            "frame_count": batch.frames,
-            "description": batch.description,
-            "speech": batch.speech,
-            "events": _events(batch),
-            "usage": _usage(batch),
-            "error": batch.error,
-            "shot": batch.shot,
-            "frames_skipped": batch.frames_skipped,
-        })
+        frames = [
+            {
+                "src": _image_source(t, images, asset_prefix),
+                "time": clock(t.timestamp),
+                "seconds": t.timestamp,
+                "width": t.width,
+                "height": t.height,
+            }
+            for t in thumbnails.between(batch.start_time, batch.end_time)
+        ]
+        cards.append(
+            {
+                "batch_id": batch.batch_id,
+                "start": batch.start_time,
+                "end": batch.end_time,
+                "span": f"{clock(batch.start_time)} - {clock(batch.end_time)}",
+                "frames": frames,
+                "frame_count": batch.frames,
+                "description": batch.description,
+                "speech": batch.speech,
+                "events": _events(batch),
+                "usage": _usage(batch),
+                "error": batch.error,
+                "shot": batch.shot,
+                "frames_skipped": batch.frames_skipped,
+            }
+        )
     return cards
 
 
@@ -280,8 +313,11 @@ def _summary_evidence(result: CaptionResult) -> list[dict[str, Any]]:
     (``summary_evidence``: ``[{"text": ..., "batches": [ids]}]``); else nothing."""
     evidence = result.to_dict().get("summary_evidence") or []
     known = {batch.batch_id for batch in result.batches}
-    return [{"text": str(item.get("text", "")), "batches": [int(b) for b in item.get("batches", []) if int(b) in known]}
-            for item in evidence if isinstance(item, Mapping)]
+    return [
+        {"text": str(item.get("text", "")), "batches": [int(b) for b in item.get("batches", []) if int(b) in known]}
+        for item in evidence
+        if isinstance(item, Mapping)
+    ]
 
 
 def asset_folder(report_path: str | os.PathLike) -> Path:
@@ -290,9 +326,16 @@ def asset_folder(report_path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}_files")
 
 
-def render_report(result: CaptionResult, thumbnails: Thumbnails, *, video_name: str,
-                  video_duration: float | None = None, images: ImagesMode = DEFAULT_IMAGES,
-                  asset_dir: str | os.PathLike | None = None, partial: bool = False) -> str:
+def render_report(
+    result: CaptionResult,
+    thumbnails: Thumbnails,
+    *,
+    video_name: str,
+    video_duration: float | None = None,
+    images: ImagesMode = DEFAULT_IMAGES,
+    asset_dir: str | os.PathLike | None = None,
+    partial: bool = False,
+) -> str:
     """The report page of one video, as HTML text.
 
     Args:
@@ -316,22 +359,34 @@ def render_report(result: CaptionResult, thumbnails: Thumbnails, *, video_name: 
     prefix = "" if asset_dir is None else Path(asset_dir).as_posix().rstrip("/") + "/"
     duration = video_span(result, video_duration)
     usage = result.usage
-    return _environment().get_template("report.html.j2").render(
-        result=result,
-        video_name=video_name,
-        duration=duration,
-        duration_label=clock(duration),
-        evidence=_summary_evidence(result),
-        timeline=timeline(result, duration),
-        cards=_cards(result, thumbnails, images, prefix),
-        usage=usage,
-        partial=partial,
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            result=result,
+            video_name=video_name,
+            duration=duration,
+            duration_label=clock(duration),
+            evidence=_summary_evidence(result),
+            timeline=timeline(result, duration),
+            cards=_cards(result, thumbnails, images, prefix),
+            usage=usage,
+            partial=partial,
+        )
     )
 
 
-def report_files(result: CaptionResult, thumbnails: Thumbnails, report_path: str | os.PathLike, *,
-                 video_name: str, video_duration: float | None = None, images: ImagesMode = DEFAULT_IMAGES,
-                 partial: bool = False, poster: bool = False) -> dict[Path, str | bytes]:
+def report_files(
+    result: CaptionResult,
+    thumbnails: Thumbnails,
+    report_path: str | os.PathLike,
+    *,
+    video_name: str,
+    video_duration: float | None = None,
+    images: ImagesMode = DEFAULT_IMAGES,
+    partial: bool = False,
+    poster: bool = False,
+) -> dict[Path, str | bytes]:
     """Every file of a report, for :func:`write_files_atomic` (with the other outputs of a run).
 
     The thumbnails come first and the page last: a failure on the way leaves the old page,
@@ -353,22 +408,44 @@ def report_files(result: CaptionResult, thumbnails: Thumbnails, report_path: str
     picture = thumbnails.poster() if poster else None
     if picture is not None:
         files[folder / POSTER_NAME] = picture.jpeg
-    files[report_path] = render_report(result, thumbnails, video_name=video_name, video_duration=video_duration,
-                                       images=images, asset_dir=folder.name if images == "folder" else None,
-                                       partial=partial)
+    files[report_path] = render_report(
+        result,
+        thumbnails,
+        video_name=video_name,
+        video_duration=video_duration,
+        images=images,
+        asset_dir=folder.name if images == "folder" else None,
+        partial=partial,
+    )
     return files
 
 
-def write_report(result: CaptionResult, thumbnails: Thumbnails, report_path: str | os.PathLike, *,
-                 video_name: str, video_duration: float | None = None, images: ImagesMode = DEFAULT_IMAGES,
-                 partial: bool = False, poster: bool = False) -> Path:
+def write_report(
+    result: CaptionResult,
+    thumbnails: Thumbnails,
+    report_path: str | os.PathLike,
+    *,
+    video_name: str,
+    video_duration: float | None = None,
+    images: ImagesMode = DEFAULT_IMAGES,
+    partial: bool = False,
+    poster: bool = False,
+) -> Path:
     """Write the report (and its images with ``"folder"``) atomically; see :func:`report_files`.
 
     Raises:
         OutputError: a file could not be written; the report that was there is then unchanged.
     """
-    files = report_files(result, thumbnails, report_path, video_name=video_name, video_duration=video_duration,
-                         images=images, partial=partial, poster=poster)
+    files = report_files(
+        result,
+        thumbnails,
+        report_path,
+        video_name=video_name,
+        video_duration=video_duration,
+        images=images,
+        partial=partial,
+        poster=poster,
+    )
     write_files_atomic(files)
     if images == "folder":
         prune_thumbnails(report_path, files[Path(report_path)])
@@ -392,8 +469,9 @@ def prune_thumbnails(report_path: str | os.PathLike, html: str) -> None:
 INDEX_NAME = "index.html"
 
 
-def render_library_index(rows: Iterable[Any], output_root: str | os.PathLike, *,
-                         report_name: str = "result.html") -> str:
+def render_library_index(
+    rows: Iterable[Any], output_root: str | os.PathLike, *, report_name: str = "result.html"
+) -> str:
     """The library's ``index.html``: one row per video, sortable by clicking a column's header.
 
     Args:
@@ -408,24 +486,27 @@ def render_library_index(rows: Iterable[Any], output_root: str | os.PathLike, *,
     for row in rows:
         report = Path(row.key) / report_name
         poster = asset_folder(report) / POSTER_NAME
-        entries.append({
-            "key": row.key,
-            "path": row.path,
-            "status": row.status,
-            "title": row.title or "",
-            "duration": row.duration,
-            "duration_label": clock(row.duration) if row.duration is not None else "",
-            "error": row.error,
-            # Links are URLs: a "#" or "?" in a file name must not end the path.
-            "report": quote(report.as_posix()) if (root / report).is_file() else None,
-            "poster": quote(poster.as_posix()) if (root / poster).is_file() else None,
-        })
+        entries.append(
+            {
+                "key": row.key,
+                "path": row.path,
+                "status": row.status,
+                "title": row.title or "",
+                "duration": row.duration,
+                "duration_label": clock(row.duration) if row.duration is not None else "",
+                "error": row.error,
+                # Links are URLs: a "#" or "?" in a file name must not end the path.
+                "report": quote(report.as_posix()) if (root / report).is_file() else None,
+                "poster": quote(poster.as_posix()) if (root / poster).is_file() else None,
+            }
+        )
     entries.sort(key=lambda entry: entry["key"])
     return _environment().get_template("index.html.j2").render(entries=entries)
 
 
-def write_library_index(rows: Iterable[Any], output_root: str | os.PathLike, *,
-                        report_name: str = "result.html") -> Path:
+def write_library_index(
+    rows: Iterable[Any], output_root: str | os.PathLike, *, report_name: str = "result.html"
+) -> Path:
     """Write ``index.html`` at the output root, atomically.
 
     Raises:

@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from videocaption.options import CaptionOptions
 from videocaption.outputs.files import cannot_write, check_output_path, write_atomic, write_files_atomic
+from videocaption.outputs.report import Thumbnails, prune_thumbnails, report_files
 from videocaption.result import BatchCaption, CaptionResult
 
 
@@ -146,23 +148,51 @@ class WriteVTT(SubtitlesWriter):
             file.write(f"{self.timestamp(start)} --> {self.timestamp(end)}\n{self.cue_text(text)}\n\n")
 
 
-def output_paths(options) -> list[str]:
-    """Every file a finished run writes: result_path, and srt_path / vtt_path if set."""
-    return [path for path in (options.result_path, options.srt_path, options.vtt_path) if path]
+def output_paths(options: CaptionOptions) -> list[str]:
+    """Every file a finished run writes: result_path, and srt_path / vtt_path / report_path if set."""
+    return [path for path in (options.result_path, options.srt_path, options.vtt_path, options.report_path) if path]
 
 
-def write_outputs(result: CaptionResult, options) -> list[Path]:
+def output_files(result: CaptionResult, options: CaptionOptions, *, thumbnails: Thumbnails | None = None,
+                 video_name: str = "", partial: bool = False, result_file: bool = True,
+                 poster: bool = False) -> dict[Path, str | bytes]:
+    """The content of every file the options ask for, for :func:`write_files_atomic`.
+
+    Args:
+        thumbnails: the frames the run collected for the report (none: cards without pictures).
+        video_name: the input, as the report names it.
+        partial: the run is not over (a live run rewriting its outputs as batches arrive): the
+            report says so, and result.json (``result_file=False``) is left for the end.
+        poster: also the library index's picture of the video (library mode).
+    """
+    files: dict[Path, str | bytes] = {}
+    if result_file and options.result_path:
+        files[Path(options.result_path)] = WriteJSON().render(result)
+    for writer, path in ((WriteSRT(options.subtitles), options.srt_path), (WriteVTT(options.subtitles), options.vtt_path)):
+        if path:
+            files[Path(path)] = writer.render(result)
+    if options.report_path:
+        files.update(report_files(result, thumbnails if thumbnails is not None else Thumbnails(), options.report_path,
+                                  video_name=video_name or Path(options.report_path).stem,
+                                  video_duration=options.video_end, images=options.report_images, partial=partial,
+                                  poster=poster))
+    return files
+
+
+def write_outputs(result: CaptionResult, options: CaptionOptions, **files: Any) -> list[Path]:
     """Write every file the options ask for, all together or none (see :func:`write_files_atomic`).
+
+    Args:
+        files: as :func:`output_files`.
 
     Raises:
         OutputError: a file could not be written; none of them was then replaced.
     """
-    subtitles = getattr(options, "subtitles", "captions")
-    targets = [(WriteJSON(), options.result_path), (WriteSRT(subtitles), options.srt_path),
-               (WriteVTT(subtitles), options.vtt_path)]
-    texts = {Path(path): writer.render(result) for writer, path in targets if path}
-    write_files_atomic(texts)
-    return list(texts)
+    contents = output_files(result, options, **files)
+    write_files_atomic(contents)
+    if options.report_path and options.report_images == "folder":
+        prune_thumbnails(options.report_path, contents[Path(options.report_path)])
+    return list(contents)
 
 
 class JsonlWriter:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from PIL import Image
 
 
-
 @dataclass(frozen=True)
 class SampledFrame:
     """One frame kept for captioning: the picture and where it sits in the video."""
@@ -55,13 +54,8 @@ def select_expression(fps: float) -> str:
     clip; variable-frame-rate video gets times it never had), ``select`` keeps each frame's
     own timestamp.
     """
+
     def interval(t: str) -> str:
         return f"floor(({t}+{FrameSampler.TOLERANCE})*{fps!r})"
 
     return f"isnan(prev_selected_t)+gt({interval('t')},{interval('prev_selected_t')})"
-
-
-
-
-
-

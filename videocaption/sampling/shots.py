@@ -55,7 +55,9 @@ def luma_thumbnail(luma: np.ndarray) -> np.ndarray:
     cell_h, cell_w = (height // step) // rows, (width // step) // columns
     # One small copy, then two sums over contiguous axes: several times faster than a mean over
     # two strided axes of the view (it runs on every frame looked at).
-    samples = np.ascontiguousarray(luma[:cell_h * rows * step:step, :cell_w * columns * step:step], dtype=np.float32)
+    samples = np.ascontiguousarray(
+        luma[: cell_h * rows * step : step, : cell_w * columns * step : step], dtype=np.float32
+    )
     thumbnail = samples.reshape(rows, cell_h, columns * cell_w).sum(axis=1)
     thumbnail = thumbnail.reshape(rows, columns, cell_w).sum(axis=2) * (1.0 / (cell_h * cell_w))
     if luma.dtype != np.uint8:
@@ -84,9 +86,3 @@ def changed_area(previous: np.ndarray, current: np.ndarray) -> float:
     if previous.shape != current.shape:
         return 1.0
     return float((np.abs(current - previous) > CELL_TOLERANCE).mean())
-
-
-
-
-
-
