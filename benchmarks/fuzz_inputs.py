@@ -52,9 +52,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from videocaption.result import untimed
 
@@ -80,15 +80,18 @@ class Outcome:
     def label(self) -> str:
         if self.returncode is None:
             return "hang"
-        return {0: "captioned", 2: "rejected", 3: "incomplete", 130: "SIGINT", 143: "SIGTERM",
-                -9: "SIGKILL"}.get(self.returncode, f"exit {self.returncode}")
+        return {0: "captioned", 2: "rejected", 3: "incomplete", 130: "SIGINT", 143: "SIGTERM", -9: "SIGKILL"}.get(
+            self.returncode, f"exit {self.returncode}"
+        )
 
 
 def faststart_copy(video: Path, folder: Path) -> Path | None:
     """The clip remuxed with its index first (None when ffmpeg is missing or fails)."""
     target = folder / f"faststart{video.suffix}"
-    done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-c", "copy",
-                           "-movflags", "+faststart", str(target)], capture_output=True)
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(video), "-c", "copy", "-movflags", "+faststart", str(target)],
+        capture_output=True,
+    )
     return target if done.returncode == 0 else None
 
 
@@ -110,35 +113,50 @@ def mutate(data: bytes, rng: random.Random, mutation: str | None = None) -> tupl
     start = rng.randrange(size)
     length = min(size - start, rng.choice([16, 256, 4096, 65536]))
     if mutation == "zero_range":
-        buffer[start:start + length] = bytes(length)
+        buffer[start : start + length] = bytes(length)
     elif mutation == "random_range":
-        buffer[start:start + length] = rng.randbytes(length)
+        buffer[start : start + length] = rng.randbytes(length)
     elif mutation == "drop_range":
-        del buffer[start:start + length]
+        del buffer[start : start + length]
     elif mutation == "duplicate_range":
-        buffer[start:start] = buffer[start:start + length]
+        buffer[start:start] = buffer[start : start + length]
     else:
         raise ValueError(f"unknown mutation {mutation!r}")
     return bytes(buffer), mutation, f"{length} bytes at {start}"
 
 
-def check_run(video: Path, workdir: Path, model: Path, run_timeout: float,
-              extra: tuple[str, ...] = ()) -> tuple[int | None, float, str | None, str]:
+def check_run(
+    video: Path, workdir: Path, model: Path, run_timeout: float, extra: tuple[str, ...] = ()
+) -> tuple[int | None, float, str | None, str]:
     """Run the CLI on ``video`` in ``workdir``; (exit code, seconds, problem or None, stderr tail).
 
     ``extra`` flags come last (a later ``--output`` replaces ``workdir/result.json``).
     """
     result = workdir / "result.json"
     result.unlink(missing_ok=True)
-    command = [sys.executable, str(CLI), str(video), "--model", str(model), "--device", "cpu",
-               "--max-new-tokens", "4", "--output", str(result), *extra]
+    command = [
+        sys.executable,
+        str(CLI),
+        str(video),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--output",
+        str(result),
+        *extra,
+    ]
     outputs = output_paths(command, workdir)
     before = {path: _state(path) for path in outputs}
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=run_timeout)
     except subprocess.TimeoutExpired as expired:
-        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else (expired.stderr or "")
+        stderr = (
+            expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else (expired.stderr or "")
+        )
         return None, time.perf_counter() - started, f"no exit within {run_timeout:g} s", stderr[-2000:]
     seconds = time.perf_counter() - started
     changed = [path for path in outputs if _state(path) != before[path]]
@@ -179,8 +197,11 @@ def output_paths(command: list[str], workdir: Path) -> list[Path]:
     for flag, value in pairs:
         if flag == "--output":
             result = Path(value)
-    subtitles = [Path(value) if value and not value.startswith("--") else result.with_suffix("." + flag[2:])
-                 for flag, value in pairs if flag in ("--srt", "--vtt")]
+    subtitles = [
+        Path(value) if value and not value.startswith("--") else result.with_suffix("." + flag[2:])
+        for flag, value in pairs
+        if flag in ("--srt", "--vtt")
+    ]
     return [workdir / path for path in (result, *subtitles)]
 
 
@@ -217,8 +238,16 @@ def attempts(seconds: float, seed: int, tries: int | None) -> Iterator[tuple[int
         attempt += 1
 
 
-def fuzz(seconds: float, seed: int, video: Path, model: Path, run_timeout: float, tries: int | None = None,
-         keep: Path | None = None, log=print) -> list[Outcome]:
+def fuzz(
+    seconds: float,
+    seed: int,
+    video: Path,
+    model: Path,
+    run_timeout: float,
+    tries: int | None = None,
+    keep: Path | None = None,
+    log=print,
+) -> list[Outcome]:
     """Mutate and run until ``seconds`` pass (or ``tries`` were made); every try's outcome."""
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="fuzz_inputs_") as temp:
@@ -234,12 +263,13 @@ def fuzz(seconds: float, seed: int, video: Path, model: Path, run_timeout: float
             damaged = workdir / f"damaged{video.suffix}"
             damaged.write_bytes(data)
             returncode, took, problem, stderr = check_run(damaged, workdir, model, run_timeout)
-            outcome = Outcome(try_seed, layout, mutation, detail, returncode, took, problem,
-                              stderr if problem else "")
+            outcome = Outcome(try_seed, layout, mutation, detail, returncode, took, problem, stderr if problem else "")
             outcomes.append(outcome)
             said = f": {stderr.strip().splitlines()[-1]}" if returncode == 2 and stderr.strip() else ""
-            log(f"[{attempt + 1}] seed {try_seed} {layout} {mutation} ({detail}): {outcome.label} "
-                f"in {took:.1f} s{said}{'  PROBLEM: ' + problem if problem else ''}")
+            log(
+                f"[{attempt + 1}] seed {try_seed} {layout} {mutation} ({detail}): {outcome.label} "
+                f"in {took:.1f} s{said}{'  PROBLEM: ' + problem if problem else ''}"
+            )
             if problem and keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(damaged, keep / f"seed{try_seed}{video.suffix}")
@@ -277,17 +307,38 @@ def random_output_flags(rng: random.Random, workdir: Path, video: Path) -> list[
     """``--output``, ``--srt`` and ``--vtt`` at odd paths (made ready in ``workdir``)."""
     (workdir / "a-directory").mkdir(exist_ok=True)
     (workdir / "a-file").write_text("")
-    paths = ["a-directory", "a-file/r.json", "new/nested/dirs/r.json", "./-dash.json", "-dash.json",
-             "sp ace/ünï cødé.json", "x" * 300 + ".json", "/proc/r.json", video.name, "r.json", "r.json.partial",
-             "same.txt", "same.txt"]
+    paths = [
+        "a-directory",
+        "a-file/r.json",
+        "new/nested/dirs/r.json",
+        "./-dash.json",
+        "-dash.json",
+        "sp ace/ünï cødé.json",
+        "x" * 300 + ".json",
+        "/proc/r.json",
+        video.name,
+        "r.json",
+        "r.json.partial",
+        "same.txt",
+        "same.txt",
+    ]
     flags: list[str] = []
     for flag in rng.sample(["--output", "--srt", "--vtt"], rng.randint(1, 3)):
         flags += [flag, rng.choice(paths)] if flag == "--output" or rng.random() < 0.8 else [flag]
     return flags
 
 
-def fuzz_flags(seconds: float, seed: int, video: Path, model: Path, run_timeout: float, *, mode: str,
-               tries: int | None = None, log=print) -> list[Outcome]:
+def fuzz_flags(
+    seconds: float,
+    seed: int,
+    video: Path,
+    model: Path,
+    run_timeout: float,
+    *,
+    mode: str,
+    tries: int | None = None,
+    log=print,
+) -> list[Outcome]:
     """``options`` or ``paths`` mode: the clip as it is, with seeded odd flags."""
     outcomes: list[Outcome] = []
     for attempt, try_seed, rng in attempts(seconds, seed, tries):
@@ -303,8 +354,10 @@ def fuzz_flags(seconds: float, seed: int, video: Path, model: Path, run_timeout:
         outcome = Outcome(try_seed, "as-is", mode, detail, returncode, took, problem, stderr if problem else "")
         outcomes.append(outcome)
         said = f": {stderr.strip().splitlines()[-1]}" if returncode == 2 and stderr.strip() else ""
-        log(f"[{attempt + 1}] seed {try_seed} {detail}: {outcome.label} in {took:.1f} s{said}"
-            f"{'  PROBLEM: ' + problem if problem else ''}")
+        log(
+            f"[{attempt + 1}] seed {try_seed} {detail}: {outcome.label} in {took:.1f} s{said}"
+            f"{'  PROBLEM: ' + problem if problem else ''}"
+        )
     return outcomes
 
 
@@ -314,18 +367,36 @@ STOP_SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143)
 def _outputs(folder: Path) -> dict[str, object]:
     """The result (timing fields aside) and subtitle files of a run in ``folder``."""
     result = json.loads((folder / "r.json").read_text(encoding="utf-8"))
-    return {"r.json": untimed(result),
-            "r.srt": (folder / "r.srt").read_text(encoding="utf-8"),
-            "r.vtt": (folder / "r.vtt").read_text(encoding="utf-8")}
+    return {
+        "r.json": untimed(result),
+        "r.srt": (folder / "r.srt").read_text(encoding="utf-8"),
+        "r.vtt": (folder / "r.vtt").read_text(encoding="utf-8"),
+    }
 
 
-def fuzz_signals(seconds: float, seed: int, video: Path, model: Path, run_timeout: float, *,
-                 tries: int | None = None, log=print) -> list[Outcome]:
+def fuzz_signals(
+    seconds: float, seed: int, video: Path, model: Path, run_timeout: float, *, tries: int | None = None, log=print
+) -> list[Outcome]:
     """``signals`` mode: stop a run at a seeded time with a seeded signal, resume, compare."""
     with tempfile.TemporaryDirectory(prefix="fuzz_signals_") as temp:
         root = Path(temp)
-        command = [sys.executable, str(CLI), str(video), "--model", str(model), "--device", "cpu",
-                   "--max-new-tokens", "4", "--batch-size", "1", "--output", "r.json", "--srt", "--vtt"]
+        command = [
+            sys.executable,
+            str(CLI),
+            str(video),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "1",
+            "--output",
+            "r.json",
+            "--srt",
+            "--vtt",
+        ]
         (root / "reference").mkdir()
         started = time.perf_counter()
         subprocess.run(command, cwd=root / "reference", check=True, capture_output=True, timeout=run_timeout)
@@ -340,14 +411,17 @@ def fuzz_signals(seconds: float, seed: int, video: Path, model: Path, run_timeou
             workdir.mkdir()
             outcome = _signal_try(command, workdir, name, at, reference, run_timeout, try_seed)
             outcomes.append(outcome)
-            log(f"[{attempt + 1}] seed {try_seed} {outcome.detail}: {outcome.label}, resumed in {outcome.seconds:.1f} s"
-                f"{'  PROBLEM: ' + outcome.problem if outcome.problem else ''}")
+            log(
+                f"[{attempt + 1}] seed {try_seed} {outcome.detail}: {outcome.label}, resumed in {outcome.seconds:.1f} s"
+                f"{'  PROBLEM: ' + outcome.problem if outcome.problem else ''}"
+            )
             shutil.rmtree(workdir)
     return outcomes
 
 
-def _signal_try(command: list[str], workdir: Path, name: str, at: float, reference: dict, run_timeout: float,
-                try_seed: int) -> Outcome:
+def _signal_try(
+    command: list[str], workdir: Path, name: str, at: float, reference: dict, run_timeout: float, try_seed: int
+) -> Outcome:
     signum, expected = STOP_SIGNALS[name]
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -361,8 +435,9 @@ def _signal_try(command: list[str], workdir: Path, name: str, at: float, referen
     except subprocess.TimeoutExpired:
         process.kill()
         _, stderr = process.communicate()
-        return Outcome(try_seed, "signal", name, f"{name} at {at:.2f} s", None, 0.0, "no exit after the signal",
-                       stderr[-2000:])
+        return Outcome(
+            try_seed, "signal", name, f"{name} at {at:.2f} s", None, 0.0, "no exit after the signal", stderr[-2000:]
+        )
     returncode = process.returncode
     detail = f"{name} at {at:.2f} s" + (" (after the run ended)" if finished_first else "")
     problem = None
@@ -388,8 +463,9 @@ def _signal_try(command: list[str], workdir: Path, name: str, at: float, referen
             problem = "the checkpoint does not parse"
     if problem is None:
         started = time.perf_counter()
-        resumed = subprocess.run(command + ["--resume"], cwd=workdir, capture_output=True, text=True,
-                                 timeout=run_timeout)
+        resumed = subprocess.run(
+            command + ["--resume"], cwd=workdir, capture_output=True, text=True, timeout=run_timeout
+        )
         seconds = time.perf_counter() - started
         if resumed.returncode != 0:
             problem, stderr = f"--resume exited {resumed.returncode}", resumed.stderr
@@ -399,8 +475,16 @@ def _signal_try(command: list[str], workdir: Path, name: str, at: float, referen
             problem = "the checkpoint is left after the resumed run"
     else:
         seconds = 0.0
-    return Outcome(try_seed, "signal", name, detail, returncode, seconds if problem is None else 0.0, problem,
-                   stderr[-2000:] if problem else "")
+    return Outcome(
+        try_seed,
+        "signal",
+        name,
+        detail,
+        returncode,
+        seconds if problem is None else 0.0,
+        problem,
+        stderr[-2000:] if problem else "",
+    )
 
 
 def report(outcomes: list[Outcome]) -> str:
@@ -409,21 +493,26 @@ def report(outcomes: list[Outcome]) -> str:
     for outcome in outcomes:
         table[outcome.mutation][outcome.label] += 1
     labels = sorted({o.label for o in outcomes})
-    lines = [f"{len(outcomes)} tries, {sum(o.problem is not None for o in outcomes)} problems",
-             f"{'mutation':<16}" + "".join(f"{label:>12}" for label in labels)]
+    lines = [
+        f"{len(outcomes)} tries, {sum(o.problem is not None for o in outcomes)} problems",
+        f"{'mutation':<16}" + "".join(f"{label:>12}" for label in labels),
+    ]
     for mutation in sorted(table):
         lines.append(f"{mutation:<16}" + "".join(f"{table[mutation][label]:>12}" for label in labels))
     total = collections.Counter(o.label for o in outcomes)
     lines.append(f"{'all':<16}" + "".join(f"{total[label]:>12}" for label in labels))
     for outcome in outcomes:
         if outcome.problem:
-            lines.append(f"PROBLEM seed {outcome.seed} ({outcome.layout}, {outcome.mutation}, {outcome.detail}): "
-                         f"{outcome.problem}\n{outcome.stderr_tail}")
+            lines.append(
+                f"PROBLEM seed {outcome.seed} ({outcome.layout}, {outcome.mutation}, {outcome.detail}): "
+                f"{outcome.problem}\n{outcome.stderr_tail}"
+            )
     return "\n".join(lines)
 
 
-def fuzz_runs(mode: str, seconds: float, seed: int, run_timeout: float, *, tries: int | None = None,
-              log=print) -> list[Outcome]:
+def fuzz_runs(
+    mode: str, seconds: float, seed: int, run_timeout: float, *, tries: int | None = None, log=print
+) -> list[Outcome]:
     """``library`` or ``live`` mode: seeded faults and kills, then a rerun (:mod:`benchmarks.fuzz_runs`)."""
     from benchmarks import fuzz_runs
 
@@ -439,27 +528,36 @@ def fuzz_runs(mode: str, seconds: float, seed: int, run_timeout: float, *, tries
             started = time.perf_counter()
             detail, returncode, problem, stderr = one_try(source, workdir, fault, kill, at, rng, run_timeout)
             took = time.perf_counter() - started
-            outcomes.append(Outcome(try_seed, mode, fault, detail, returncode, took, problem,
-                                    stderr[-2000:] if problem else ""))
-            log(f"[{attempt + 1}] seed {try_seed} {detail}: {outcomes[-1].label}, then rerun; {took:.1f} s"
-                f"{'  PROBLEM: ' + problem if problem else ''}")
+            outcomes.append(
+                Outcome(try_seed, mode, fault, detail, returncode, took, problem, stderr[-2000:] if problem else "")
+            )
+            log(
+                f"[{attempt + 1}] seed {try_seed} {detail}: {outcomes[-1].label}, then rerun; {took:.1f} s"
+                f"{'  PROBLEM: ' + problem if problem else ''}"
+            )
             shutil.rmtree(workdir, ignore_errors=True)
     return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("inputs", "options", "paths", "signals", "library", "live"),
-                        default="inputs",
-                        help="what to vary (default: %(default)s)")
-    parser.add_argument("--seconds", type=float,
-                        help="time to keep trying (default: 120; library and live: 3 tries)")
+    parser.add_argument(
+        "--mode",
+        choices=("inputs", "options", "paths", "signals", "library", "live"),
+        default="inputs",
+        help="what to vary (default: %(default)s)",
+    )
+    parser.add_argument("--seconds", type=float, help="time to keep trying (default: 120; library and live: 3 tries)")
     parser.add_argument("--tries", type=int, help="stop after this many tries instead")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--video", type=Path, default=SAMPLE, help="clip to use (default: the sample clip)")
     parser.add_argument("--model", type=Path, default=TINY_MODEL, help="checkpoint (default: the tiny one)")
-    parser.add_argument("--run-timeout", type=float, default=180.0,
-                        help="seconds one CLI run may take before it counts as a hang (default: %(default)s)")
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=180.0,
+        help="seconds one CLI run may take before it counts as a hang (default: %(default)s)",
+    )
     parser.add_argument("--keep", type=Path, help="inputs mode: copy every damaged file that caused a problem here")
     args = parser.parse_args(argv)
     if args.mode in ("library", "live"):
@@ -469,13 +567,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(o.problem for o in outcomes) else 0
     args.seconds = 120.0 if args.seconds is None else args.seconds
     if args.mode == "inputs":
-        outcomes = fuzz(args.seconds, args.seed, args.video, args.model, args.run_timeout, tries=args.tries,
-                        keep=args.keep)
+        outcomes = fuzz(
+            args.seconds, args.seed, args.video, args.model, args.run_timeout, tries=args.tries, keep=args.keep
+        )
     elif args.mode == "signals":
         outcomes = fuzz_signals(args.seconds, args.seed, args.video, args.model, args.run_timeout, tries=args.tries)
     else:
-        outcomes = fuzz_flags(args.seconds, args.seed, args.video, args.model, args.run_timeout, mode=args.mode,
-                              tries=args.tries)
+        outcomes = fuzz_flags(
+            args.seconds, args.seed, args.video, args.model, args.run_timeout, mode=args.mode, tries=args.tries
+        )
     print(report(outcomes))
     return 1 if any(o.problem for o in outcomes) else 0
 

@@ -32,11 +32,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import fake_openai  # noqa: E402  (tests/fake_openai.py)
+from tests import fake_openai  # run from the checkout: python -m benchmarks.fuzz_inputs
 
 FAULTS = ("none", "errors", "slow", "down")
 KILLS = ("none", "SIGINT", "SIGTERM", "SIGKILL")
@@ -87,14 +86,22 @@ def kill_marked(marker: str) -> None:
             pass
 
 
-def run_with_kill(command: list[str], cwd: Path, kill: str, at: float, timeout: float,
-                  marker: str) -> tuple[int | None, str, bool]:
+def run_with_kill(
+    command: list[str], cwd: Path, kill: str, at: float, timeout: float, marker: str
+) -> tuple[int | None, str, bool]:
     """Run ``command``; send ``kill`` at ``at`` s unless it ended first.
 
     Returns (exit code, None on a hang; stderr; whether the signal was sent)."""
     env = {**os.environ, MARKER: marker}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sent = False
     try:
         if kill != "none":
@@ -142,18 +149,65 @@ def jsonl_problem(path: Path, torn_allowed: bool) -> str | None:
 
 def make_stream(folder: Path) -> Path:
     path = folder / "stream.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size=160x120:rate=25", "-t", str(LIVE_SECONDS), "-c:v", "libx264", "-preset",
-                    "ultrafast", "-g", "25", "-f", "mpegts", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-t",
+            str(LIVE_SECONDS),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def live_command(stream: Path, url: str) -> list[str]:
     """A live run reading a finished stream file whole, then ending when it does not grow for 1 s."""
-    return [sys.executable, str(ROOT / "test_llm_caption.py"), str(stream), "--live", "--backend", "openai",
-            "--api-base", url, "--model", "m", "--max-retries", "0", "--max-new-tokens", "8", "--fps",
-            str(LIVE_FPS), "--batch-size", str(LIVE_BATCH), "--max-pending-frames", "100", "--stall-timeout",
-            "1", "--reconnect-delay", "0.2", "--output", "result.json", "--jsonl", "live.jsonl"]
+    return [
+        sys.executable,
+        str(ROOT / "test_llm_caption.py"),
+        str(stream),
+        "--live",
+        "--backend",
+        "openai",
+        "--api-base",
+        url,
+        "--model",
+        "m",
+        "--max-retries",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--fps",
+        str(LIVE_FPS),
+        "--batch-size",
+        str(LIVE_BATCH),
+        "--max-pending-frames",
+        "100",
+        "--stall-timeout",
+        "1",
+        "--reconnect-delay",
+        "0.2",
+        "--output",
+        "result.json",
+        "--jsonl",
+        "live.jsonl",
+    ]
 
 
 def live_segments(path: Path) -> list[list[dict]]:
@@ -179,8 +233,9 @@ def segment_problem(segment: list[dict], result: dict | None) -> str | None:
     batches = [r for r in segment if r["type"] == "batch"]
     if [b["batch_id"] for b in batches] != list(range(1, len(batches) + 1)):
         return "batch ids are not 1..n in order"
-    if any(b["start_time"] > b["end_time"] for b in batches) or \
-            any(a["end_time"] >= b["start_time"] for a, b in zip(batches, batches[1:])):
+    if any(b["start_time"] > b["end_time"] for b in batches) or any(
+        a["end_time"] >= b["start_time"] for a, b in zip(batches, batches[1:])
+    ):
         return "a frame is in two batches, or batches out of order"
     if result is not None:
         if segment[-1]["type"] != "final":
@@ -190,8 +245,9 @@ def segment_problem(segment: list[dict], result: dict | None) -> str | None:
     return None
 
 
-def live_try(stream: Path, workdir: Path, fault: str, kill: str, at: float, rng: random.Random,
-             run_timeout: float) -> tuple[str, int | None, str | None, str]:
+def live_try(
+    stream: Path, workdir: Path, fault: str, kill: str, at: float, rng: random.Random, run_timeout: float
+) -> tuple[str, int | None, str | None, str]:
     """One live try; returns (detail, first exit code, problem, stderr)."""
     marker = uuid.uuid4().hex
     answers = FaultyAnswers(fault, rng)
@@ -199,10 +255,13 @@ def live_try(stream: Path, workdir: Path, fault: str, kill: str, at: float, rng:
         with fake_openai.FakeOpenAI(chat=answers) as server:
             command = live_command(stream, server.url)
             code, stderr, sent = run_with_kill(command, workdir, kill, at, run_timeout, marker)
-            detail = f"{fault} server, {kill}" + (f" at {at:.1f} s" if sent else (" (after the end)" if kill != "none" else ""))
+            detail = f"{fault} server, {kill}" + (
+                f" at {at:.1f} s" if sent else (" (after the end)" if kill != "none" else "")
+            )
             problem = None
-            first_segments = live_segments(workdir / "live.jsonl") if (workdir / "live.jsonl").exists() and \
-                code != -9 else None
+            first_segments = (
+                live_segments(workdir / "live.jsonl") if (workdir / "live.jsonl").exists() and code != -9 else None
+            )
             if code is None:
                 problem = "no exit (a hang)"
             elif "Traceback" in stderr:
@@ -219,7 +278,12 @@ def live_try(stream: Path, workdir: Path, fault: str, kill: str, at: float, rng:
             (workdir / "result.json").unlink(missing_ok=True)
             rerun, stderr, _ = run_with_kill(command, workdir, "none", 0.0, run_timeout, marker)
         if rerun != 0 or "Traceback" in stderr:
-            return detail, code, f"the rerun exited {rerun}" + (" with a traceback" if "Traceback" in stderr else ""), stderr
+            return (
+                detail,
+                code,
+                f"the rerun exited {rerun}" + (" with a traceback" if "Traceback" in stderr else ""),
+                stderr,
+            )
         problem = jsonl_problem(workdir / "live.jsonl", torn_allowed=False)
         if problem is None:
             segments = live_segments(workdir / "live.jsonl")
@@ -243,16 +307,51 @@ def make_library(folder: Path) -> Path:
     library = folder / "library"
     library.mkdir()
     for index in range(LIBRARY_VIDEOS):
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"color=c=0x{40 * index + 30:02x}6080:size=160x120:rate=25", "-t", "2", "-pix_fmt",
-                        "yuv420p", str(library / f"v{index}.mp4")], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"color=c=0x{40 * index + 30:02x}6080:size=160x120:rate=25",
+                "-t",
+                "2",
+                "-pix_fmt",
+                "yuv420p",
+                str(library / f"v{index}.mp4"),
+            ],
+            check=True,
+        )
     return library
 
 
 def library_command(library: Path, url: str, output: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "test_llm_caption.py"), str(library), "--workers", "1", "--backend",
-            "openai", "--api-base", url, "--model", "m", "--max-retries", "0", "--max-new-tokens", "8",
-            "--fps", "2", "--batch-size", "2", "--output", str(output)]
+    return [
+        sys.executable,
+        str(ROOT / "test_llm_caption.py"),
+        str(library),
+        "--workers",
+        "1",
+        "--backend",
+        "openai",
+        "--api-base",
+        url,
+        "--model",
+        "m",
+        "--max-retries",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--fps",
+        "2",
+        "--batch-size",
+        "2",
+        "--output",
+        str(output),
+    ]
 
 
 def journal_rows(output: Path) -> list[dict]:
@@ -286,8 +385,9 @@ def manifest_problem(output: Path, library: Path) -> str | None:
     return None
 
 
-def library_try(library: Path, workdir: Path, fault: str, kill: str, at: float, rng: random.Random,
-                run_timeout: float) -> tuple[str, int | None, str | None, str]:
+def library_try(
+    library: Path, workdir: Path, fault: str, kill: str, at: float, rng: random.Random, run_timeout: float
+) -> tuple[str, int | None, str | None, str]:
     """One library try; returns (detail, first exit code, problem, stderr)."""
     marker = uuid.uuid4().hex
     output = workdir / "out"
@@ -297,7 +397,9 @@ def library_try(library: Path, workdir: Path, fault: str, kill: str, at: float, 
             command = library_command(library, server.url, output)
             code, stderr, sent = run_with_kill(command, workdir, kill, at, run_timeout, marker)
             kill_marked(marker)  # a killed driver's Ray processes
-            detail = f"{fault} server, {kill}" + (f" at {at:.1f} s" if sent else (" (after the end)" if kill != "none" else ""))
+            detail = f"{fault} server, {kill}" + (
+                f" at {at:.1f} s" if sent else (" (after the end)" if kill != "none" else "")
+            )
             problem = None
             if code is None:
                 problem = "no exit (a hang)"
@@ -313,7 +415,12 @@ def library_try(library: Path, workdir: Path, fault: str, kill: str, at: float, 
             answers.heal()
             rerun, stderr, _ = run_with_kill(command + ["--retry-failed"], workdir, "none", 0.0, run_timeout, marker)
         if rerun != 0 or "Traceback" in stderr:
-            return detail, code, f"the rerun exited {rerun}" + (" with a traceback" if "Traceback" in stderr else ""), stderr
+            return (
+                detail,
+                code,
+                f"the rerun exited {rerun}" + (" with a traceback" if "Traceback" in stderr else ""),
+                stderr,
+            )
         problem = jsonl_problem(output / "manifest.jsonl", torn_allowed=False) or manifest_problem(output, library)
         if problem is None:
             after = finished_results(output)

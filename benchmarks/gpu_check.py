@@ -237,7 +237,7 @@ def decode_step_ms(model, new_tokens: int, compiled: bool) -> float | str:
 
     try:
         return round(run_on_model_thread(run), 2)
-    except Exception as exc:  # a compiler missing or refusing: say so, keep the rest of the check
+    except Exception as exc:  # noqa: BLE001 - a compiler missing or refusing: say so, keep the rest of the check
         return f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     finally:
         decoder.forward = forward

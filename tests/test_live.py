@@ -11,13 +11,13 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 import fake_openai
+import pytest
 from helpers import CLI, FAST_FLAGS, run_cli, stderr_lines
+
 from videocaption.errors import InvalidOptionError
 from videocaption.live.captioner import is_live_input
 from videocaption.live.stream import LatestFrames, LiveFrame, StreamClock, read_url
@@ -35,17 +35,51 @@ def free_port() -> int:
 
 def serve(port: int, seconds: float, *, rate: int = 25, size: str = "160x120") -> subprocess.Popen:
     """ffmpeg serving a generated stream in real time (``-re``) as MPEG-TS to one TCP client on loopback."""
-    return subprocess.Popen([
-        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}", "-t", str(seconds),
-        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(rate), "-f", "mpegts",
-        f"tcp://127.0.0.1:{port}?listen=1",
-    ], stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(rate),
+            "-f",
+            "mpegts",
+            f"tcp://127.0.0.1:{port}?listen=1",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def caption_live(url: str, tmp_path: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, url, "--output", str(tmp_path / "result.json"), "--jsonl",
-                             str(tmp_path / "live.jsonl"), *flags, *FAST_FLAGS],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            *CLI,
+            url,
+            "--output",
+            str(tmp_path / "result.json"),
+            "--jsonl",
+            str(tmp_path / "live.jsonl"),
+            *flags,
+            *FAST_FLAGS,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def records(tmp_path: Path) -> list[dict]:
@@ -84,8 +118,14 @@ def stopped_afterwards(*processes: subprocess.Popen) -> Iterator[None]:
 
 
 def test_live_inputs_are_urls_of_live_protocols_or_hls_or_asked_for():
-    for url in ("rtsp://cam/1", "rtmp://x/live", "srt://1.2.3.4:9000", "udp://127.0.0.1:1234", "tcp://h:1",
-                "https://cdn/x/index.m3u8?token=1"):
+    for url in (
+        "rtsp://cam/1",
+        "rtmp://x/live",
+        "srt://1.2.3.4:9000",
+        "udp://127.0.0.1:1234",
+        "tcp://h:1",
+        "https://cdn/x/index.m3u8?token=1",
+    ):
         assert is_live_input(url)
     for source in ("video.mp4", "https://site/video.mp4", "file.m3u8"):
         assert not is_live_input(source)
@@ -152,11 +192,13 @@ def test_live_options_are_checked():
     assert CaptionOptions(batch_size=3).pending_frames == 6
 
 
+@pytest.mark.slow
 def test_live_only_flags_are_refused_for_a_file(tmp_path, small_clip):
     done = run_cli(str(small_clip), "--jsonl", "x.jsonl", "--summary-every", "5", cwd=tmp_path)
     assert done.returncode == 2
-    assert stderr_lines(done) == ["error: --jsonl, --summary-every only apply to live streams (a live URL, or "
-                                  "--live) (see --help)"]
+    assert stderr_lines(done) == [
+        "error: --jsonl, --summary-every only apply to live streams (a live URL, or --live) (see --help)"
+    ]
     done = run_cli(str(small_clip), "--live", "--workers", "2", cwd=tmp_path)
     assert done.returncode == 2 and len(stderr_lines(done)) == 1
 
@@ -164,11 +206,24 @@ def test_live_only_flags_are_refused_for_a_file(tmp_path, small_clip):
 # -- the CLI on a stream ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stream_is_captioned_as_it_plays_in_stream_order(tmp_path):
     port = free_port()
     server = serve(port, seconds=12)
-    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "0",
-                       "--summary-every", "3", "--srt", "--vtt")
+    cli = caption_live(
+        f"tcp://127.0.0.1:{port}",
+        tmp_path,
+        "--fps",
+        "2",
+        "--batch-size",
+        "3",
+        "--reconnect",
+        "0",
+        "--summary-every",
+        "3",
+        "--srt",
+        "--vtt",
+    )
     with stopped_afterwards(server, cli):
         out, err = cli.communicate(timeout=STARTUP_S + 60)
     assert cli.returncode == 0, err
@@ -193,19 +248,32 @@ def test_a_stream_is_captioned_as_it_plays_in_stream_order(tmp_path):
     assert "Title: " in out
 
 
+@pytest.mark.slow
 def test_a_dropped_stream_is_reconnected_and_sigint_ends_with_a_final_summary(tmp_path):
     port = free_port()
     server = serve(port, seconds=7)
-    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3",
-                       "--reconnect", "10", "--reconnect-delay", "0.5", "--srt")
+    cli = caption_live(
+        f"tcp://127.0.0.1:{port}",
+        tmp_path,
+        "--fps",
+        "2",
+        "--batch-size",
+        "3",
+        "--reconnect",
+        "10",
+        "--reconnect-delay",
+        "0.5",
+        "--srt",
+    )
     with stopped_afterwards(server, cli):
         wait_for(lambda: any(r["type"] == "batch" for r in records(tmp_path)), STARTUP_S, cli)
         server.wait(timeout=30)  # the stream stops...
         first_run = max(r["end_time"] for r in records(tmp_path) if r["type"] == "batch")
         time.sleep(1.5)
         server = serve(port, seconds=60)  # ...and comes back on the same address
-        wait_for(lambda: any(r["type"] == "batch" and r["start_time"] > first_run + 1 for r in records(tmp_path)),
-                 60, cli)
+        wait_for(
+            lambda: any(r["type"] == "batch" and r["start_time"] > first_run + 1 for r in records(tmp_path)), 60, cli
+        )
         # The subtitles grow with the cues and are whole at every moment.
         assert (tmp_path / "result.srt").read_text().startswith("1\n00:00:00,000 --> ")
         cli.send_signal(signal.SIGINT)
@@ -223,19 +291,53 @@ def test_a_dropped_stream_is_reconnected_and_sigint_ends_with_a_final_summary(tm
 
 def send_udp(port: int, seconds: float) -> subprocess.Popen:
     """ffmpeg sending a generated MPEG-TS stream in real time to a UDP port on loopback."""
-    return subprocess.Popen([
-        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", str(seconds),
-        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-f", "mpegts",
-        f"udp://127.0.0.1:{port}?pkt_size=1316",
-    ], stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            f"udp://127.0.0.1:{port}?pkt_size=1316",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
 
 
+@pytest.mark.slow
 def test_a_stalled_udp_stream_is_reconnected(tmp_path):
     """UDP has no end of stream: the sender just stops. FFmpeg gives up after --stall-timeout, the
     port is let go, and the next connection picks the stream up again when it resumes."""
     port = free_port()
-    cli = caption_live(f"udp://127.0.0.1:{port}", tmp_path, "--fps", "2", "--batch-size", "3", "--reconnect", "20",
-                       "--reconnect-delay", "0.5", "--stall-timeout", "2")
+    cli = caption_live(
+        f"udp://127.0.0.1:{port}",
+        tmp_path,
+        "--fps",
+        "2",
+        "--batch-size",
+        "3",
+        "--reconnect",
+        "20",
+        "--reconnect-delay",
+        "0.5",
+        "--stall-timeout",
+        "2",
+    )
     sender = None
     try:
         wait_for(lambda: records(tmp_path), STARTUP_S, cli)  # the model is loaded: the port is being read
@@ -245,8 +347,9 @@ def test_a_stalled_udp_stream_is_reconnected(tmp_path):
         first_run = max(r["end_time"] for r in records(tmp_path) if r["type"] == "batch")
         time.sleep(4)  # the stream stalls: longer than --stall-timeout
         sender = send_udp(port, seconds=60)
-        wait_for(lambda: any(r["type"] == "batch" and r["start_time"] > first_run + 1 for r in records(tmp_path)),
-                 60, cli)
+        wait_for(
+            lambda: any(r["type"] == "batch" and r["start_time"] > first_run + 1 for r in records(tmp_path)), 60, cli
+        )
         cli.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=60)
     finally:
@@ -260,10 +363,12 @@ def test_a_stalled_udp_stream_is_reconnected(tmp_path):
     assert result["live"]["reconnects"] >= 1 and result["live"]["ended_by"] == "SIGINT"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempts", [0, 2])
 def test_an_unreachable_stream_is_one_line_and_exit_2(tmp_path, attempts):
-    cli = caption_live(f"tcp://127.0.0.1:{free_port()}", tmp_path, "--reconnect", str(attempts),
-                       "--reconnect-delay", "0.1")
+    cli = caption_live(
+        f"tcp://127.0.0.1:{free_port()}", tmp_path, "--reconnect", str(attempts), "--reconnect-delay", "0.1"
+    )
     out, err = cli.communicate(timeout=STARTUP_S)
     assert cli.returncode == 2
     lines = [line for line in err.splitlines() if line.strip()]
@@ -279,13 +384,24 @@ def rss_mib(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
     """100 frames a second for 30 s, the model behind all along (a longer soak: benchmarks/bench_live.py)."""
     port = free_port()
     server = serve(port, seconds=120, rate=100, size="320x240")
     # 25 sampled frames a second: far more than the model describes, however idle the machine.
-    cli = caption_live(f"tcp://127.0.0.1:{port}", tmp_path, "--fps", "25", "--batch-size", "3",
-                       "--max-pending-frames", "3", "--reconnect", "0")
+    cli = caption_live(
+        f"tcp://127.0.0.1:{port}",
+        tmp_path,
+        "--fps",
+        "25",
+        "--batch-size",
+        "3",
+        "--max-pending-frames",
+        "3",
+        "--reconnect",
+        "0",
+    )
     samples = []
     with stopped_afterwards(server, cli):
         # Warm: the model loaded, the stream open, a few batches described (and frames dropped).
@@ -307,16 +423,52 @@ def test_memory_stays_flat_on_a_fast_stream_and_sigterm_ends_the_run(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["live"]["ended_by"] == "SIGTERM"
 
 
+@pytest.mark.slow
 def test_a_growing_file_is_followed_until_it_stops_growing(tmp_path):
     growing = tmp_path / "growing.ts"
-    writer = subprocess.Popen([
-        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "10",
-        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-f", "mpegts", str(growing),
-    ], stdin=subprocess.DEVNULL)
+    writer = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            str(growing),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: growing.exists() and growing.stat().st_size > 0, 30, writer)
-        cli = caption_live(str(growing), tmp_path, "--live", "--fps", "1", "--batch-size", "3",
-                           "--stall-timeout", "4", "--reconnect-delay", "0.5", "--max-pending-frames", "30")
+        cli = caption_live(
+            str(growing),
+            tmp_path,
+            "--live",
+            "--fps",
+            "1",
+            "--batch-size",
+            "3",
+            "--stall-timeout",
+            "4",
+            "--reconnect-delay",
+            "0.5",
+            "--max-pending-frames",
+            "30",
+        )
         out, err = cli.communicate(timeout=STARTUP_S + 60)
     finally:
         stop(writer)
@@ -329,30 +481,41 @@ def test_a_growing_file_is_followed_until_it_stops_growing(tmp_path):
     assert result["live"]["ended_by"].startswith("the file stopped growing")
 
 
+@pytest.mark.slow
 def test_rolling_summaries_of_the_window_and_of_everything_so_far(tmp_path):
     """LiveRun on its own (no stream): frames handed over as the reader would, 1 s apart; a window
     is complete when a batch covers its end (its last frame stands for the second after it)."""
+    from helpers import FAST
     from PIL import Image
 
-    from helpers import FAST
     from videocaption.live.captioner import LiveRun
 
-    options = CaptionOptions(**FAST, batch_size=3, result_path=str(tmp_path / "result.json"),
-                             jsonl_path=str(tmp_path / "live.jsonl"), summary_every=3.0, summary_all=True,
-                             srt_path=str(tmp_path / "result.srt"))
+    options = CaptionOptions(
+        **FAST,
+        batch_size=3,
+        result_path=str(tmp_path / "result.json"),
+        jsonl_path=str(tmp_path / "live.jsonl"),
+        summary_every=3.0,
+        summary_all=True,
+        srt_path=str(tmp_path / "result.srt"),
+    )
     frames = LatestFrames(capacity=9)
     run = LiveRun("test://frames", options, frames)
     for second in range(9):
-        frames.put(LiveFrame(image=Image.new("RGB", (64, 48), (second * 20, 80, 160)), stream_time=float(second),
-                             arrived=time.time()))
+        frames.put(
+            LiveFrame(
+                image=Image.new("RGB", (64, 48), (second * 20, 80, 160)), stream_time=float(second), arrived=time.time()
+            )
+        )
     frames.close(drain=True)
     run.start()
     run.join()
     assert run.failure is None
     result = run.finish("the test ended")
     kinds = [(r["type"], r.get("scope")) for r in records(tmp_path)]
-    assert kinds == [("start", None)] + [("batch", None), ("summary", "window"), ("summary", "all")] * 3 \
-        + [("final", None)]
+    assert kinds == [("start", None)] + [("batch", None), ("summary", "window"), ("summary", "all")] * 3 + [
+        ("final", None)
+    ]
     windows = [r for r in records(tmp_path) if r.get("scope") == "window"]
     assert [(w["start_time"], w["end_time"]) for w in windows] == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0)]
     assert [r["batches"] for r in records(tmp_path) if r.get("scope") == "all"] == [1, 2, 3]
@@ -368,28 +531,81 @@ def recorded_stream(tmp_path_factory) -> Path:
     """A finished 6 s MPEG-TS file: under ``--live`` it is read whole, then the run ends when it
     does not grow for ``--stall-timeout`` (1 s here)."""
     path = tmp_path_factory.mktemp("recorded") / "stream.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "6",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "mpegts", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def served_live(stream: Path, server, tmp_path: Path, jsonl: str, **popen) -> subprocess.Popen:
     """A live CLI run of ``stream`` against the fake OpenAI server (no model to load: it starts fast),
     4 frames a second in batches of 2, every frame kept."""
-    return subprocess.Popen([*CLI, str(stream), "--live", "--backend", "openai", "--api-base", server.url,
-                             "--model", "m", "--max-retries", "0", "--max-new-tokens", "8", "--fps", "4",
-                             "--batch-size", "2", "--max-pending-frames", "100", "--stall-timeout", "1",
-                             "--reconnect-delay", "0.2", "--output", str(tmp_path / "result.json"),
-                             "--jsonl", jsonl], cwd=tmp_path, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [
+            *CLI,
+            str(stream),
+            "--live",
+            "--backend",
+            "openai",
+            "--api-base",
+            server.url,
+            "--model",
+            "m",
+            "--max-retries",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--fps",
+            "4",
+            "--batch-size",
+            "2",
+            "--max-pending-frames",
+            "100",
+            "--stall-timeout",
+            "1",
+            "--reconnect-delay",
+            "0.2",
+            "--output",
+            str(tmp_path / "result.json"),
+            "--jsonl",
+            jsonl,
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def slow_completion(seconds: float):
     def answer(request):
         time.sleep(seconds)
         return fake_openai.completion()
+
     return answer
 
 
+@pytest.mark.slow
 def test_a_server_that_stays_down_fails_its_batches_and_the_run_ends_with_a_result(recorded_stream, tmp_path):
     """Issue 26, 4: the server answers three batches, then 500 for good. Before: exit 2, no
     result.json, no final record. Now the stream goes on: each batch it could not describe is
@@ -414,6 +630,7 @@ def test_a_server_that_stays_down_fails_its_batches_and_the_run_ends_with_a_resu
     assert result["live"]["ended_by"].startswith("the file stopped growing")
 
 
+@pytest.mark.slow
 def test_a_jsonl_reader_that_goes_away_ends_the_run_with_its_result(recorded_stream, tmp_path):
     """Issue 26, 14: ``--jsonl - | head -1``. Before: a BrokenPipeError traceback, exit 120, no
     result.json. Now the run ends as a stop does, quietly, with exit 0 and result.json."""
@@ -435,11 +652,12 @@ def test_a_jsonl_reader_that_goes_away_ends_the_run_with_its_result(recorded_str
 @pytest.fixture
 def small_disk(tmp_path):
     from test_exit_paths import small_disk as fixture
+
     yield from fixture.__wrapped__(tmp_path)
 
 
-def test_a_full_disk_for_the_jsonl_keeps_its_lines_whole_and_writes_the_result(recorded_stream, small_disk,
-                                                                               tmp_path):
+@pytest.mark.slow
+def test_a_full_disk_for_the_jsonl_keeps_its_lines_whole_and_writes_the_result(recorded_stream, small_disk, tmp_path):
     """Issue 26, 15: the JSONL's disk fills mid-run. Before: a torn last line, exit 2, no
     result.json. Now every line stays whole, result.json (on another disk) keeps what was
     described, and the error is one line, exit 2."""
@@ -478,6 +696,7 @@ def test_a_restarted_run_cuts_a_torn_last_line_before_appending(tmp_path):
     assert path.read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_seeded_live_fuzz_try_passes():
     """One try of ``benchmarks.fuzz_inputs --mode live`` (seed 3: a server answering some 500s,
     SIGINT mid-run, then a rerun): nothing lost, nothing twice, the JSONL valid."""

@@ -176,6 +176,7 @@ def speech_stream(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
     return stream, placed
 
 
+@pytest.mark.slow
 def test_live_transcribe_hears_the_speech_at_its_stream_times(speech_stream, tmp_path):
     stream, placed = speech_stream
     whisper = build_tiny_whisper(tmp_path / "tiny-whisper")
@@ -236,6 +237,7 @@ def test_live_transcribe_hears_the_speech_at_its_stream_times(speech_stream, tmp
     assert all(segment["text"].split()[0] in srt for segment in transcript)
 
 
+@pytest.mark.slow
 def test_live_transcribe_on_a_stream_without_audio_captions_the_frames(model, tmp_path, caplog):
     """The audio output ends at once: batches are not held waiting for audio that never comes."""
     from test_live import serve
@@ -298,6 +300,7 @@ def cuts_stream(tmp_path_factory) -> Path:
     return stream
 
 
+@pytest.mark.slow
 def test_live_adaptive_sampling_ends_batches_at_cuts(cuts_stream, model, tmp_path):
     options = CaptionOptions(
         **FAST,
@@ -370,6 +373,7 @@ def test_a_live_batch_that_fails_whole_is_retried_split_in_two(model, monkeypatc
 # -- the HTML report ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_live_run_rewrites_its_report_as_batches_arrive(cuts_stream, model, tmp_path, monkeypatch):
     """Each described batch rewrites the report, marked in progress; the end writes it whole."""
     from videocaption.live import captioner as live_module

@@ -242,7 +242,7 @@ def test_audio_of_any_layout_becomes_16k_mono():
 
 
 def test_speech_subtitles_come_from_the_transcript(tmp_path):
-    from test_writers import make_result  # noqa: PLC0415 - the writers' own sample result
+    from test_writers import make_result
 
     result = make_result()
     result = CaptionResult(**{**result.__dict__, "transcript": [{"start": 0.5, "end": 1.5, "text": "hello there"}]})

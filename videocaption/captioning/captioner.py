@@ -14,27 +14,28 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from videocaption.audio import Transcriber
-from videocaption.captioning.speech_gate import SpeechGate
 from videocaption.audio.recognizers import load_recognizer
 from videocaption.backends import VisionLanguageModel, load_model
 from videocaption.captioning.batching import FrameBatch, FrameBatcher
 from videocaption.captioning.checkpoint import Checkpoint, fingerprint
+from videocaption.captioning.progress import Progress, ProgressCallback
+from videocaption.captioning.scheduler import BatchScheduler
+from videocaption.captioning.speech_gate import SpeechGate
+from videocaption.captioning.summary import Summarizer
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
-from videocaption.sampling.grid import SampledFrame
 from videocaption.options import CaptionOptions
 from videocaption.outputs.report import Thumbnails
-from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
 from videocaption.result import BatchCaption, CaptionResult
+from videocaption.sampling.grid import SampledFrame
 from videocaption.sampling.samplers import Decision, Thumbnail, make_sampler
-from videocaption.captioning.scheduler import BatchScheduler
-from videocaption.captioning.summary import Summarizer
 from videocaption.usage import Usage, usage_of
 
 log = logging.getLogger("llm_caption")
@@ -62,10 +63,7 @@ def fitting_batch_sizes(model: VisionLanguageModel, options: CaptionOptions) -> 
     Not simply 1..N: with one or two frames a prompt, DeepSeek-VL2 tiles each frame at high
     resolution, so small batches can need more tokens than larger ones.
     """
-    return [
-        n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1)
-        if batch_tokens(model, options, n) <= model.context_length
-    ]
+    return [n for n in range(1, MAX_BATCH_SIZE_SEARCHED + 1) if batch_tokens(model, options, n) <= model.context_length]
 
 
 def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> None:
@@ -119,9 +117,15 @@ class Captioner:
             keeps what was described, for ``resume``).
     """
 
-    def __init__(self, options: CaptionOptions, model: VisionLanguageModel | None = None,
-                 on_progress: ProgressCallback | None = None, *, checkpoint: bool = True,
-                 record_backend_errors: bool = False) -> None:
+    def __init__(
+        self,
+        options: CaptionOptions,
+        model: VisionLanguageModel | None = None,
+        on_progress: ProgressCallback | None = None,
+        *,
+        checkpoint: bool = True,
+        record_backend_errors: bool = False,
+    ) -> None:
         self.options = options
         self._record_backend_errors = record_backend_errors
         self.on_progress = on_progress
@@ -240,14 +244,21 @@ class Captioner:
         try:
             step()
         except BackendError as error:  # the recogniser's server: its message names the endpoint
-            log.warning("transcription stopped at %.1f s (%s); the captions go on without further speech",
-                        max(transcriber.covered_until(), 0.0), error)
+            log.warning(
+                "transcription stopped at %.1f s (%s); the captions go on without further speech",
+                max(transcriber.covered_until(), 0.0),
+                error,
+            )
             transcriber.ended = True
         except CaptionError:
             raise
-        except Exception as error:  # damaged audio, a recogniser that failed
-            log.warning("transcription stopped at %.1f s (%s: %s); the captions go on without further speech",
-                        max(transcriber.covered_until(), 0.0), type(error).__name__, error)
+        except Exception as error:  # noqa: BLE001 - damaged audio, a recogniser that failed
+            log.warning(
+                "transcription stopped at %.1f s (%s: %s); the captions go on without further speech",
+                max(transcriber.covered_until(), 0.0),
+                type(error).__name__,
+                error,
+            )
             transcriber.ended = True
         for batch, speech in self._speech_gate.release():
             self._submit_heard(batch, speech)
@@ -334,8 +345,13 @@ class Captioner:
                 raise
         return self.take_described()
 
-    def finish(self, write: Callable[[CaptionResult], object] | None = None, *,
-               extra: dict[str, Any] | None = None, allow_empty: bool = False) -> CaptionResult:
+    def finish(
+        self,
+        write: Callable[[CaptionResult], object] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        allow_empty: bool = False,
+    ) -> CaptionResult:
         """Wait for every batch (see :meth:`finish_batches`), then run the summary and title passes.
 
         The one way a run ends with a result. The checkpoint is removed only once ``write``
@@ -353,20 +369,27 @@ class Captioner:
         """
         self.finish_batches()
         if not self._described and not allow_empty:
-            raise VideoInputError("no video frame could be decoded (the input has no video stream, or its "
-                                  "frames are damaged)")
+            raise VideoInputError(
+                "no video frame could be decoded (the input has no video stream, or its frames are damaged)"
+            )
         self._report("summarizing")
         summary, rounds, title = "", 0, ""
         try:
             summary, rounds = self.summarize(self._described)
             self._report("titling")
-            title = clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0]) \
-                if self._described else ""
+            title = (
+                clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
+                if self._described
+                else ""
+            )
         except BackendError as error:
             if not self._record_backend_errors:
                 raise
-            log.warning("the %s could not be made (%s); the result is written without it",
-                        "title" if summary else "summary and title", error)
+            log.warning(
+                "the %s could not be made (%s); the result is written without it",
+                "title" if summary else "summary and title",
+                error,
+            )
         result = self.snapshot(title, summary, rounds, extra=extra)
         if write is not None:
             write(result)
@@ -379,12 +402,16 @@ class Captioner:
         """The summary of described ``batches`` (their speech included) and the rounds it took;
         also a live run's window summaries."""
         return self._summarize(
-            [(b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
-             for b in batches if b.error is None]
+            [
+                (b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
+                for b in batches
+                if b.error is None
+            ]
         )
 
-    def snapshot(self, title: str = "", summary: str = "", rounds: int = 0, *,
-                 extra: dict[str, Any] | None = None) -> CaptionResult:
+    def snapshot(
+        self, title: str = "", summary: str = "", rounds: int = 0, *, extra: dict[str, Any] | None = None
+    ) -> CaptionResult:
         """The result of what is described so far (a live run rewrites its subtitles from it)."""
         return CaptionResult(
             video_title=title,
@@ -397,8 +424,11 @@ class Captioner:
             summary_rounds=rounds,
             video_end=self.options.video_end,
             extra=dict(extra or {}),
-            transcript=(None if self._speech_gate is None
-                        else [segment.to_dict() for segment in self._speech_gate.transcriber.segments]),
+            transcript=(
+                None
+                if self._speech_gate is None
+                else [segment.to_dict() for segment in self._speech_gate.transcriber.segments]
+            ),
         )
 
     def wait_for_room(self, timeout: float) -> bool:
@@ -429,9 +459,7 @@ class Captioner:
 
     def _describe_group(self, batches: list[FrameBatch]) -> list[BatchCaption]:
         """Describe batches in one model call; on failure isolate, then split, then record."""
-        requests = [
-            ([f.image for f in b.frames], self._prompt(b.timestamps, b.batch_id)) for b in batches
-        ]
+        requests = [([f.image for f in b.frames], self._prompt(b.timestamps, b.batch_id)) for b in batches]
         started = time.perf_counter()
         try:
             with self._model_calls:
@@ -442,14 +470,18 @@ class Captioner:
             return [self._server_failed(batch, error, time.perf_counter() - started) for batch in batches]
         except CaptionError:
             raise
-        except Exception as error:  # out of memory, a backend that timed out, ...
+        except Exception as error:  # noqa: BLE001 - out of memory, a backend that timed out, ...
             if len(batches) > 1:
-                log.warning("describing %d batches together failed (%s); describing them one by one", len(batches), error)
+                log.warning(
+                    "describing %d batches together failed (%s); describing them one by one", len(batches), error
+                )
                 return [caption for batch in batches for caption in self._describe_group([batch])]
             return [self._describe_split(batches[0], error)]
         seconds = (time.perf_counter() - started) / len(batches)
-        return [self._caption(batch, text, seconds, usage=usage)
-                for batch, text, usage in zip(batches, texts, usage_of(texts))]
+        return [
+            self._caption(batch, text, seconds, usage=usage)
+            for batch, text, usage in zip(batches, texts, usage_of(texts))
+        ]
 
     def _describe_split(self, batch: FrameBatch, first_error: Exception) -> BatchCaption:
         """Retry a failed batch once as two half batches; record an error if that fails too."""
@@ -469,7 +501,7 @@ class Captioner:
             return self._server_failed(batch, error, time.perf_counter() - started)
         except CaptionError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the halves failed too: the batch is recorded as failed
             log.error("batch %d could not be described: %s", batch.batch_id, error)
             return self._caption(batch, "", time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
         parts = usage_of(texts)
@@ -482,8 +514,9 @@ class Captioner:
         log.error("batch %d could not be described: %s", batch.batch_id, error)
         return self._caption(batch, "", seconds, error=f"BackendError: {error}")
 
-    def _caption(self, batch: FrameBatch, text: str, seconds: float, error: str | None = None,
-                 usage: Usage | None = None) -> BatchCaption:
+    def _caption(
+        self, batch: FrameBatch, text: str, seconds: float, error: str | None = None, usage: Usage | None = None
+    ) -> BatchCaption:
         return BatchCaption(
             batch_id=batch.batch_id,
             frames=len(batch.frames),
@@ -506,11 +539,13 @@ class Captioner:
         texts: list[str] = []
         for start in range(0, len(prompts), size):
             with self._model_calls:
-                texts.extend(self.model.complete_batch(prompts[start:start + size],
-                                                       max_new_tokens=self.options.max_new_tokens))
+                texts.extend(
+                    self.model.complete_batch(prompts[start : start + size], max_new_tokens=self.options.max_new_tokens)
+                )
         return texts
 
     def _report(self, stage: str) -> None:
         if self.on_progress is not None:
-            self.on_progress(Progress(frames_sampled=self._frames_sampled, batches_done=len(self._described),
-                                       stage=stage))
+            self.on_progress(
+                Progress(frames_sampled=self._frames_sampled, batches_done=len(self._described), stage=stage)
+            )

@@ -167,7 +167,7 @@ class BatchScheduler:
                 for batch in group:
                     batch.release()
                 self._release(len(group))
-        except BaseException as error:  # re-raised on the producer's thread
+        except BaseException as error:  # noqa: BLE001 - re-raised on the producer's thread
             self._error = error
             self._release(self.max_in_flight)
 

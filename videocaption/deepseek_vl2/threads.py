@@ -39,7 +39,7 @@ def _serve(jobs: queue.SimpleQueue) -> None:
         if future.set_running_or_notify_cancel():
             try:
                 future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # handed to the caller, who re-raises it
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 future.set_exception(exc)
 
 

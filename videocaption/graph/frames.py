@@ -36,10 +36,10 @@ def _to_rgb24(frame):
 
     try:
         return ffmpeg.reformat(frame, "rgb24")
-    except Exception as ffmpeg_error:  # BMF raises plain RuntimeErrors from C++
+    except Exception as ffmpeg_error:  # noqa: BLE001 - BMF raises plain RuntimeErrors from C++
         try:
             return frame.reformat(mp.PixelInfo(mp.kPF_RGB24))
-        except Exception:
+        except Exception:  # noqa: BLE001 - hmp's converter failed as well: say why in one line
             raise VideoInputError(
                 f"cannot convert a {frame.width}x{frame.height} frame in pixel format "
                 f"{frame.frame().format()} to RGB: {ffmpeg_error}"

@@ -81,7 +81,7 @@ def _run_and_close(graph, node, failure: list[BaseException]) -> None:
         if node is not None:
             graph.run(node, is_blocked=False)
         graph.close()
-    except BaseException as error:  # handed to the main thread
+    except BaseException as error:  # noqa: BLE001 - handed to the main thread
         failure.append(error)
 
 

@@ -36,8 +36,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,14 +47,22 @@ from videocaption.captioning.captioner import Captioner
 from videocaption.errors import BackendError, CaptionError, OutputError, VideoInputError
 from videocaption.graph.frames import frame_thumbnail, frame_timestamp, video_frame_to_image
 from videocaption.graph.runner import keep_python_signal_handlers
-from videocaption.live.stream import (STALL_GRACE_S, AudioTrack, Connection, LatestFrames, LiveFrame, StreamClock,
-                                      connection_failure, read_url)
-from videocaption.options import CaptionOptions, options_changed, options_with_role
+from videocaption.live.stream import (
+    STALL_GRACE_S,
+    AudioTrack,
+    Connection,
+    LatestFrames,
+    LiveFrame,
+    StreamClock,
+    connection_failure,
+    read_url,
+)
 from videocaption.media.probe import check_readable, is_live_url, is_url
+from videocaption.options import CaptionOptions, options_changed, options_with_role
+from videocaption.outputs.files import check_output_path
+from videocaption.outputs.writers import JsonlWriter, output_paths, write_outputs
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.sampling.samplers import Decision, Thumbnail
-from videocaption.outputs.writers import JsonlWriter, output_paths, write_outputs
-from videocaption.outputs.files import check_output_path
 
 log = logging.getLogger("llm_caption")
 
@@ -73,7 +82,7 @@ def live_options_given(options: CaptionOptions) -> list[str]:
 
 def wall_time(seconds: float | None = None) -> str:
     """A wall-clock time as ISO 8601 in UTC, to the millisecond (``2026-11-30T21:04:05.123Z``)."""
-    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -92,8 +101,14 @@ class LiveRun:
     is left empty, with a warning.
     """
 
-    def __init__(self, source: str, options: CaptionOptions, frames: LatestFrames, model=None,
-                 stop: Callable[[str], None] = lambda reason: None) -> None:
+    def __init__(
+        self,
+        source: str,
+        options: CaptionOptions,
+        frames: LatestFrames,
+        model=None,
+        stop: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self.source = source
         self.options = options
         self.frames = frames
@@ -114,8 +129,15 @@ class LiveRun:
         self._worker = threading.Thread(target=self._work, name="live-model", daemon=True)
 
     def start(self) -> None:
-        self._record({"type": "start", "input": self.source, "model": self.model.name, "fps": self.options.fps,
-                      "batch_size": self.options.batch_size})
+        self._record(
+            {
+                "type": "start",
+                "input": self.source,
+                "model": self.model.name,
+                "fps": self.options.fps,
+                "batch_size": self.options.batch_size,
+            }
+        )
         self._worker.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -178,9 +200,16 @@ class LiveRun:
             self.batches.append(caption)
             arrived = [self._arrivals.popleft() for _ in range(caption.frames)]
             now = time.time()
-            self._record({"type": "batch", **caption.to_dict(), "arrived": wall_time(arrived[-1]),
-                          "latency": round(now - arrived[-1], 3), "latency_first_frame": round(now - arrived[0], 3),
-                          "dropped_frames": self.frames.dropped})
+            self._record(
+                {
+                    "type": "batch",
+                    **caption.to_dict(),
+                    "arrived": wall_time(arrived[-1]),
+                    "latency": round(now - arrived[-1], 3),
+                    "latency_first_frame": round(now - arrived[0], 3),
+                    "dropped_frames": self.frames.dropped,
+                }
+            )
             self._write_subtitles()
             # A batch covers its stream up to one sampling interval after its last frame (as its cue
             # does): a window is complete once a batch reaches its end.
@@ -191,7 +220,7 @@ class LiveRun:
                 self._next_summary = (math.floor(covered / every + 1e-6) + 1) * every
 
     def _window_summary(self) -> None:
-        window = self.batches[self._window_start:]
+        window = self.batches[self._window_start :]
         self._window_start = len(self.batches)
         failure = None
         try:
@@ -199,9 +228,15 @@ class LiveRun:
         except BackendError as error:
             log.warning("the window summary could not be made (%s); the stream goes on", error)
             summary, failure = "", f"BackendError: {error}"
-        record = {"type": "summary", "scope": "window", "start_time": round(window[0].start_time, 6),
-                  "end_time": round(window[-1].end_time, 6), "batches": len(window), "summary": summary,
-                  **({"error": failure} if failure else {})}
+        record = {
+            "type": "summary",
+            "scope": "window",
+            "start_time": round(window[0].start_time, 6),
+            "end_time": round(window[-1].end_time, 6),
+            "batches": len(window),
+            "summary": summary,
+            **({"error": failure} if failure else {}),
+        }
         self.summaries.append(record)
         self._record(record)
         if self.options.summary_all and failure is None:
@@ -210,28 +245,60 @@ class LiveRun:
             except BackendError as error:
                 log.warning("the summary so far could not be made (%s); the stream goes on", error)
                 return
-            self._record({"type": "summary", "scope": "all", "start_time": round(self.batches[0].start_time, 6),
-                          "end_time": round(self.batches[-1].end_time, 6), "batches": len(self.batches),
-                          "summary": summary, "summary_rounds": rounds})
+            self._record(
+                {
+                    "type": "summary",
+                    "scope": "all",
+                    "start_time": round(self.batches[0].start_time, 6),
+                    "end_time": round(self.batches[-1].end_time, 6),
+                    "batches": len(self.batches),
+                    "summary": summary,
+                    "summary_rounds": rounds,
+                }
+            )
 
     def _write_subtitles(self) -> None:
         """Rewrite the subtitle files and the report with every batch so far, atomically: a
         player or a reader always finds a whole, valid file (result.json waits for the end)."""
         if self.options.srt_path or self.options.vtt_path or self.options.report_path:
-            write_outputs(self.captioner.snapshot(), self.options, thumbnails=self.captioner.thumbnails,
-                          video_name=self.source, partial=True, result_file=False)
+            write_outputs(
+                self.captioner.snapshot(),
+                self.options,
+                thumbnails=self.captioner.thumbnails,
+                video_name=self.source,
+                partial=True,
+                result_file=False,
+            )
 
     def finish(self, ended_by: str) -> CaptionResult:
         """The final summary and title, the final record, and result.json (with the subtitles)."""
-        live = {"input": self.source, "dropped_frames": self.frames.dropped, "reconnects": self.reconnects,
-                "summaries": self.summaries, "ended_by": ended_by}
-        result = self.captioner.finish(lambda result: write_outputs(result, self.options, thumbnails=self.captioner.thumbnails,
-                                                                   video_name=self.source), extra={"live": live},
-                                       allow_empty=True)
-        self._record({"type": "final", "video_title": result.video_title, "summary": result.summary,
-                      "summary_rounds": result.summary_rounds, "frames_analysed": result.frames_analysed,
-                      "batches": len(result.batches), "dropped_frames": self.frames.dropped,
-                      "reconnects": self.reconnects, "ended_by": ended_by})
+        live = {
+            "input": self.source,
+            "dropped_frames": self.frames.dropped,
+            "reconnects": self.reconnects,
+            "summaries": self.summaries,
+            "ended_by": ended_by,
+        }
+        result = self.captioner.finish(
+            lambda result: write_outputs(
+                result, self.options, thumbnails=self.captioner.thumbnails, video_name=self.source
+            ),
+            extra={"live": live},
+            allow_empty=True,
+        )
+        self._record(
+            {
+                "type": "final",
+                "video_title": result.video_title,
+                "summary": result.summary,
+                "summary_rounds": result.summary_rounds,
+                "frames_analysed": result.frames_analysed,
+                "batches": len(result.batches),
+                "dropped_frames": self.frames.dropped,
+                "reconnects": self.reconnects,
+                "ended_by": ended_by,
+            }
+        )
         if self._jsonl is not None:
             self._jsonl.close()
         return result
@@ -247,8 +314,11 @@ class LiveRun:
             self._jsonl.close()
             self._jsonl = None
             self.output_failure = error
-            reason = ("the JSONL reader closed the pipe" if isinstance(error.__cause__, BrokenPipeError)
-                      else f"the JSONL output failed ({error})")
+            reason = (
+                "the JSONL reader closed the pipe"
+                if isinstance(error.__cause__, BrokenPipeError)
+                else f"the JSONL output failed ({error})"
+            )
             log.warning("%s; ending the run", reason)
             self._stop(reason)
 
@@ -313,9 +383,16 @@ class LiveCaptioner:
         attempts = 0  # reconnect attempts since the last connection that delivered a new frame
         while True:
             url, self_timed = read_url(self.source, self.options.stall_timeout)
-            connection = Connection(url, self._on_frame, self._clock.resume_at,
-                                    **({"on_audio": self._on_audio, "on_no_audio": lambda: self.run.hear(None)}
-                                       if self.options.transcribe else {}))
+            connection = Connection(
+                url,
+                self._on_frame,
+                self._clock.resume_at,
+                **(
+                    {"on_audio": self._on_audio, "on_no_audio": lambda: self.run.hear(None)}
+                    if self.options.transcribe
+                    else {}
+                ),
+            )
             stalled = self._watch(connection, self.options.stall_timeout + (STALL_GRACE_S if self_timed else 0))
             connection.abandon()
             if self._stop is not None:
@@ -333,8 +410,9 @@ class LiveCaptioner:
             attempts = 0 if connection.frames else attempts
             # A UDP stream has no end: its connection ends when FFmpeg's read times out (EOF, or EIO
             # when nothing came at all).
-            timed_out = stalled or (self_timed and (connection.error is None
-                                                    or "Input/output error" in str(connection.error)))
+            timed_out = stalled or (
+                self_timed and (connection.error is None or "Input/output error" in str(connection.error))
+            )
             reason = f"no frame for {self.options.stall_timeout:g} s" if timed_out else connection_failure(connection)
             if attempts >= self.options.reconnect:
                 tried = f" after {attempts} reconnect attempts" if attempts else ""
@@ -344,8 +422,14 @@ class LiveCaptioner:
                 return f"{reason}{tried}"
             attempts += 1
             delay = min(self.options.reconnect_delay * 2 ** (attempts - 1), MAX_RECONNECT_DELAY_S)
-            log.warning("%s: %s; reconnecting in %g s (attempt %d of %d)", self.source, reason, delay, attempts,
-                        self.options.reconnect)
+            log.warning(
+                "%s: %s; reconnecting in %g s (attempt %d of %d)",
+                self.source,
+                reason,
+                delay,
+                attempts,
+                self.options.reconnect,
+            )
             if not self._sleep(delay):
                 return self._stop
             self.run.reconnects += 1
@@ -435,8 +519,10 @@ def command(source: str, options: CaptionOptions) -> int:
         if os.environ.get("LLM_CAPTION_DEBUG"):
             raise
         reason = (str(error).strip().splitlines() or [""])[0]
-        print(f"error: unexpected {type(error).__name__}: {reason} (LLM_CAPTION_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: unexpected {type(error).__name__}: {reason} (LLM_CAPTION_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         for signum, handler in previous.items():
@@ -450,9 +536,11 @@ def command(source: str, options: CaptionOptions) -> int:
     out = sys.stderr if options.jsonl_path == "-" else sys.stdout  # stdout carries the records then
     print(f"Title: {result.video_title}", file=out)
     print(f"Summary: {result.summary}", file=out)
-    print(f"{result.frames_analysed} frames in {len(result.batches)} batches, {live['dropped_frames']} dropped, "
-          f"{live['reconnects']} reconnects; ended by {live['ended_by']}; result written to {options.result_path}",
-          file=out)
+    print(
+        f"{result.frames_analysed} frames in {len(result.batches)} batches, {live['dropped_frames']} dropped, "
+        f"{live['reconnects']} reconnects; ended by {live['ended_by']}; result written to {options.result_path}",
+        file=out,
+    )
     if captioner.run.output_failure is not None and not captioner.run.reader_went_away:
         print(f"error: {captioner.run.output_failure}", file=sys.stderr)  # result.json is written
         return 2

@@ -293,7 +293,7 @@ class Connection:
                 elif index == 1 and packet.is_(AudioFrame):
                     self.audio_frames += 1
                     self._on_audio(packet, packet.get(AudioFrame))
-        except Exception as error:  # a refused connection, an undecodable stream: the supervisor decides
+        except Exception as error:  # noqa: BLE001 - a refused connection, an undecodable stream: the supervisor decides
             self.error = error
         finally:
             self.done.set()

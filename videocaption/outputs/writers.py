@@ -21,22 +21,6 @@ from videocaption.outputs.report import Thumbnails, prune_thumbnails, report_fil
 from videocaption.result import BatchCaption, CaptionResult
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class ResultWriter:
     """Base writer: subclasses set ``extension`` and implement ``write_result``."""
 
@@ -153,9 +137,16 @@ def output_paths(options: CaptionOptions) -> list[str]:
     return [path for path in (options.result_path, options.srt_path, options.vtt_path, options.report_path) if path]
 
 
-def output_files(result: CaptionResult, options: CaptionOptions, *, thumbnails: Thumbnails | None = None,
-                 video_name: str = "", partial: bool = False, result_file: bool = True,
-                 poster: bool = False) -> dict[Path, str | bytes]:
+def output_files(
+    result: CaptionResult,
+    options: CaptionOptions,
+    *,
+    thumbnails: Thumbnails | None = None,
+    video_name: str = "",
+    partial: bool = False,
+    result_file: bool = True,
+    poster: bool = False,
+) -> dict[Path, str | bytes]:
     """The content of every file the options ask for, for :func:`write_files_atomic`.
 
     Args:
@@ -168,14 +159,25 @@ def output_files(result: CaptionResult, options: CaptionOptions, *, thumbnails: 
     files: dict[Path, str | bytes] = {}
     if result_file and options.result_path:
         files[Path(options.result_path)] = WriteJSON().render(result)
-    for writer, path in ((WriteSRT(options.subtitles), options.srt_path), (WriteVTT(options.subtitles), options.vtt_path)):
+    for writer, path in (
+        (WriteSRT(options.subtitles), options.srt_path),
+        (WriteVTT(options.subtitles), options.vtt_path),
+    ):
         if path:
             files[Path(path)] = writer.render(result)
     if options.report_path:
-        files.update(report_files(result, thumbnails if thumbnails is not None else Thumbnails(), options.report_path,
-                                  video_name=video_name or Path(options.report_path).stem,
-                                  video_duration=options.video_end, images=options.report_images, partial=partial,
-                                  poster=poster))
+        files.update(
+            report_files(
+                result,
+                thumbnails if thumbnails is not None else Thumbnails(),
+                options.report_path,
+                video_name=video_name or Path(options.report_path).stem,
+                video_duration=options.video_end,
+                images=options.report_images,
+                partial=partial,
+                poster=poster,
+            )
+        )
     return files
 
 
@@ -280,7 +282,7 @@ def write_line(fd: int, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     except OSError:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, before)
