@@ -59,6 +59,7 @@ def in_memory(tmp_path_factory) -> tuple[CaptionResult, Path, int]:
     return result, folder, len(runs)
 
 
+@pytest.mark.slow
 def test_caption_video_returns_the_result_and_writes_nothing(in_memory):
     result, folder, _ = in_memory
     assert isinstance(result, CaptionResult) and result.complete
@@ -73,6 +74,7 @@ def test_caption_video_probes_its_input_once(in_memory):
     assert in_memory[2] == FFPROBE_RUNS_PER_INPUT
 
 
+@pytest.mark.slow
 def test_the_result_is_what_the_cli_writes_for_the_same_options(in_memory, tmp_path):
     """to_dict() is the result.json document; and one CLI run spawns ffprobe only for its one probe."""
     log = tmp_path / "ffprobe.log"

@@ -402,6 +402,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     api_base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     done = run_cli(
@@ -425,6 +426,7 @@ def test_cli_unreachable_endpoint_is_one_line_and_exit_code_2(tmp_path: Path) ->
     assert not (tmp_path / "result.json").exists() and not (tmp_path / "result.json.partial").exists()
 
 
+@pytest.mark.slow
 def test_cli_api_key_stays_out_of_the_logs(tmp_path: Path) -> None:
     # --verbose shows BMF's graph dump, which prints the module's options.
     done = run_cli(
@@ -584,6 +586,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
 def test_a_malformed_answer_is_a_backend_error_naming_the_endpoint(answer) -> None:
     """Issue 26 #17: these ended with 'error: unexpected JSONDecodeError/AttributeError', exit 1."""
@@ -624,6 +627,7 @@ def test_content_null_is_an_empty_description_with_a_warning(caplog: pytest.LogC
     )
 
 
+@pytest.mark.slow
 def test_cli_html_answer_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     with fake_openai.FakeOpenAI(chat=MALFORMED["html"]) as server:
         done = run_cli(
@@ -645,6 +649,7 @@ def test_cli_html_answer_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert f"{server.url}/chat/completions" in error and "did not answer with a chat completion" in error
 
 
+@pytest.mark.slow
 def test_retry_after_on_429_is_honoured(caplog: pytest.LogCaptureFixture) -> None:
     """Issue 26 (doubtful): our own retries ignored Retry-After; now it is waited for (capped)."""
     answers = iter([(429, "application/json", b'{"error": {"message": "slow down"}}', {"Retry-After": "1.5"})])

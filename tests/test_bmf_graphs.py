@@ -60,6 +60,7 @@ def stream_types(path: Path) -> list[str]:
     return sorted(out.split())
 
 
+@pytest.mark.slow
 def test_example_demo_graph(tmp_path):
     run_example("demo_graph.py", str(SAMPLE_CLIP), FAST["model"], "8", cwd=tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
@@ -85,6 +86,7 @@ def test_example_caption_packet_consumer(tmp_path):
     assert lines[2].startswith("Title: ") and lines[3].startswith("Summary: ")
 
 
+@pytest.mark.slow
 def test_the_module_runs_twice_in_one_process(tmp_path):
     first = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "1.json"))).to_dict()
     second = run_caption_graph(SAMPLE_CLIP, CaptionOptions(**FAST, result_path=str(tmp_path / "2.json"))).to_dict()

@@ -89,6 +89,7 @@ def test_batch_too_large_for_the_context_names_the_largest_that_fits(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_two_frame_batches_fit_with_the_default_answer_length(tmp_path):
     # Two 1920x1080 frames would take 2 x 2101 tokens at the processor's largest tiling; the
     # runtime shrinks them to a tiling that leaves room for the prompt and the answer.

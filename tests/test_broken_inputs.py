@@ -48,6 +48,7 @@ def test_empty_file(tmp_path):
     assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "empty file")
 
 
+@pytest.mark.slow
 def test_truncated_mp4(tmp_path):
     """An MP4 cut short before its index (moov atom, written last by default)."""
     whole = small_clip(tmp_path / "whole.mp4")
@@ -56,6 +57,7 @@ def test_truncated_mp4(tmp_path):
     assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "moov atom not found", "truncated")
 
 
+@pytest.mark.slow
 def test_truncated_mp4_with_its_index_first_and_no_frame_data(tmp_path):
     """A fast-start MP4 cut just after its index: it opens, but no frame decodes."""
     whole = small_clip(tmp_path / "whole.mp4", "-movflags", "+faststart")
@@ -79,6 +81,7 @@ def test_audio_only_file(tmp_path):
     assert_rejected(run_cli(str(video), cwd=tmp_path), tmp_path, str(video), "no video stream", "audio")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["still.png", "still.jpg", "still_renamed.mp4"])
 def test_image_file_is_not_a_video(tmp_path, name):
     """A single picture is refused (even named .mp4): a caption of a video needs a video."""
@@ -107,6 +110,7 @@ def test_unreadable_file(tmp_path):
         video.chmod(0o644)
 
 
+@pytest.mark.slow
 def test_mostly_undecodable_video_is_one_line_not_a_crash(tmp_path):
     """The decoder gives up (most packets fail) while the model is working: exit 2, no abort.
 

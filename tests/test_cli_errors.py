@@ -34,11 +34,13 @@ def test_video_without_video_stream(tmp_path):
     assert_clean_failure(done, tmp_path, "no video stream")
 
 
+@pytest.mark.slow
 def test_model_that_cannot_be_found(tmp_path):
     done = run_cli(str(SAMPLE_CLIP), "--model", str(tmp_path / "no-such-model"), cwd=tmp_path, fast=False)
     assert_clean_failure(done, tmp_path, "no-such-model")
 
 
+@pytest.mark.slow
 def test_default_model_unavailable_points_to_the_smoke_test(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "test_llm_caption.py")],
@@ -53,6 +55,7 @@ def test_default_model_unavailable_points_to_the_smoke_test(tmp_path):
     assert "--model" in done.stderr and "noise" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -75,6 +78,7 @@ def test_invalid_options_are_one_line(tmp_path, args, message):
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_batch_size_too_large_is_refused_before_decoding(tmp_path):
     # With the default answer length (256 new tokens), 8 frames fit the tiny checkpoint's context.
     done = run_cli(

@@ -112,6 +112,7 @@ def converted(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fps, mode", [(0.25, "seek"), (1.0, "nonref")])
 def test_skipping_modes_give_the_full_decodes_pictures(gop_clip, tmp_path, converted, fps, mode):
     """Seeking takes exactly uniform sampling's frames; dropping non-reference frames moves a

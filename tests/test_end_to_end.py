@@ -54,6 +54,7 @@ def test_model_text_is_present(result):
     assert isinstance(result["video_title"], str) and result["video_title"]
 
 
+@pytest.mark.slow
 def test_demo_cli_runs_from_another_directory(tmp_path):
     output = tmp_path / "out.json"
     done = subprocess.run(

@@ -45,6 +45,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 # -- output paths that cannot be written --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--output", "taken"], ["--srt", "taken"], ["--vtt", "taken"]])
 def test_an_output_path_that_is_a_directory_is_one_line_and_leaves_nothing(tmp_path, flags):
     tmp, env = private_tmp(tmp_path)
@@ -81,6 +82,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_for_the_checkpoint_is_one_line_naming_path_and_cause(small_disk, tmp_path):
     disk, fill = small_disk
     fill(0)
@@ -111,6 +113,7 @@ def test_a_full_disk_at_the_end_writes_no_output_and_keeps_the_checkpoint(small_
 # -- signals -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_keeps_the_checkpoint_and_never_touches_a_finished_result(tmp_path, signum, code):
     tmp, env = private_tmp(tmp_path)
@@ -151,6 +154,7 @@ SLOW_MODEL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_interrupted_before_any_batch_says_nothing_was_saved(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_MODEL, str(SAMPLE_CLIP), *FAST_FLAGS],
@@ -204,6 +208,7 @@ def test_a_path_that_starts_with_a_dash_is_a_file_not_an_option(tmp_path, small_
     assert json.loads((tmp_path / "r.json").read_text())["frames_analysed"] == 2
 
 
+@pytest.mark.slow
 def test_an_animated_gif_is_captioned_as_a_video(tmp_path):
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10:duration=3", str(tmp_path / "anim.gif"))
     done = run_cli("anim.gif", "--output", "r.json", cwd=tmp_path)
@@ -213,6 +218,7 @@ def test_an_animated_gif_is_captioned_as_a_video(tmp_path):
     assert [b["start_time"] for b in result["batches"]] == [0.0]
 
 
+@pytest.mark.slow
 def test_a_folder_run_reports_skipped_files_on_stderr(tmp_path, small_clip):
     tmp, env = private_tmp(tmp_path)
     videos = tmp_path / "videos"

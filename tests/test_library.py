@@ -425,6 +425,7 @@ def test_bad_library_options_are_one_line_and_exit_2(
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_single_video_mode_does_not_import_ray() -> None:
     code = (
         "import sys; from videocaption.cli.main import build_parser, main; build_parser(); "

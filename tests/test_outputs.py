@@ -34,6 +34,7 @@ def subtitled(tmp_path_factory):
     return folder, json.loads((folder / "out" / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_srt_has_one_cue_per_batch_at_the_batch_times(subtitled):
     folder, result = subtitled
     cues = list(srt.parse((folder / "out" / "result.srt").read_text(encoding="utf-8")))
@@ -77,6 +78,7 @@ def test_vtt_parses_and_matches_the_srt(subtitled):
     assert [c.text.replace("\n", " ") for c in captions] == [c.content.replace("\n", " ") for c in cues]
 
 
+@pytest.mark.slow
 def test_prompts_carry_the_frame_times(tmp_path, monkeypatch):
     seen: list[str] = []
     original_describe, original_complete = DeepseekVL2.describe_batch, DeepseekVL2.complete_batch
@@ -129,6 +131,7 @@ def test_a_folder_gets_one_result_per_video_and_done_ones_are_skipped(tmp_path):
     assert json.loads((results / "bars.json").read_text())["frames_analysed"] == 2
 
 
+@pytest.mark.slow
 def test_a_folder_without_videos_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a video")
     done = run_cli(str(tmp_path), cwd=tmp_path)
@@ -136,6 +139,7 @@ def test_a_folder_without_videos_is_an_error(tmp_path):
     assert done.stderr.strip().startswith("error:") and "no video files" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_folder_with_equal_stems_and_a_name_too_long_captions_every_other_video(tmp_path):
     """Issue 26 #7 and #8: same.mkv was 'already captioned' as same.json; a 251-character stem ended the run."""
     videos = tmp_path / "videos"

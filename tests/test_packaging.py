@@ -41,6 +41,7 @@ def test_requirements_files_list_what_pyproject_installs():
     }
 
 
+@pytest.mark.slow
 def test_console_script_runs_from_any_directory(tmp_path):
     script = Path(sys.executable).parent / "llm-caption"
     assert script.is_file(), "the project is not installed in this environment (scripts/setup.sh does it)"

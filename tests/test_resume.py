@@ -47,6 +47,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, uninterrupte
     assert not (tmp_path / "result.json.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_for_other_options_is_not_reused(tmp_path, uninterrupted):
     options = CaptionOptions(**FAST, batch_size=1, result_path=str(tmp_path / "result.json"))
     checkpoint_path(options.result_path).write_text(

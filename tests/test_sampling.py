@@ -141,6 +141,7 @@ def test_skipped_frames_stretch_a_held_full_batch():
 # -- whole runs ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_batch_lies_within_one_shot_and_each_cut_starts_one(clips, tmp_path):
     result = caption(clips["cuts"], tmp_path)
     assert_valid(result, clips["cuts"])

@@ -92,6 +92,7 @@ def test_ten_minute_video_keeps_every_prompt_under_the_limit(tmp_path, monkeypat
     assert json.loads((tmp_path / "result.json").read_text())["summary_rounds"] == result["summary_rounds"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["word " * 3000, "x" * 12000], ids=["words", "one-long-word"])
 def test_answers_as_long_as_allowed_end_in_a_bounded_number_of_calls(model, answer):
     """Issue 26 #2: max_new_tokens half the context and answers that long never ended (a request storm)."""

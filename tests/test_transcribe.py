@@ -120,6 +120,7 @@ def caption(clip: Path, tmp_path: Path, whisper: Path, **options) -> dict:
     return run_caption_graph(clip, options).to_dict()
 
 
+@pytest.mark.slow
 def test_speech_is_found_where_it_was_placed_and_reaches_its_batches(speech, whisper, prompts, tmp_path):
     clip, placed = speech
     result = caption(clip, tmp_path, whisper, srt_path=str(tmp_path / "speech.srt"), subtitles="both")
@@ -190,6 +191,7 @@ def test_a_video_without_audio_runs_as_before(small_clip, whisper, tmp_path, cap
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "audio", [["-ac", "6", "-ar", "48000"], ["-ac", "1", "-ar", "11025"]], ids=["6-channels", "11025-Hz"]
 )
@@ -216,6 +218,7 @@ def test_corrupt_audio_packets_never_stop_the_captions(speech, whisper, tmp_path
     assert json.loads((tmp_path / "result.json").read_text())["batches"]
 
 
+@pytest.mark.slow
 def test_detector_memory_stays_flat_over_a_long_stream(speech):
     """Five minutes of speech and silence: the samples kept never exceed the longest segment."""
     clip, placed = speech
@@ -292,6 +295,7 @@ def test_the_cli_writes_speech_subtitles(speech, whisper, tmp_path):
     assert len(json.loads((tmp_path / "result.json").read_text())["transcript"]) == len(placed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["http-500", "nothing-listening", "html"])
 def test_a_failing_speech_server_is_one_warning_and_the_captions_go_on(speech, tmp_path, failure):
     """Issue 26 #6: the run ended with exit 2 and nothing written; the message named no endpoint."""
@@ -328,6 +332,7 @@ def test_a_failing_speech_server_is_one_warning_and_the_captions_go_on(speech, t
     assert result["transcript"] == [] and all(batch["description"] for batch in result["batches"])
 
 
+@pytest.mark.slow
 def test_the_cli_says_when_there_is_no_audio_and_prints_nothing_else(small_clip, whisper, tmp_path):
     """Issue 26 #19 (the line was logged at INFO, hidden) and #20 (transformers' loading bar and
     deprecation lines on stderr with --transcribe)."""

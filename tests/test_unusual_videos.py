@@ -195,6 +195,7 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_batch_times_follow_the_video_time(runs, name):
     run = get_run(runs, name)
