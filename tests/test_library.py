@@ -756,3 +756,36 @@ def test_an_earlier_key_two_urls_shared_is_given_to_neither(tmp_path: Path) -> N
     known, todo = plan(expand_inputs(urls), previous, config(tmp_path, output))
     assert known == {} and [item.source for item in todo] == urls
     assert (output / "_urls" / "host" / "v.mp4" / "result.json").exists()
+
+
+def test_a_sigterm_while_ray_starts_is_a_stop_like_any_other(monkeypatch, tmp_path: Path) -> None:
+    """ray.init puts a Python SIGTERM handler in place (sys.exit) before the driver's come back:
+    a SIGTERM then was lost or a silent exit 15 (found by fuzz_inputs --mode library). Now it
+    stops the run as Ctrl-C does, and a half-started instance is shut down."""
+    import ray._private.utils as ray_utils
+
+    from videocaption.library import command
+    from videocaption.library.command import stop_on_signals
+    from videocaption.library.ray_runner import RaySession
+
+    calls = []
+
+    def init_interrupted_by_sigterm(**kwargs):
+        ray_utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # what ray.init does
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here
+        calls.append("init went on")
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init_interrupted_by_sigterm)
+    try:
+        stop_on_signals()
+        ours = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            RaySession(config(tmp_path, tmp_path / "out")).__enter__()
+        assert calls == [] and signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        command._stopped_by.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -12,6 +12,7 @@ would add its start-up, block bookkeeping and retry policy for rows that are jus
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import os
@@ -448,6 +449,13 @@ class RaySession:
             return self
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         handlers = _stop_handlers()
+        # ray.init installs a Python SIGTERM handler (sys.exit) before its C++ one: a SIGTERM in
+        # between became an ignored SystemExit (the stop lost) or a silent exit 15. Keep ours in
+        # place meanwhile, so that a stop while Ray starts is a stop like any other (143).
+        ray_utils = importlib.import_module("ray._private.utils")
+        set_sigterm_handler = ray_utils.set_sigterm_handler
+        if handlers:
+            ray_utils.set_sigterm_handler = lambda handler: None
         try:
             if self.config.ray_address:
                 check_reachable(self.config.ray_address)
@@ -463,7 +471,12 @@ class RaySession:
             raise RayConnectionError(
                 f"cannot start or reach Ray ({where}): {' '.join(str(error).split())[:300]}"
             ) from None
+        except KeyboardInterrupt:  # stopped while Ray started: leave no half-started instance
+            if ray.is_initialized():
+                ray.shutdown()
+            raise
         finally:
+            ray_utils.set_sigterm_handler = set_sigterm_handler
             for signum, handler in handlers.items():  # Ray's C++ SIGTERM handler dumps a stack and aborts
                 signal.signal(signum, handler)
         _ray_messages_to_log()
