@@ -21,7 +21,7 @@ import torch
 from helpers import CLI, FAST, FAST_FLAGS, ffmpeg
 from PIL import Image
 from test_live import free_port, records, stopped_afterwards
-from test_transcribe import speech_extent
+from test_transcribe import speech_clip
 from tiny_whisper import build_tiny_whisper
 
 from videocaption.backends import load_model
@@ -129,50 +129,9 @@ def speech_stream(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
     returns it and the spans where speech was placed."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    folder = tmp_path_factory.mktemp("live-speech")
-    inputs, filters, placed = [], [], []
-    for index, (offset, sentence) in enumerate(SENTENCES.items()):
-        wav = folder / f"s{index}.wav"
-        subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True)
-        start, end = speech_extent(wav)
-        placed.append((offset + start, offset + end))
-        inputs += ["-i", str(wav)]
-        delay = round(offset * 1000)
-        filters.append(f"[{index + 1}:a]adelay={delay}|{delay},apad[a{index}]")
-    mix = ";".join(filters) + f";[a0][a1]amix=inputs=2:normalize=0:duration=longest,atrim=0:{SPEECH_DURATION}[mix]"
-    stream = folder / "speech.ts"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size=160x120:rate=25:duration={SPEECH_DURATION}",
-        *inputs,
-        "-filter_complex",
-        mix,
-        "-map",
-        "0:v",
-        "-map",
-        "[mix]",
-        "-ac",
-        "2",
-        "-ar",
-        "44100",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "25",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-t",
-        str(SPEECH_DURATION),
-        "-f",
-        "mpegts",
-        str(stream),
-    )
+    stream = tmp_path_factory.mktemp("live-speech") / "speech.ts"
+    video = ["rate=25", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25"]
+    placed = speech_clip(stream, SENTENCES, SPEECH_DURATION, video=video, container=["-f", "mpegts"])
     return stream, placed
 
 

@@ -46,47 +46,45 @@ def speech_extent(wav: Path) -> tuple[float, float]:
     return loud[0] / rate, (loud[-1] + 1) / rate
 
 
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
-    """A 12 s clip (44.1 kHz stereo AAC) with two sentences at 2 s and 8 s; returns the clip and the
-    spans where speech was placed."""
-    folder = tmp_path_factory.mktemp("speech")
+def speech_clip(
+    path: Path, sentences: dict[float, str], duration: float, *, video: list[str], container: list[str] = ()
+) -> list[tuple[float, float]]:
+    """Write a clip of ``duration`` s (testsrc2 video, 44.1 kHz stereo AAC) with each espeak-ng
+    sentence placed at its offset; returns the spans where speech was placed.
+
+    Args:
+        video: the video's lavfi options and codec flags (frame rate, encoder).
+        container: flags before the output path (``-f mpegts``).
+    """
     inputs, filters, placed = [], [], []
-    for index, (offset, sentence) in enumerate(SENTENCES.items()):
-        wav = folder / f"s{index}.wav"
+    for index, (offset, sentence) in enumerate(sentences.items()):
+        wav = path.with_name(f"{path.stem}-s{index}.wav")
         subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True)
         start, end = speech_extent(wav)
         placed.append((offset + start, offset + end))
         inputs += ["-i", str(wav)]
         delay = round(offset * 1000)
         filters.append(f"[{index + 1}:a]adelay={delay}|{delay},apad[a{index}]")
-    mix = ";".join(filters) + f";[a0][a1]amix=inputs=2:normalize=0:duration=longest,atrim=0:{DURATION}[mix]"
-    clip = folder / "speech.mp4"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size=160x120:rate=5:duration={DURATION}",
-        *inputs,
-        "-filter_complex",
-        mix,
-        "-map",
-        "0:v",
-        "-map",
-        "[mix]",
-        "-ac",
-        "2",
-        "-ar",
-        "44100",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-t",
-        str(DURATION),
-        str(clip),
+    labels = "".join(f"[a{index}]" for index in range(len(sentences)))
+    mix = (
+        ";".join(filters)
+        + f";{labels}amix=inputs={len(sentences)}:normalize=0:duration=longest,atrim=0:{duration}[mix]"
     )
-    return clip, placed
+    source, *codec = video
+    ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=size=160x120:{source}:duration={duration}", *inputs,
+        "-filter_complex", mix, "-map", "0:v", "-map", "[mix]", "-ac", "2", "-ar", "44100", *codec,
+        "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", str(duration), *container, str(path),
+    )  # fmt: skip
+    return placed
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
+    """A 12 s clip (44.1 kHz stereo AAC) with two sentences at 2 s and 8 s; returns the clip and the
+    spans where speech was placed."""
+    clip = tmp_path_factory.mktemp("speech") / "speech.mp4"
+    return clip, speech_clip(clip, SENTENCES, DURATION, video=["rate=5"])
 
 
 @pytest.fixture(scope="module")
