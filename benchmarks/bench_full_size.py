@@ -97,6 +97,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
     """A DeepseekVL2 runtime around the full-size network; random weights, or meta tensors only."""
     from videocaption.backends.devices import resolve_device, resolve_dtype
     from videocaption.deepseek_vl2 import DeepseekVL2
+    from videocaption.deepseek_vl2.packing import pack_for_cpu, packing_supported
     from videocaption.deepseek_vl2.processor import DeepseekVL2Processor
     from videocaption.deepseek_vl2.threads import run_on_model_thread
 
@@ -108,6 +109,8 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
         from videocaption.deepseek_vl2.quantize import quantize_language_int8
 
         run_on_model_thread(quantize_language_int8, net.language, torch_dtype)
+    if weights and packing_supported(torch_device, torch_dtype):  # as from_pretrained does on CPU
+        run_on_model_thread(pack_for_cpu, net)
     processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
     return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
 
@@ -153,8 +156,9 @@ def child(batch_size: int, device: str, dtype: str, new_tokens: int, warmup: int
     start = time.perf_counter()
     runtime = build_runtime(device, dtype, weights=True)
     build_s = time.perf_counter() - start
-    params = sum(p.numel() for p in runtime.model.parameters())
-    weights_mib = sum(p.numel() * p.element_size() for p in runtime.model.parameters()) / 2**20
+    tensors = [*runtime.model.parameters(), *runtime.model.buffers()]  # packed and int8 weights are buffers
+    params = sum(p.numel() for p in tensors)
+    weights_mib = sum(p.numel() * p.element_size() for p in tensors) / 2**20
     frames = sample_frames(batch_size)
     images = [runtime.prepare_image(image, batch_size) for image, _ in frames]
     prompt = batch_prompt(DEFAULT_BATCH_PROMPT, [t for _, t in frames], time_aware=True)

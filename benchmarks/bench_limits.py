@@ -35,6 +35,7 @@ from benchmarks.bench_full_size import build_runtime, sample_frames
 from benchmarks.common import machine
 from videocaption.deepseek_vl2.generation import generate, position_ids_from_mask
 from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate
+from videocaption.deepseek_vl2.packing import PackedExperts
 from videocaption.deepseek_vl2.quantize import Int8Experts
 from videocaption.deepseek_vl2.threads import run_on_model_thread
 from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
@@ -76,9 +77,18 @@ def _grouped_mm_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
     return 2 * x[0] * x[1] * weight[-1]
 
 
+def _packed_linear_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
+    """[..., in] rows through a packed [out, in] weight (``deepseek_vl2.packing``): 2 rows in out."""
+    rows = 1
+    for n in x[:-1]:
+        rows *= n
+    return 2 * rows * x[-1] * weight[0]
+
+
 CUSTOM_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
     torch.ops.aten._grouped_mm: _grouped_mm_flops,
+    torch.ops.mkldnn._linear_pointwise.default: _packed_linear_flops,
 }
 
 
@@ -142,8 +152,8 @@ def prefill_stages(
 
 
 def routed_experts(lm) -> list:
-    """The routed-expert modules of each MoE layer (bfloat16 ``Experts`` or ``Int8Experts``)."""
-    return [m for m in lm.modules() if isinstance(m, (Experts, Int8Experts))]
+    """The routed-expert modules of each MoE layer (``Experts``, ``PackedExperts`` or ``Int8Experts``)."""
+    return [m for m in lm.modules() if isinstance(m, (Experts, Int8Experts, PackedExperts))]
 
 
 def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[float]) -> float:

@@ -20,6 +20,7 @@ from videocaption.backends.devices import resolve_device, resolve_dtype
 from videocaption.deepseek_vl2.config import DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import generate
 from videocaption.deepseek_vl2.model import DeepseekVL2Model
+from videocaption.deepseek_vl2.packing import pack_for_cpu, packing_supported
 from videocaption.deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
 from videocaption.deepseek_vl2.quantize import quantize_language_int8
 from videocaption.deepseek_vl2.threads import run_on_model_thread
@@ -60,12 +61,15 @@ class DeepseekVL2:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        pack_cpu_weights: bool = True,
     ) -> DeepseekVL2:
         """Load from a hub id (``deepseek-ai/deepseek-vl2-tiny``, ``-small``, ``deepseek-vl2``) or a
         local directory with the official layout. Raises ModelLoadError if it cannot.
 
         ``dtype="int8"`` (CPU only) loads in bfloat16, then stores the decoder's linears, lm_head and
-        routed experts as int8 (see :mod:`~videocaption.deepseek_vl2.quantize`)."""
+        routed experts as int8 (see :mod:`~videocaption.deepseek_vl2.quantize`). bfloat16 weights on
+        a CPU are packed into oneDNN's layout unless ``pack_cpu_weights`` is false (see
+        :mod:`~videocaption.deepseek_vl2.packing`; false keeps the portable layout GPUs run)."""
         name = os.fspath(model)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -87,12 +91,19 @@ class DeepseekVL2:
         int8 = dtype == "int8"
         if int8 and torch_device.type != "cpu":
             raise ModelLoadError(f"dtype int8 is a CPU option (device {torch_device}); use bfloat16 there.")
-        net = run_on_model_thread(cls._load_network, config, files, name, torch_dtype, torch_device, int8)
+        pack = pack_cpu_weights and packing_supported(torch_device, torch_dtype)
+        net = run_on_model_thread(cls._load_network, config, files, name, torch_dtype, torch_device, int8, pack)
         return cls(name, net, processor, device=torch_device, dtype=torch_dtype)
 
     @staticmethod
     def _load_network(
-        config: DeepseekVL2Config, files, name: str, dtype: torch.dtype, device: torch.device, int8: bool = False
+        config: DeepseekVL2Config,
+        files,
+        name: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        int8: bool = False,
+        pack: bool = False,
     ) -> DeepseekVL2Model:
         # On the model thread (see deepseek_vl2.threads): the casts while loading are parallel
         # torch ops too, and any thread that runs one keeps an OpenMP pool.
@@ -101,6 +112,8 @@ class DeepseekVL2:
         load_weights(net, files, name=name, dtype=dtype, device=device)
         if int8:
             quantize_language_int8(net.language, dtype)
+        if pack:
+            pack_for_cpu(net)
         return net.eval().requires_grad_(False)
 
     def __repr__(self) -> str:

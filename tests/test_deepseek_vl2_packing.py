@@ -1,0 +1,74 @@
+"""bfloat16 weights packed for oneDNN on CPU (``deepseek_vl2.packing``): same numbers, same checkpoint.
+
+The packed layout is what a CPU user in bfloat16 runs by default; the portable layout (stacked
+experts, no host reads) is what GPUs run and what ``pack_cpu_weights=False`` keeps. Both are
+checked against each other here; each against the upstream reference in the parity tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import FIXTURES
+from safetensors.torch import load_file
+
+from videocaption.deepseek_vl2 import DeepseekVL2, generate
+from videocaption.deepseek_vl2.generation import position_ids_from_mask
+from videocaption.deepseek_vl2.language import Experts
+from videocaption.deepseek_vl2.packing import PackedExperts, PackedLinear, packing_supported
+
+pytestmark = pytest.mark.skipif(
+    not packing_supported(torch.device("cpu"), torch.bfloat16), reason="this CPU's oneDNN has no bf16 kernels"
+)
+
+
+def load(pack: bool) -> DeepseekVL2:
+    return DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="bfloat16", pack_cpu_weights=pack)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[DeepseekVL2, DeepseekVL2]:
+    return load(True), load(False)
+
+
+def test_bfloat16_on_cpu_packs_by_default_and_float32_does_not(pair):
+    packed, plain = pair
+    modules = list(packed.model.modules())
+    assert isinstance(packed.model.language.lm_head, PackedLinear)
+    assert any(isinstance(m, PackedExperts) for m in modules)
+    assert not any(isinstance(m, (torch.nn.Linear, Experts)) for m in modules)  # nothing left unpacked
+    assert any(isinstance(m, Experts) for m in plain.model.modules())
+    float32 = DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="float32")
+    assert not any(isinstance(m, (PackedLinear, PackedExperts)) for m in float32.model.modules())
+
+
+def test_packed_state_dict_is_the_checkpoint(pair):
+    packed, plain = pair
+    ours, theirs = packed.model.state_dict(), plain.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    # The packed weights are counted where byte counts look (parameters and buffers).
+    size = lambda m: sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])  # noqa: E731
+    assert size(packed.model) == size(plain.model)
+
+
+@torch.inference_mode()
+def test_packed_gives_the_portable_layouts_numbers(pair):
+    packed, plain = pair
+    case = sorted((FIXTURES / "cases").glob("*.json"))[0]
+    ref = load_file(str(case.with_suffix(".safetensors")))
+    mask = ref["attention_mask"]
+    embeds = ref["inputs_embeds"].to(torch.bfloat16)
+    logits = []
+    for runtime in (packed, plain):
+        lm = runtime.model.language
+        logits.append(lm.logits(lm.model(embeds, position_ids_from_mask(mask), mask)[:, -1]))
+    # Same oneDNN kernels on the same weights; only the experts' order of calls differs.
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-2)
+    outs = [
+        generate(r.model.language, embeds, mask, max_new_tokens=6, eos_token_id=-1, output_scores=True) for r in pair
+    ]
+    assert outs[0].lengths == outs[1].lengths == [6] * mask.shape[0]
+    for a, b in zip(outs[0].scores, outs[1].scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
