@@ -40,9 +40,11 @@ from videocaption.library import command as library
 from videocaption.live import captioner as live
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
+from videocaption.outputs.files import check_output_path
 from videocaption.prompts import format_seconds
 from videocaption.result import CaptionResult
 from videocaption.sampling.samplers import shot_spans
+from videocaption.search import command as search
 
 # The checkout the package runs from, if it runs from one (an installed package has no sample
 # clip and no test fixtures: then INPUT is required and the smoke-test hint is not given).
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     library.add_library_arguments(parser)
+    search.add_search_arguments(parser)
     return parser
 
 
@@ -176,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     library.check_library_arguments(args, parser)  # with --workers: also refuses --live
+    search.check_search_arguments(args, parser)
+    if search.search_requested(args):  # reads captioned videos; captions nothing
+        options = options_from_args(args, parser)
+        with logging_to_stderr(args.verbose):
+            return search.run_search_command(args, options)
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(
@@ -199,8 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
             try:
                 if Path(args.video).is_dir():
+                    if args.segments:
+                        parser.error("--segments names one video's table; give one video (or use library mode)")
                     return caption_directory(Path(args.video), Path(args.output_dir), options, verbose=args.verbose)
-                return report(caption_file(Path(args.video), options, verbose=args.verbose), options)
+                if args.segments:
+                    check_output_path(args.segments)
+                result = caption_file(Path(args.video), options, verbose=args.verbose)
+                if args.segments:
+                    search.write_result_segments(result, args.video, options, args.segments)
+                return report(result, options)
             except Interrupted as stop:
                 leave_interrupted(stop, stop.options or options)
             except CaptionError as error:
