@@ -200,3 +200,38 @@ def test_ask_with_nothing_found_does_not_ask_the_model(results: Path, capsys) ->
     answer = json.loads(capsys.readouterr().out)
     assert answer["supported"] is False and answer["citations"] == []
     assert not [request for request in server.requests if request.method == "POST"]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("sentence_transformers")
+    from tiny_embedder import build_tiny_embedder
+
+    return build_tiny_embedder(tmp_path_factory.mktemp("embedder"))
+
+
+@pytest.mark.slow
+def test_hybrid_search_embeds_once_and_again_when_the_segments_change(results: Path, embedder: Path, capsys) -> None:
+    from videocaption.search.embeddings import Embeddings, hybrid_search
+
+    index = SearchIndex(results)
+    first = Embeddings(index, str(embedder))
+    assert first.computed == 6 and first.vectors.shape == (6, 32) and first.path.is_file()
+    hits = hybrid_search(index, first, "red kettle", top=6)
+    assert sorted(hit.segment.batch_id for hit in hits) == [1, 1, 2, 2, 3, 3]  # every segment, fused
+    assert Path(hits[0].segment.path).stem == "kitchen" and hits[0].segment.start_time == 2.0  # BM25's best leads
+    assert Embeddings(SearchIndex(results), str(embedder)).computed == 0  # the cache is reused
+    (results / "more.json").write_text(json.dumps(result([("A submarine surfaces.", None)], "Sea")))
+    again = Embeddings(SearchIndex(results), str(embedder))
+    assert again.computed == 7  # the segments changed: embedded again
+    arguments = ["--search", "submarine", "--index", str(results), "--embed-model", str(embedder), "--json"]
+    assert main(arguments) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["description"] == "A submarine surfaces."
+
+
+@pytest.mark.slow
+def test_an_embedding_model_that_cannot_be_loaded_is_one_line(results: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sentence_transformers")
+    assert main(["--search", "x", "--index", str(results), "--embed-model", str(tmp_path / "nothing")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: --embed-model ")

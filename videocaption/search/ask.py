@@ -9,6 +9,7 @@ given, is marked unsupported; it is never trusted for saying it is supported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +83,21 @@ def moment_text(n: int, hit: Hit) -> str:
 
 
 def ask(
-    question: str, index: SearchIndex, model: VisionLanguageModel, options: CaptionOptions, *, top: int = 8
+    question: str,
+    index: SearchIndex,
+    model: VisionLanguageModel,
+    options: CaptionOptions,
+    *,
+    top: int = 8,
+    retrieve: Callable[[str, int], list[Hit]] | None = None,
 ) -> Answer:
-    """Retrieve the ``top`` moments for ``question`` and have ``model`` answer from them, citing them."""
-    hits = index.search(question, top=top)
+    """Retrieve the ``top`` moments for ``question`` and have ``model`` answer from them, citing them.
+
+    Args:
+        retrieve: ``(question, top) -> hits``; by default the index's BM25 search (the hybrid
+            search with ``--embed-model``).
+    """
+    hits = (retrieve or index.search)(question, top)
     if not hits:  # nothing to rest an answer on: the model is not asked
         return Answer(question, "No moment in the index matches the question.", [])
     instruction = ASK_INSTRUCTION.format(question=" ".join(question.split()))

@@ -35,6 +35,12 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--index", metavar="PATH", help="what --search and --ask read")
     group.add_argument("--top", type=int, metavar="N", help="moments to print or to give the model (default: 10, 8)")
+    group.add_argument(
+        "--embed-model",
+        metavar="M",
+        help="also rank by sentence embeddings (sentence-transformers: hub id or folder), fused with BM25 "
+        "(reciprocal rank fusion); the vectors are cached beside the index",
+    )
     group.add_argument("--json", action="store_true", help="print JSON instead of text (for a machine)")
     group.add_argument(
         "--segments",
@@ -64,7 +70,16 @@ def check_search_arguments(args: argparse.Namespace, parser: argparse.ArgumentPa
     else:
         if args.segments and (args.workers is not None or args.ray_address is not None):
             parser.error("--segments names one video's table; library mode writes segments.parquet beside its manifest")
-        given = [flag for flag, value in (("--index", args.index), ("--top", args.top), ("--json", args.json)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("--index", args.index),
+                ("--top", args.top),
+                ("--json", args.json),
+                ("--embed-model", args.embed_model),
+            )
+            if value
+        ]
         if given:
             parser.error(f"{given[0]} goes with --search or --ask")
 
@@ -77,8 +92,17 @@ def run_search_command(args: argparse.Namespace, options: CaptionOptions) -> int
 
     try:
         index = SearchIndex(args.index)
+        retrieve = index.search
+        if args.embed_model:
+            from videocaption.search.embeddings import Embeddings, hybrid_search
+
+            embeddings = Embeddings(index, args.embed_model)
+
+            def retrieve(query: str, top: int):
+                return hybrid_search(index, embeddings, query, top)
+
         if args.search is not None:
-            hits = index.search(args.search, top=args.top or 10)
+            hits = retrieve(args.search, args.top or 10)
             if args.json:
                 print(json.dumps({"query": args.search, "hits": [hit.to_dict() for hit in hits]}, ensure_ascii=False))
             else:
@@ -94,7 +118,7 @@ def run_search_command(args: argparse.Namespace, options: CaptionOptions) -> int
         from videocaption.backends import load_model
         from videocaption.search.ask import ask
 
-        answer = ask(args.ask, index, load_model(options), options, top=args.top or 8)
+        answer = ask(args.ask, index, load_model(options), options, top=args.top or 8, retrieve=retrieve)
     except CaptionError as error:
         if os.environ.get("LLM_CAPTION_DEBUG"):
             raise
