@@ -145,10 +145,19 @@ class Summarizer:
             if len(groups) == 1 or len(groups) >= len(items):
                 # A last part summary would only be summarised again: cut the items to fit the
                 # final prompt, which also ends the loop when a lone item is an over-long answer.
-                fitted = self._fit(final, self._numbered(items))
-                return CitedSummary(self.complete([self._prompt(final, fitted)])[0], rounds, items)
+                return self._final_fitted(items, rounds)
             texts = self.complete([self._prompt(PART_SUMMARY_PROMPT, group) for group in groups])
             items = [(group[0][0], group[-1][1], text) for group, text in zip(groups, texts)]
+
+    def _final_fitted(self, items: list[Item], rounds: int) -> CitedSummary:
+        """The final prompt with its items cut to fit; without citations when even the cut numbered
+        items cannot fit beside the longer instruction (a tiny ``summary_max_prompt_tokens``)."""
+        final = self._final_instruction()
+        fitted = self._fit(final, self._numbered(items))
+        if self.cite and self._tokens(final, fitted) > self.limit:
+            plain = self._fit(self.options.summary_prompt, items)
+            return CitedSummary(self.complete([self._prompt(self.options.summary_prompt, plain)])[0], rounds, [])
+        return CitedSummary(self.complete([self._prompt(final, fitted)])[0], rounds, items)
 
     def _fit(self, instruction: str, items: list[Item]) -> list[Item]:
         """``items`` each cut to an equal share of the room, smaller shares until the prompt fits."""
