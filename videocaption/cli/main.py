@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a video to caption (the sample clip is only in the project's checkout)")
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
+        if args.segments:
+            parser.error("--segments writes a finished video's table; it does not go with live streams")
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
             return live.command(args.video, options)
