@@ -31,13 +31,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from videocaption.api import caption_video
-from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.captioning.progress import Progress
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
-from videocaption.graph.build import probe_input
 from videocaption.library import command as library
-from videocaption.live import captioner as live
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
 from videocaption.outputs.files import check_output_path
@@ -151,6 +148,8 @@ def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CaptionOptions:
     """The options the flags give, checked in one step (a bad value exits through ``parser.error``)."""
     if args.api_key:
+        from videocaption.backends.openai_backend import API_KEY_ENV
+
         # Through this process's environment, not the module's options: BMF prints those (the
         # graph dump) and a secret must not land in a log.
         os.environ[API_KEY_ENV] = args.api_key
@@ -184,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args, parser)
         with logging_to_stderr(args.verbose):
             return search.run_search_command(args, options)
+    # Imported only now: they bring torch and BMF (seconds), which --search never needs.
+    from videocaption.live import captioner as live
+
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(
@@ -259,6 +261,8 @@ def caption_file(
     the audio, the end of the video stream that caps the last subtitle cue). Unless
     ``verbose``, what BMF's Python side prints (the graph dump) is dropped.
     """
+    from videocaption.graph.build import probe_input
+
     media = probe_input(video, options)
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(contextlib.closing(ProgressBar(media, options, position=bar_position)))
