@@ -112,6 +112,7 @@ def test_the_segments_table_is_read_by_duckdb_as_is(tmp_path: Path) -> None:
 def test_citations_are_checked_against_what_was_given() -> None:
     assert check_citations("Yes [1]. Also [2, 5] and [9].", given=3) == ([1, 2], [5, 9])
     assert check_citations("No idea.", given=3) == ([], [])
+    assert check_citations("From [2-4] and [1\u20132].", given=3) == ([2, 3, 1], [4])
 
 
 def test_a_grounded_summary_keeps_clean_text_and_drops_citations_of_nothing() -> None:
@@ -119,6 +120,7 @@ def test_a_grounded_summary_keeps_clean_text_and_drops_citations_of_nothing() ->
         ("A door opens.", [1]),
         ("Then a cat enters.", [2, 3, 4]),
     ]
+    assert split_citations("It spans the video [1-3].") == [("It spans the video.", [1, 2, 3])]
     items = [(0.0, 1.0, "door"), (2.0, 5.0, "part summary of two batches")]
     batches = [(1, 0.0, 1.0), (2, 2.0, 3.0), (3, 4.0, 5.0)]
     summary, evidence, dropped = ground(CitedSummary("A door opens [1]. A cat walks in [2][7].", 2, items), batches)

@@ -31,7 +31,22 @@ MIN_ROOM_FOR_DESCRIPTIONS = 48
 CITE_INSTRUCTION = (
     "After each sentence, cite in square brackets the numbers of the descriptions it rests on, e.g. [2] or [1, 3]."
 )
-CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+CITATION = re.compile(r"\[(\d+(?:\s*[-\u2013,]\s*\d+)*)\]")  # [2], [1, 3], [2-4]
+MAX_RANGE = 100  # a range [a-b] wider than this is taken as its two ends only
+
+
+def cited_numbers(marker: str) -> list[int]:
+    """The numbers inside one ``[...]`` marker: ``1, 3`` -> [1, 3]; ``2-4`` -> [2, 3, 4]."""
+    numbers: list[int] = []
+    for part in marker.split(","):
+        ends = [int(n) for n in re.split(r"[-\u2013]", part)]
+        if len(ends) == 2 and 0 <= ends[1] - ends[0] <= MAX_RANGE:
+            numbers.extend(range(ends[0], ends[1] + 1))
+        else:
+            numbers.extend(ends)
+    return numbers
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -56,7 +71,7 @@ def split_citations(text: str) -> list[tuple[str, list[int]]]:
     """
     sentences: list[tuple[str, list[int]]] = []
     for part in _SENTENCE_END.split(" ".join(text.split())):
-        numbers = [int(n) for match in CITATION.finditer(part) for n in match.group(1).split(",")]
+        numbers = [n for match in CITATION.finditer(part) for n in cited_numbers(match.group(1))]
         clean = " ".join(CITATION.sub(" ", part).split())
         clean = re.sub(r"\s+([.,;:!?])", r"\1", clean)
         if not clean or not any(ch.isalnum() for ch in clean):

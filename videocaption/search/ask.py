@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videocaption.backends import VisionLanguageModel
-from videocaption.captioning.summary import CITATION, Summarizer
+from videocaption.captioning.summary import CITATION, Summarizer, cited_numbers
 from videocaption.options import CaptionOptions
 from videocaption.prompts import speech_line
 from videocaption.search.index import Hit, SearchIndex
@@ -68,7 +68,7 @@ def check_citations(text: str, given: int) -> tuple[list[int], list[int]]:
     """The numbers ``text`` cites in ``[n]`` / ``[n, m]`` markers: those in 1..given, and the others."""
     cited, invalid = [], []
     for match in CITATION.finditer(text):
-        for number in (int(n) for n in match.group(1).split(",")):
+        for number in cited_numbers(match.group(1)):
             target = cited if 1 <= number <= given else invalid
             if number not in target:
                 target.append(number)
