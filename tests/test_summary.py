@@ -139,3 +139,17 @@ def test_a_cited_summary_numbers_the_final_items_and_keeps_the_limit(model):
     assert all(CITE_INSTRUCTION not in p for p in prompts[:-1])  # part summaries cite nothing
     # The items of the final prompt are part summaries: their spans cover the batches' spans.
     assert cited.items[0][0] == 0.0 and cited.items[-1][1] == items(24)[-1][1]
+
+
+def test_a_limit_too_small_for_citing_summarises_plainly_instead_of_refusing(model):
+    from videocaption.captioning.summary import CITE_INSTRUCTION, PART_SUMMARY_PROMPT
+
+    plain = Summarizer(model, CaptionOptions(**FAST), lambda p: p)
+    instruction = max(plain._tokens(plain.options.summary_prompt, []), plain._tokens(PART_SUMMARY_PROMPT, []))
+    smallest = instruction + 48  # the smallest limit accepted before grounded summaries
+    options = CaptionOptions(**FAST, summary_max_prompt_tokens=smallest)
+    prompts = []
+    cited = Summarizer(model, options, lambda p: prompts.extend(p) or ["ok [1]"] * len(p), cite=True).cited(items(2))
+    assert cited.answer == "ok [1]" and cited.items == []  # nothing numbered: [1] cites nothing
+    assert prompts and all(CITE_INSTRUCTION not in p for p in prompts)
+    assert max(model.count_tokens(p) for p in prompts) <= smallest

@@ -104,13 +104,19 @@ class Summarizer:
         self.limit = model.context_length - options.max_new_tokens
         if options.summary_max_prompt_tokens is not None:
             self.limit = min(self.limit, options.summary_max_prompt_tokens)
-        needed = max(self._tokens(self._final_instruction(), []), self._tokens(PART_SUMMARY_PROMPT, []))
+        cite_wanted, self.cite = self.cite, False
+        needed = max(self._tokens(self.options.summary_prompt, []), self._tokens(PART_SUMMARY_PROMPT, []))
         if self.limit < needed + MIN_ROOM_FOR_DESCRIPTIONS:
             raise InvalidOptionError(
                 f"summary prompts are limited to {self.limit} tokens, but the instruction alone takes "
                 f"{needed}; allow at least {needed + MIN_ROOM_FOR_DESCRIPTIONS} "
                 "(summary_max_prompt_tokens, or a smaller max_new_tokens)"
             )
+        # Citing needs room for its longer instruction; a limit that leaves none summarises plainly
+        # (as before grounded summaries existed), rather than refusing a limit that used to work.
+        self.cite = (
+            cite_wanted and self._tokens(self._final_instruction_citing(), []) + MIN_ROOM_FOR_DESCRIPTIONS <= self.limit
+        )
 
     def __call__(self, items: Sequence[Item]) -> tuple[str, int]:
         """Returns the summary and how many rounds it took (0 when there was nothing to summarise).
@@ -121,7 +127,10 @@ class Summarizer:
         return cited.answer, cited.rounds
 
     def _final_instruction(self) -> str:
-        return f"{self.options.summary_prompt}\n{CITE_INSTRUCTION}" if self.cite else self.options.summary_prompt
+        return self._final_instruction_citing() if self.cite else self.options.summary_prompt
+
+    def _final_instruction_citing(self) -> str:
+        return f"{self.options.summary_prompt}\n{CITE_INSTRUCTION}"
 
     def _numbered(self, items: Sequence[Item]) -> list[Item]:
         if not self.cite:
@@ -155,7 +164,7 @@ class Summarizer:
             rounds += 1
             if self._tokens(final, self._numbered(items)) <= self.limit:
                 answer = self.complete([self._prompt(final, self._numbered(items))])[0]
-                return CitedSummary(answer, rounds, items)
+                return CitedSummary(answer, rounds, items if self.cite else [])
             groups = self._groups(items)
             if len(groups) == 1 or len(groups) >= len(items):
                 # A last part summary would only be summarised again: cut the items to fit the
@@ -172,7 +181,7 @@ class Summarizer:
         if self.cite and self._tokens(final, fitted) > self.limit:
             plain = self._fit(self.options.summary_prompt, items)
             return CitedSummary(self.complete([self._prompt(self.options.summary_prompt, plain)])[0], rounds, [])
-        return CitedSummary(self.complete([self._prompt(final, fitted)])[0], rounds, items)
+        return CitedSummary(self.complete([self._prompt(final, fitted)])[0], rounds, items if self.cite else [])
 
     def _fit(self, instruction: str, items: list[Item]) -> list[Item]:
         """``items`` each cut to an equal share of the room, smaller shares until the prompt fits."""
