@@ -7,7 +7,10 @@ speech endpoint) in milliseconds, and records every request (path and headers) i
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,3 +108,69 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- a scripted captioner: known descriptions per clip and time, citing summaries and answers ----
+
+FRAME_TIME = re.compile(r"Frame \d+ at (\d+):(\d+(?:\.\d+)?)")
+MOMENT = re.compile(r"^(?:\[[^\]]*\] )?\[(\d+)\] (.*)$")
+
+
+def request_parts(request: Request) -> tuple[str, list[bytes]]:
+    """The text of a chat request's user message and its images (JPEG bytes), in order."""
+    message = json.loads(request.body)["messages"][-1]
+    content = message["content"]
+    if isinstance(content, str):
+        return content, []
+    text = "\n".join(part["text"] for part in content if part.get("type") == "text")
+    images = [
+        base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+        for part in content
+        if part.get("type") == "image_url"
+    ]
+    return text, images
+
+
+def mean_colour(jpeg: bytes) -> tuple[int, int, int]:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB").resize((1, 1), Image.Resampling.BOX)
+    return image.getpixel((0, 0))
+
+
+@dataclass
+class ScriptedCaptions:
+    """The chat answers of a model that describes what a test decided each clip shows.
+
+    Args:
+        describe: ``(colour, first_frame_seconds) -> description`` for a batch; the clip is
+            told by its frames' mean colour (the tests' clips are solid colours), the time by
+            the prompt's ``Frame 1 at M:SS.S`` label.
+        answer_with: a word; an ``--ask`` prompt is answered citing every moment whose line holds
+            it (and an out-of-range number, to check that it is dropped).
+    """
+
+    describe: Callable[[tuple[int, int, int], float], str]
+    answer_with: str = ""
+    bogus_citation: bool = False  # the answer also cites [42], a moment never given
+    summary_cites: tuple[int, ...] = (1, 99)
+
+    def __call__(self, request: Request) -> Answer:
+        text, images = request_parts(request)
+        if images:
+            found = FRAME_TIME.search(text)
+            seconds = int(found.group(1)) * 60 + float(found.group(2)) if found else 0.0
+            return completion(self.describe(mean_colour(images[0]), seconds))
+        if "Question:" in text:
+            cited = [
+                int(match.group(1))
+                for line in text.splitlines()
+                if (match := MOMENT.match(line)) and self.answer_with.lower() in match.group(2).lower()
+            ]
+            marks = "".join(f"[{n}]" for n in cited)
+            bogus = " Nothing else is known [42]." if self.bogus_citation else ""
+            return completion(f"It happens there {marks}.{bogus}")
+        if "cite in square brackets" in text:  # the grounded summary
+            first, second = self.summary_cites
+            return completion(f"The video shows colours [{first}]. It ends [{second}].")
+        return completion("Coloured Clips")  # the title

@@ -3,7 +3,7 @@
 Layers, bottom up (docs/architecture.md draws them): the option and error leaves; the data the
 run produces; the parts (media input, sampling, speech, model backends and the DeepSeek-VL2
 runtime, output files); the captioning core that drives them; the BMF glue; the two ways of
-running many or endless inputs (library, live); the user-facing entry points.
+running many or endless inputs (library, live) and searching what they produced (search); the user-facing entry points.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LAYERS = [
     {"media", "sampling", "audio", "backends", "deepseek_vl2", "outputs"},
     {"captioning"},
     {"graph"},
-    {"live", "library"},
+    {"live", "library", "search"},
     {"cli", "api", "__init__", "__main__"},
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

@@ -113,3 +113,43 @@ def test_answers_as_long_as_allowed_end_in_a_bounded_number_of_calls(model, answ
         assert summary == answer
         assert rounds <= math.ceil(math.log2(count)) + 1 and len(prompts) < 2 * count + 1
         assert max(model.count_tokens(p) for p in prompts) <= summarize.limit
+
+
+def test_a_cited_summary_numbers_the_final_items_and_keeps_the_limit(model):
+    """Grounded summaries (issue 24): the final prompt numbers what it gives, within the limit, in rounds too."""
+    from videocaption.captioning.summary import CITE_INSTRUCTION
+
+    prompts = []
+
+    def complete(batch):
+        prompts.extend(batch)
+        return ["It rests on the first part [1]."] * len(batch)
+
+    # So tight that even cut numbered items do not fit beside the longer instruction: not cited.
+    tight = Summarizer(model, CaptionOptions(**FAST, summary_max_prompt_tokens=150), complete, cite=True)
+    assert tight.cited(items(12)).items == []
+    assert max(model.count_tokens(p) for p in prompts) <= 150
+    prompts.clear()
+    options = CaptionOptions(**FAST, summary_max_prompt_tokens=300)
+    cited = Summarizer(model, options, complete, cite=True).cited(items(24))
+    assert cited.rounds > 1 and cited.answer == "It rests on the first part [1]."
+    assert max(model.count_tokens(p) for p in prompts) <= 300
+    final = prompts[-1]
+    assert CITE_INSTRUCTION in final and "[1] " in final and f"[{len(cited.items)}] " in final
+    assert all(CITE_INSTRUCTION not in p for p in prompts[:-1])  # part summaries cite nothing
+    # The items of the final prompt are part summaries: their spans cover the batches' spans.
+    assert cited.items[0][0] == 0.0 and cited.items[-1][1] == items(24)[-1][1]
+
+
+def test_a_limit_too_small_for_citing_summarises_plainly_instead_of_refusing(model):
+    from videocaption.captioning.summary import CITE_INSTRUCTION, PART_SUMMARY_PROMPT
+
+    plain = Summarizer(model, CaptionOptions(**FAST), lambda p: p)
+    instruction = max(plain._tokens(plain.options.summary_prompt, []), plain._tokens(PART_SUMMARY_PROMPT, []))
+    smallest = instruction + 48  # the smallest limit accepted before grounded summaries
+    options = CaptionOptions(**FAST, summary_max_prompt_tokens=smallest)
+    prompts = []
+    cited = Summarizer(model, options, lambda p: prompts.extend(p) or ["ok [1]"] * len(p), cite=True).cited(items(2))
+    assert cited.answer == "ok [1]" and cited.items == []  # nothing numbered: [1] cites nothing
+    assert prompts and all(CITE_INSTRUCTION not in p for p in prompts)
+    assert max(model.count_tokens(p) for p in prompts) <= smallest

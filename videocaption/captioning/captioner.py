@@ -28,7 +28,7 @@ from videocaption.captioning.checkpoint import Checkpoint, fingerprint
 from videocaption.captioning.progress import Progress, ProgressCallback
 from videocaption.captioning.scheduler import BatchScheduler
 from videocaption.captioning.speech_gate import SpeechGate
-from videocaption.captioning.summary import Summarizer
+from videocaption.captioning.summary import Summarizer, ground
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
 from videocaption.options import CaptionOptions
 from videocaption.outputs.report import Thumbnails
@@ -100,6 +100,15 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
     )
 
 
+def _summary_items(batches: list[BatchCaption]) -> list[tuple[float, float, str]]:
+    """What the summary pass reads of each described batch: its span, description and speech."""
+    return [
+        (b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
+        for b in batches
+        if b.error is None
+    ]
+
+
 class Captioner:
     """Describes a stream of frames batch by batch, then summarises and titles the video.
 
@@ -135,6 +144,7 @@ class Captioner:
         # feeding frames) wait for the batch being described. A server takes many at once.
         self._model_calls = contextlib.nullcontext() if self.model.concurrent_calls else threading.Lock()
         self._summarize = Summarizer(self.model, options, self._complete)
+        self._grounded = Summarizer(self.model, options, self._complete, cite=True)  # the final summary
         self._started = time.perf_counter()
         self._sampler = make_sampler(options)
         self._adaptive = options.sampling == "adaptive"
@@ -374,8 +384,10 @@ class Captioner:
             )
         self._report("summarizing")
         summary, rounds, title = "", 0, ""
+        extra = dict(extra or {})
         try:
-            summary, rounds = self.summarize(self._described)
+            summary, rounds, grounding = self.summarize_grounded(self._described)
+            extra.update(grounding)
             self._report("titling")
             title = (
                 clean_title(self._complete([title_prompt(self.options.title_prompt, summary)])[0])
@@ -401,13 +413,22 @@ class Captioner:
     def summarize(self, batches: list[BatchCaption]) -> tuple[str, int]:
         """The summary of described ``batches`` (their speech included) and the rounds it took;
         also a live run's window summaries."""
-        return self._summarize(
-            [
-                (b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
-                for b in batches
-                if b.error is None
-            ]
-        )
+        return self._summarize(_summary_items(batches))
+
+    def summarize_grounded(self, batches: list[BatchCaption]) -> tuple[str, int, dict[str, Any]]:
+        """The final summary, asked to cite the descriptions it rests on, and checked.
+
+        Returns the summary without its ``[n]`` markers, the rounds, and the result fields
+        ``summary_evidence`` (each sentence's batches and span) and
+        ``summary_citations_dropped`` (cited numbers that name no description); no fields when
+        there was nothing to summarise.
+        """
+        cited = self._grounded.cited(_summary_items(batches))
+        if not cited.answer.strip():
+            return cited.answer, cited.rounds, {}
+        spans = [(b.batch_id, b.start_time, b.end_time) for b in batches if b.error is None]
+        summary, evidence, dropped = ground(cited, spans)
+        return summary, cited.rounds, {"summary_evidence": evidence, "summary_citations_dropped": dropped}
 
     def snapshot(
         self, title: str = "", summary: str = "", rounds: int = 0, *, extra: dict[str, Any] | None = None

@@ -31,18 +31,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from videocaption.api import caption_video
-from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.captioning.progress import Progress
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
-from videocaption.graph.build import probe_input
 from videocaption.library import command as library
-from videocaption.live import captioner as live
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
+from videocaption.outputs.files import check_output_path
 from videocaption.prompts import format_seconds
 from videocaption.result import CaptionResult
 from videocaption.sampling.samplers import shot_spans
+from videocaption.search import command as search
 
 # The checkout the package runs from, if it runs from one (an installed package has no sample
 # clip and no test fixtures: then INPUT is required and the smoke-test hint is not given).
@@ -124,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", action="store_true", help="show BMF's and FFmpeg's own log output")
     library.add_library_arguments(parser)
+    search.add_search_arguments(parser)
     return parser
 
 
@@ -148,6 +148,8 @@ def _argument(field: dataclasses.Field) -> tuple[str, dict[str, Any]]:
 def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CaptionOptions:
     """The options the flags give, checked in one step (a bad value exits through ``parser.error``)."""
     if args.api_key:
+        from videocaption.backends.openai_backend import API_KEY_ENV
+
         # Through this process's environment, not the module's options: BMF prints those (the
         # graph dump) and a secret must not land in a log.
         os.environ[API_KEY_ENV] = args.api_key
@@ -176,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     library.check_library_arguments(args, parser)  # with --workers: also refuses --live
+    search.check_search_arguments(args, parser)
+    if search.search_requested(args):  # reads captioned videos; captions nothing
+        options = options_from_args(args, parser)
+        with logging_to_stderr(args.verbose):
+            return search.run_search_command(args, options)
+    # Imported only now: they bring torch and BMF (seconds), which --search never needs.
+    from videocaption.live import captioner as live
+
     if library.library_requested(args):  # many videos on Ray: its own Ctrl-C handling and exit codes
         options = options_from_args(args, parser)
         logging.basicConfig(
@@ -187,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a video to caption (the sample clip is only in the project's checkout)")
     args.video = library.single_input(args.video, parser, default=str(SAMPLE_CLIP))
     if live.is_live_input(args.video, args.live):  # a stream: runs until it ends or is stopped
+        if args.segments:
+            parser.error("--segments writes a finished video's table; it does not go with live streams")
         options = options_from_args(args, parser)
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
             return live.command(args.video, options)
@@ -199,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         with native_output_hidden(enabled=not args.verbose), logging_to_stderr(args.verbose):
             try:
                 if Path(args.video).is_dir():
+                    if args.segments:
+                        parser.error("--segments names one video's table; give one video (or use library mode)")
                     return caption_directory(Path(args.video), Path(args.output_dir), options, verbose=args.verbose)
-                return report(caption_file(Path(args.video), options, verbose=args.verbose), options)
+                if args.segments:
+                    check_output_path(args.segments)
+                result = caption_file(Path(args.video), options, verbose=args.verbose)
+                if args.segments:
+                    search.write_result_segments(result, args.video, options, args.segments)
+                return report(result, options)
             except Interrupted as stop:
                 leave_interrupted(stop, stop.options or options)
             except CaptionError as error:
@@ -242,6 +261,8 @@ def caption_file(
     the audio, the end of the video stream that caps the last subtitle cue). Unless
     ``verbose``, what BMF's Python side prints (the graph dump) is dropped.
     """
+    from videocaption.graph.build import probe_input
+
     media = probe_input(video, options)
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(contextlib.closing(ProgressBar(media, options, position=bar_position)))

@@ -30,9 +30,10 @@ from videocaption.captioning.checkpoint import finished_result
 from videocaption.errors import CaptionError, InvalidOptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.library.inputs import LibraryItem, expand_inputs
 from videocaption.library.manifest import FAILED, OK, SKIPPED, Manifest, ManifestRow, check_folder_writable
-from videocaption.library.workers import CaptionWorker, result_path, row_from_document
+from videocaption.library.workers import RESULT_NAME, CaptionWorker, result_path, row_from_document
 from videocaption.options import CaptionOptions
 from videocaption.outputs.report import write_library_index
+from videocaption.search.segments import SEGMENTS_NAME, segments_from_result, write_segments
 
 log = logging.getLogger("llm_caption")
 # Handed to each worker as an argument of its constructor, when set. Never through Ray's
@@ -215,9 +216,22 @@ def _run(
         rows = [known[item.source] for item in items if item.source in known]
         manifest.close()
         manifest.write_parquet(rows)
+        write_library_segments(rows, config.output_dir, manifest.path.parent / SEGMENTS_NAME)
         if options.report_path:  # each video's result.html, and one page listing them all
             write_library_index(rows, config.output_dir)
     return LibraryRun(rows, captioned, time.perf_counter() - started, interrupted)
+
+
+def write_library_segments(rows: list[ManifestRow], output_dir: Path, path: Path) -> Path:
+    """The segments table of every ``ok`` row (one row per batch), beside the manifest, atomically."""
+    segments = []
+    for row in rows:
+        if row.status != OK:
+            continue
+        document = finished_result(output_dir / row.key / RESULT_NAME)
+        if document is not None:
+            segments.extend(segments_from_result(document, path=row.path, key=row.key))
+    return write_segments(segments, path)
 
 
 LOCK_NAME = ".llm_caption.lock"  # hidden: a walk of the output folder never lists it
