@@ -72,3 +72,27 @@ def test_packed_gives_the_portable_layouts_numbers(pair):
     assert outs[0].lengths == outs[1].lengths == [6] * mask.shape[0]
     for a, b in zip(outs[0].scores, outs[1].scores):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("convert", ["pack", "int8"])
+def test_converting_frees_each_old_weight_before_the_next(convert, monkeypatch):
+    # A 6 GiB model converted while every old module stayed referenced until the end held both
+    # copies at once and was killed for memory on a 24 GiB machine (the int8 load of bench_upstream).
+    import weakref
+
+    from videocaption.deepseek_vl2 import packing, quantize
+
+    module, name = (packing, "PackedLinear") if convert == "pack" else (quantize, "Int8Linear")
+    replaced: list[weakref.ref] = []
+    original = getattr(module, name)
+
+    class Checking(original):
+        def __init__(self, linear, *args):
+            assert all(ref() is None for ref in replaced), "a replaced weight is still alive"
+            replaced.append(weakref.ref(linear.weight))
+            super().__init__(linear, *args)
+
+    monkeypatch.setattr(module, name, Checking)
+    net = load(False).model
+    packing.pack_for_cpu(net) if convert == "pack" else quantize.quantize_language_int8(net.language)
+    assert len(replaced) > 10 and all(ref() is None for ref in replaced)

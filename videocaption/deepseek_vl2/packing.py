@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .language import Experts
+from .weights import replace_submodules
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -76,7 +77,6 @@ class PackedExperts(nn.Module):
             experts.intermediate_size,
             experts.act_fn,
         )
-        self.checkpoint_keys = experts.checkpoint_keys
         self.gate_up_proj = [pack_weight(w) for w in experts.gate_up_proj]
         self.down_proj = [pack_weight(w) for w in experts.down_proj]
         for e in range(self.num_experts):  # buffers, so that byte counts and ``named_buffers`` see them
@@ -106,9 +106,12 @@ def pack_for_cpu(module: nn.Module) -> None:
     One module at a time, so the process holds at most one extra layer's worth of weights.
     """
     tied = getattr(getattr(getattr(module, "language", module), "config", None), "tie_word_embeddings", False)
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Experts):
-                setattr(parent, name, PackedExperts(child))
-            elif isinstance(child, nn.Linear) and name != "kv_b_proj" and not (tied and name == "lm_head"):
-                setattr(parent, name, PackedLinear(child))
+
+    def convert(name: str, child: nn.Module) -> nn.Module | None:
+        if isinstance(child, Experts):
+            return PackedExperts(child)
+        if isinstance(child, nn.Linear) and name != "kv_b_proj" and not (tied and name == "lm_head"):
+            return PackedLinear(child)
+        return None
+
+    replace_submodules(module, convert)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .language import DeepseekV2ForCausalLM, Experts
+from .weights import replace_submodules
 
 SMALL_BATCH = 16  # rows up to which the int8 kernel beats dequantize + bf16 GEMM
 
@@ -100,9 +101,12 @@ def quantize_language_int8(language: DeepseekV2ForCausalLM, dtype: torch.dtype =
 
 def quantize_modules_int8(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
     """Replace every ``nn.Linear`` (but MLA's ``kv_b_proj``) and ``Experts`` inside ``module``, in place."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Experts):
-                setattr(parent, name, Int8Experts(child, dtype))
-            elif isinstance(child, nn.Linear) and name != "kv_b_proj":  # MLA reads kv_b_proj's weight itself
-                setattr(parent, name, Int8Linear(child, dtype))
+
+    def convert(name: str, child: nn.Module) -> nn.Module | None:
+        if isinstance(child, Experts):
+            return Int8Experts(child, dtype)
+        if isinstance(child, nn.Linear) and name != "kv_b_proj":  # MLA reads kv_b_proj's weight itself
+            return Int8Linear(child, dtype)
+        return None
+
+    replace_submodules(module, convert)

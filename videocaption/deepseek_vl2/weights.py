@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -176,3 +176,26 @@ def _retie(module: nn.Module) -> None:
     language = getattr(module, "language", module)
     if getattr(getattr(language, "config", None), "tie_word_embeddings", False):
         language.lm_head.weight = language.model.embed_tokens.weight
+
+
+def replace_submodules(root: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None]) -> None:
+    """Replace each submodule for which ``convert(name, module)`` returns a new one, in place.
+
+    Why not a loop over ``list(root.modules())``: that list keeps every replaced module (and its
+    weights) alive until the loop ends, so converting a 6 GiB model to int8 held both copies at
+    once and a 24 GiB machine ran out of memory. Here only names are listed up front, and each old
+    module is dropped as soon as its replacement is in place.
+    """
+    for path in [name for name, _ in root.named_modules() if name]:
+        parent_path, _, name = path.rpartition(".")
+        try:
+            parent = root.get_submodule(parent_path)
+        except AttributeError:  # inside a module that was itself replaced
+            continue
+        child = getattr(parent, name, None)
+        if not isinstance(child, nn.Module):
+            continue
+        new = convert(name, child)
+        del child
+        if new is not None:
+            setattr(parent, name, new)
