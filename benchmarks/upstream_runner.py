@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import importlib.util
 import json
 import sys
 import time
 import types
+from pathlib import Path
 
 
 def install_shims() -> None:
@@ -62,9 +64,23 @@ def install_shims() -> None:
         import torchvision  # noqa: F401
 
 
+def import_upstream(checkout: str) -> None:
+    """Import the ``deepseek_vl2`` package of ``checkout`` (the import path is left as it is:
+    the package is loaded from its directory, and its submodules follow its ``__path__``)."""
+    package = Path(checkout) / "deepseek_vl2"
+    spec = importlib.util.spec_from_file_location(
+        "deepseek_vl2", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no deepseek_vl2 package in {checkout}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["deepseek_vl2"] = module
+    spec.loader.exec_module(module)
+
+
 def probe(checkout: str) -> None:
-    sys.path.insert(0, checkout)
     install_shims()
+    import_upstream(checkout)
     import torch
     import transformers
     from deepseek_vl2.models import DeepseekVLV2ForCausalLM, DeepseekVLV2Processor  # noqa: F401
@@ -73,8 +89,8 @@ def probe(checkout: str) -> None:
 
 
 def run(checkout: str, job_path: str) -> None:
-    sys.path.insert(0, checkout)
     install_shims()
+    import_upstream(checkout)
     import torch
     from deepseek_vl2.models import DeepseekVLV2ForCausalLM, DeepseekVLV2Processor
     from PIL import Image
