@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -249,6 +250,15 @@ def summary_lines(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def run_line(r: dict[str, Any]) -> str:
+    """One run's figures, printed as it ends (a long run's partial results survive an interrupt)."""
+    return (
+        f"call {r['call_s']:.1f} s, first token {r['first_token_s']:.1f} s, "
+        f"{r['decode_per_token_s'] * 1000:.1f} ms/token, {r['new_tokens']} tokens (load {r['load_s']:.1f} s, "
+        f"load average {os.getloadavg()[0]:.1f})"
+    )
+
+
 def cosine(a_path: str, b_path: str) -> tuple[float, bool]:
     """Cosine of two saved first-token logit vectors, and whether their argmax agrees."""
     a, b = torch.load(a_path).double(), torch.load(b_path).double()
@@ -295,7 +305,7 @@ def main() -> None:
         first = {"logits": logits["ours"]} if repeat == 0 else {}
         r = run_ours({**job, **first, "dtype": args.dtype}, cache / "job_ours.json")
         rows["ours"].append(r)
-        print(f"  ours     run {repeat + 1}: {r['call_s']:.1f} s (load {r['load_s']:.1f} s)", flush=True)
+        print(f"  ours     run {repeat + 1}: {run_line(r)}", flush=True)
         if problem:
             continue
         first = {"logits": logits["upstream"]} if repeat == 0 else {}
@@ -306,7 +316,7 @@ def main() -> None:
             print(f"upstream not run: {problem}; reporting ours alone", flush=True)
             continue
         rows["upstream"].append(r)
-        print(f"  upstream run {repeat + 1}: {r['call_s']:.1f} s (load {r['load_s']:.1f} s)", flush=True)
+        print(f"  upstream run {repeat + 1}: {run_line(r)}", flush=True)
     print(f"device: {machine()}")
     sides = [s for s in rows if rows[s]]
     print("prompt tokens: " + ", ".join(f"{s} {rows[s][0]['prompt_tokens']}" for s in sides))
