@@ -81,16 +81,21 @@ OFFICIAL_TINY = {
 }
 
 
-def official_config():
-    from videocaption.deepseek_vl2.config import DeepseekVL2Config
-
+def official_config_dict() -> dict:
+    """The official deepseek-vl2-tiny ``config.json`` contents (the fixture's file, official values)."""
     data = json.loads((TINY_MODEL / "config.json").read_text())
     for section, values in OFFICIAL_TINY.items():
         data[section] = {**data[section], **values}
     # The official vision_config leaves heads unset, so upstream's default (16) applies; the
     # fixture's 4 would make attention cheaper than the real model's.
     data["vision_config"].pop("heads", None)
-    return DeepseekVL2Config.from_dict(data)
+    return data
+
+
+def official_config():
+    from videocaption.deepseek_vl2.config import DeepseekVL2Config
+
+    return DeepseekVL2Config.from_dict(official_config_dict())
 
 
 def build_runtime(device: str, dtype: str, *, weights: bool):
