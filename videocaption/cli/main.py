@@ -35,6 +35,7 @@ from videocaption.backends.openai_backend import API_KEY_ENV
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.captioning.progress import Progress
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from videocaption.events import load_schema
 from videocaption.graph.build import probe_input
 from videocaption.library import command as library
 from videocaption.live import captioner as live
@@ -160,7 +161,10 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     values["vtt_path"] = _beside_result(args.vtt_path, args.result_path, ".vtt")
     values["report_path"] = _beside_result(args.report_path, args.result_path, ".html")
     try:
-        return CaptionOptions(**values)
+        options = CaptionOptions(**values)
+        if options.events:  # a user's schema is checked here, before any model or decoder starts
+            load_schema(options.events_schema)
+        return options
     except CaptionError as error:
         parser.error(str(error))
 
