@@ -274,3 +274,37 @@ def test_library_options_pass_events():
 
     assert {"events", "events_schema"} <= set(options_with_role("library", "passed"))
     assert {"events", "events_schema"} <= set(options_with_role("fingerprint"))
+
+
+@pytest.mark.slow
+def test_a_library_worker_writes_each_videos_events(tmp_path):
+    """Library mode's worker (in process, without Ray): the video's result.json has its events."""
+    import dataclasses  # noqa: PLC0415
+
+    from videocaption.library.workers import CaptionWorker  # noqa: PLC0415
+
+    options = CaptionOptions(**{**FAST, "max_new_tokens": TIGHT}, batch_size=3, events=True)
+    worker = CaptionWorker(dataclasses.asdict(options), str(tmp_path), cpus=1)
+    row = worker.caption(str(SAMPLE_CLIP), "bunny.mp4")
+    assert row["status"] == "ok", row
+    result = json.loads((tmp_path / "bunny.mp4" / "result.json").read_text())
+    for batch in result["batches"]:
+        assert_valid(batch, default_schema())
+
+
+@pytest.mark.slow
+def test_the_transformers_backend_decodes_valid_events(tmp_path):
+    import tiny_vlms  # noqa: PLC0415
+
+    path = tiny_vlms.BUILDERS["idefics3"](tmp_path / "idefics3")
+    model = load_model(CaptionOptions(backend="transformers", model=str(path), device="cpu"))
+    schema = default_schema()
+    least = model.min_events_tokens(schema)
+    schemas = [batch_schema(schema, 0.0, 2.0), batch_schema(schema, 5.0, 6.0)]
+    images = frames(3)
+    for budget in (least, least + 30):
+        answers = model.describe_batch(
+            [(images[:2], "<image><image> JSON?"), (images[2:], "<image>")], max_new_tokens=budget, json_schemas=schemas
+        )
+        for answer, narrowed in zip(answers, schemas):
+            jsonschema.validate(json.loads(answer), narrowed)

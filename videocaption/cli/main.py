@@ -160,6 +160,8 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     values["srt_path"] = _beside_result(args.srt_path, args.result_path, ".srt")
     values["vtt_path"] = _beside_result(args.vtt_path, args.result_path, ".vtt")
     values["report_path"] = _beside_result(args.report_path, args.result_path, ".html")
+    if values.get("events_schema"):  # library workers may run in another folder
+        values["events_schema"] = os.path.abspath(values["events_schema"])
     try:
         options = CaptionOptions(**values)
         if options.events:  # a user's schema is checked here, before any model or decoder starts
