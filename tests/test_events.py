@@ -279,9 +279,9 @@ def test_library_options_pass_events():
 @pytest.mark.slow
 def test_a_library_worker_writes_each_videos_events(tmp_path):
     """Library mode's worker (in process, without Ray): the video's result.json has its events."""
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
-    from videocaption.library.workers import CaptionWorker  # noqa: PLC0415
+    from videocaption.library.workers import CaptionWorker
 
     options = CaptionOptions(**{**FAST, "max_new_tokens": TIGHT}, batch_size=3, events=True)
     worker = CaptionWorker(dataclasses.asdict(options), str(tmp_path), cpus=1)
@@ -294,7 +294,7 @@ def test_a_library_worker_writes_each_videos_events(tmp_path):
 
 @pytest.mark.slow
 def test_the_transformers_backend_decodes_valid_events(tmp_path):
-    import tiny_vlms  # noqa: PLC0415
+    import tiny_vlms
 
     path = tiny_vlms.BUILDERS["idefics3"](tmp_path / "idefics3")
     model = load_model(CaptionOptions(backend="transformers", model=str(path), device="cpu"))
