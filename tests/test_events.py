@@ -308,3 +308,33 @@ def test_the_transformers_backend_decodes_valid_events(tmp_path):
         )
         for answer, narrowed in zip(answers, schemas):
             jsonschema.validate(json.loads(answer), narrowed)
+
+
+@pytest.mark.slow
+def test_a_live_runs_jsonl_batch_records_carry_the_events(tiny, tmp_path):
+    import time
+
+    from videocaption.live.captioner import LiveRun
+    from videocaption.live.stream import LatestFrames, LiveFrame
+
+    options = CaptionOptions(
+        **{**FAST, "max_new_tokens": TIGHT},
+        batch_size=2,
+        events=True,
+        result_path=str(tmp_path / "result.json"),
+        jsonl_path=str(tmp_path / "live.jsonl"),
+    )
+    waiting = LatestFrames(capacity=8)
+    run = LiveRun("test://frames", options, waiting, tiny)
+    for second, image in enumerate(frames(4)):
+        waiting.put(LiveFrame(image=image, stream_time=float(second), arrived=time.time()))
+    waiting.close(drain=True)
+    run.start()
+    run.join()
+    assert run.failure is None
+    run.finish("the test ended")
+    records = [json.loads(line) for line in (tmp_path / "live.jsonl").read_text().splitlines()]
+    batches = [record for record in records if record["type"] == "batch"]
+    assert len(batches) == 2
+    for batch in batches:
+        assert_valid(batch, default_schema())
