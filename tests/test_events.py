@@ -338,3 +338,15 @@ def test_a_live_runs_jsonl_batch_records_carry_the_events(tiny, tmp_path):
     assert len(batches) == 2
     for batch in batches:
         assert_valid(batch, default_schema())
+
+
+def test_the_summary_pass_reads_the_events_fields_prose_leaves_out():
+    from videocaption.captioning.captioner import _speech_and_events
+    from videocaption.events import events_line
+
+    events = {"objects": ["rabbit", " "], "on_screen_text": ["OPEN"], "setting": "a meadow", "people": 0}
+    assert events_line(events) == "Objects: rabbit; Text on screen: OPEN; Setting: a meadow"
+    assert events_line({"mood": "calm"}) == ""  # a custom schema without those fields adds nothing
+    batch = BatchCaption(1, 1, 0.0, 0.0, "A rabbit.", speech="hello", events=events)
+    assert _speech_and_events(batch) == '\nSpeech during these frames: "hello"\n' + events_line(events)
+    assert _speech_and_events(BatchCaption(1, 1, 0.0, 0.0, "A rabbit.")) == ""
