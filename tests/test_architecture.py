@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "videocaption"
 LAYERS = [
     {"errors", "options"},
-    {"prompts", "result", "usage"},
+    {"prompts", "result", "usage", "events"},
     {"media", "sampling", "audio", "backends", "deepseek_vl2", "outputs"},
     {"captioning"},
     {"graph"},

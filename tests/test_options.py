@@ -113,6 +113,8 @@ def test_the_roles_in_the_fields_are_the_lists_the_modules_kept():
         "max_new_tokens",
         "time_aware",
         "dtype",
+        "events",  # with events the batches have them: a checkpoint without must not be resumed
+        "events_schema",
     }
     assert set(options_with_role("fingerprint", "adaptive")) == {
         "sampling",

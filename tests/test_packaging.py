@@ -94,6 +94,7 @@ def test_wheel_holds_the_package_the_module_file_and_the_console_script(tmp_path
     (wheel,) = tmp_path.glob("llm_caption-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "llm_caption.py" in names
+    assert "videocaption/schemas/events.schema.json" in names  # --events reads it from the package
     for package in (REPO_ROOT / "videocaption").rglob("__init__.py"):
         assert str(package.relative_to(REPO_ROOT)) in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))

@@ -239,6 +239,19 @@ class CaptionOptions:
         "(REPORT_files/ beside it) (default: %(default)s)",
         choices=REPORT_IMAGES,
     )
+    events: bool = option(
+        False,
+        "also describe each batch as a JSON object (summary, objects, people, actions, on-screen "
+        "text, camera, setting) that always follows the events schema: constrained decoding in "
+        "process, response_format with a server (docs/events.md)",
+        fingerprint=True,
+    )
+    events_schema: str | None = option(
+        None,
+        "with --events: your JSON Schema file instead of the shipped one (checked before any decoding)",
+        fingerprint=True,
+        metavar="FILE",
+    )
     transcribe: bool = option(False, "transcribe the speech in the audio and give it to the prompts")
     asr_backend: str = option(
         "whisper",
@@ -360,6 +373,11 @@ class CaptionOptions:
         for name in ("prompt", "summary_prompt", "title_prompt"):
             _check_str(name, getattr(self, name))
         self._check_backend()
+        _check_bool("events", self.events)
+        if self.events_schema is not None:
+            _check_str("events_schema", self.events_schema)
+            if not self.events:
+                raise InvalidOptionError("events_schema needs events (the schema the batch events follow)")
         self._check_live()
         self._check_speech()
 

@@ -6,6 +6,7 @@ Image placeholders are written as :data:`IMAGE_PLACEHOLDER`, one per frame, in f
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -45,6 +46,18 @@ def batch_prompt(instruction: str, timestamps: Sequence[float], *, time_aware: b
         lines.append(speech_line(speech))
     lines.append(instruction)
     return "\n".join(lines)
+
+
+def events_prompt(timestamps: Sequence[float], schema: dict, *, time_aware: bool) -> str:
+    """The events call of a batch: its frames, then the schema the answer must follow.
+
+    The schema is quoted in full (compact), so that a model that reads it fills the fields it
+    names; the decoding itself enforces it (docs/events.md).
+    """
+    frames = batch_prompt("", timestamps, time_aware=time_aware).rstrip("\n")
+    schema_text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    when = " Times are seconds of the video." if time_aware else ""
+    return f"{frames}\nDescribe these frames as one JSON object that follows this JSON Schema.{when}\n{schema_text}"
 
 
 def speech_line(speech: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,15 @@ class BatchCaption:
 
     shot: int | None = None  # adaptive sampling: the 0-based shot of its frames
     frames_skipped: int = 0  # adaptive sampling: near-duplicates in its time span not sent
+    # With events: the batch as a JSON object valid against the events schema (docs/events.md),
+    # or None with events_error saying why in one line.
+    events: dict[str, Any] | None = None
+    events_error: str | None = None
+
+    @property
+    def events_json(self) -> str | None:
+        """``events`` as one compact JSON string (the ``events`` column of per-segment tables)."""
+        return None if self.events is None else json.dumps(self.events, ensure_ascii=False, separators=(",", ":"))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -52,6 +62,10 @@ class BatchCaption:
             data["error"] = self.error
         if self.usage is not None:
             data["usage"] = usage_dict(self.usage, self.inference_time)
+        if self.events is not None:
+            data["events"] = self.events
+        if self.events_error is not None:
+            data["events_error"] = self.events_error
         return data
 
 

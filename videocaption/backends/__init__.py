@@ -33,12 +33,20 @@ class VisionLanguageModel(Protocol):
     concurrent_calls: bool = False
 
     def describe_batch(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        *,
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
     ) -> list[str]:
         """Answer several independent image prompts; each prompt has one placeholder per image.
 
         A backend that counts tokens returns :class:`~videocaption.usage.Answers` (a list of
         the texts with their token counts), which the pipeline records in result.json.
+        ``json_schemas`` (one per request, only with ``events``): each answer is to be a JSON
+        document valid against its schema (constrained decoding in process, ``response_format``
+        for a server). A local backend also has ``min_events_tokens(schema)``, the least
+        ``max_new_tokens`` that guarantees a complete document.
         """
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:

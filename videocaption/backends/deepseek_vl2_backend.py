@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from videocaption.backends.devices import resolve_device, resolve_dtype
+from videocaption.backends.grammar import GrammarTokenizer, JsonGuide, min_tokens
 from videocaption.deepseek_vl2.config import DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import generate
 from videocaption.deepseek_vl2.model import DeepseekVL2Model
@@ -26,6 +27,7 @@ from videocaption.deepseek_vl2.quantize import quantize_language_int8
 from videocaption.deepseek_vl2.threads import run_on_model_thread
 from videocaption.deepseek_vl2.weights import check_model_dir, load_weights, resolve_model_dir
 from videocaption.errors import ContextOverflowError, ModelLoadError
+from videocaption.events import grammar
 from videocaption.options import DEFAULT_MODEL
 from videocaption.usage import Answers, Usage
 
@@ -53,6 +55,8 @@ class DeepseekVL2:
         self.context_length: int = self.config.language.max_position_embeddings
         self.geometry = processor.geometry  # from processor_config.json; the context from config.json
         self._lock = threading.Lock()  # one generate at a time per instance (shared across graphs)
+        self._grammar_tokenizer: GrammarTokenizer | None = None
+        self.last_guide: JsonGuide | None = None  # the grammar of the last constrained call (benchmarks read it)
 
     @classmethod
     def from_pretrained(
@@ -125,13 +129,38 @@ class DeepseekVL2:
         return self.describe_batch([(images, prompt)], max_new_tokens=max_new_tokens)[0]
 
     def describe_batch(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int = 256
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        *,
+        max_new_tokens: int = 256,
+        json_schemas: Sequence[dict] | None = None,
     ) -> list[str]:
-        """Answer several independent image prompts in one padded generate call."""
+        """Answer several independent image prompts in one padded generate call.
+
+        ``json_schemas``: one per request; each answer is then a JSON document valid against its
+        schema, complete within ``max_new_tokens`` when that is at least
+        :meth:`min_events_tokens` (constrained decoding, :mod:`~videocaption.backends.grammar`).
+        """
         requests = [(list(images), prompt) for images, prompt in requests]
         for images, prompt in requests:
             self._check_placeholders(prompt, len(images))
-        return self._generate(requests, max_new_tokens)
+        if json_schemas is not None and len(json_schemas) != len(requests):
+            raise ValueError(f"{len(json_schemas)} schemas for {len(requests)} requests")
+        return self._generate(requests, max_new_tokens, json_schemas)
+
+    def min_events_tokens(self, schema: dict) -> int:
+        """The least ``max_new_tokens`` with which every answer under ``schema`` is complete."""
+        return min_tokens(self.grammar_tokenizer(), grammar(schema))
+
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """The tokenizer as the grammar library sees it, built on first use."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = GrammarTokenizer.from_tokenizers_json(
+                self.processor.tokenizer.to_str(),
+                vocab_size=self.config.language.vocab_size,
+                eos_token_id=self.processor.eos_id,
+            )
+        return self._grammar_tokenizer
 
     def complete(self, prompt: str, *, max_new_tokens: int = 256) -> str:
         """Answer one text-only user message."""
@@ -177,7 +206,12 @@ class DeepseekVL2:
                 )
         return self.processor.batchify(samples)
 
-    def _generate(self, requests: list[tuple[list[Image.Image], str]], max_new_tokens: int) -> list[str]:
+    def _generate(
+        self,
+        requests: list[tuple[list[Image.Image], str]],
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
+    ) -> list[str]:
         """The answers, as :class:`~videocaption.usage.Answers` with each request's token counts.
 
         Runs on the process's one model thread whichever thread calls (see
@@ -187,10 +221,19 @@ class DeepseekVL2:
             return Answers([], [])
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        return run_on_model_thread(self._generate_here, requests, max_new_tokens)
+        return run_on_model_thread(self._generate_here, requests, max_new_tokens, json_schemas)
 
-    def _generate_here(self, requests: list[tuple[list[Image.Image], str]], max_new_tokens: int) -> list[str]:
+    def _generate_here(
+        self,
+        requests: list[tuple[list[Image.Image], str]],
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
+    ) -> list[str]:
         batch = self._batch(requests)
+        guide = None
+        if json_schemas is not None:
+            guide = JsonGuide(self.grammar_tokenizer(), [grammar(schema) for schema in json_schemas])
+            self.last_guide = guide
         # prompt + answer must fit the context, row by row (batching must not shorten answers)
         budgets = [min(max_new_tokens, self.context_length - n) for n in batch.seq_lens]
         with self._lock, torch.inference_mode():
@@ -205,6 +248,7 @@ class DeepseekVL2:
                 max_new_tokens=budgets,
                 eos_token_id=self.processor.eos_id,
                 pad_token_id=self.processor.eos_id,
+                guide=guide,
             )
         ids = out.sequences.tolist()
         texts = [self.processor.decode(row[:n]).strip() for row, n in zip(ids, out.lengths)]

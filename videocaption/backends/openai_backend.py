@@ -118,9 +118,16 @@ class OpenAIVLM:
     # -- requests -----------------------------------------------------------------------------
 
     def describe_batch(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        *,
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
     ) -> list[str]:
         """Send every request at once, one thread each, and return the answers in order.
+
+        ``json_schemas``: one per request, sent as ``response_format`` (``json_schema``, strict);
+        a server may ignore it, so the caller validates what comes back.
 
         Raises:
             BackendError: a request still failed after its retries (the others are finished first).
@@ -131,7 +138,15 @@ class OpenAIVLM:
         image_tokens = [
             self._image_tokens([image.size for image in images]) if self.deepseek_vl2 else None for images in prepared
         ]
-        return self._concurrently(messages, max_new_tokens, image_tokens)
+        formats = (
+            [None] * len(messages)
+            if json_schemas is None
+            else [
+                {"type": "json_schema", "json_schema": {"name": "events", "schema": schema, "strict": True}}
+                for schema in json_schemas
+            ]
+        )
+        return self._concurrently(messages, max_new_tokens, image_tokens, formats)
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Text-only prompts, sent concurrently like :meth:`describe_batch`.
@@ -143,14 +158,21 @@ class OpenAIVLM:
         return self._concurrently(messages, max_new_tokens, [0] * len(messages))
 
     def _concurrently(
-        self, messages: list[dict[str, Any]], max_new_tokens: int, image_tokens: list[int | None]
+        self,
+        messages: list[dict[str, Any]],
+        max_new_tokens: int,
+        image_tokens: list[int | None],
+        formats: list[dict[str, Any] | None] | None = None,
     ) -> Answers:
         """The answers, with the token counts the server reports (``usage``) where it does."""
+        formats = formats or [None] * len(messages)
         if len(messages) <= 1:
-            answers = [self._chat(message, max_new_tokens) for message in messages]
+            answers = [self._chat(message, max_new_tokens, fmt) for message, fmt in zip(messages, formats)]
         else:
             with ThreadPoolExecutor(max_workers=len(messages), thread_name_prefix="llm_caption_request") as pool:
-                futures = [pool.submit(self._chat, message, max_new_tokens) for message in messages]
+                futures = [
+                    pool.submit(self._chat, message, max_new_tokens, fmt) for message, fmt in zip(messages, formats)
+                ]
                 answers = [future.result() for future in futures]
         usage = [
             None if counts is None else Usage(counts.prompt_tokens, counts.completion_tokens, images)
@@ -166,8 +188,11 @@ class OpenAIVLM:
         """
         return self._chat(message, max_new_tokens)[0]
 
-    def _chat(self, message: dict[str, Any], max_new_tokens: int) -> tuple[str, Any]:
+    def _chat(
+        self, message: dict[str, Any], max_new_tokens: int, response_format: dict[str, Any] | None = None
+    ) -> tuple[str, Any]:
         """:meth:`complete`'s answer and the response's ``usage`` (None when the server sends none)."""
+        extra = {} if response_format is None else {"response_format": response_format}
         response = self._with_retries(
             "/chat/completions",
             lambda: self.client.chat.completions.create(
@@ -175,6 +200,7 @@ class OpenAIVLM:
                 messages=[message],
                 max_tokens=max_new_tokens,
                 temperature=0.0,
+                **extra,
             ),
         )
         endpoint = f"{self.api_base}/chat/completions"

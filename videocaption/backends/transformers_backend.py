@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 
 from videocaption.backends.devices import resolve_device, resolve_dtype
+from videocaption.backends.grammar import GrammarTokenizer, GuideLogitsProcessor, JsonGuide, min_tokens
 from videocaption.backends.messages import DEFAULT_MAX_IMAGE_SIDE, interleave, shrink
 from videocaption.errors import ModelLoadError
+from videocaption.events import grammar
 from videocaption.usage import Answers, Usage
 
 log = logging.getLogger("llm_caption")
@@ -51,6 +53,7 @@ class TransformersVLM:
         self.context_length = _context_length(model.config)
         self._lock = threading.Lock()  # one generate() at a time: graphs may share this instance
         self._image_tokens: int | None = None
+        self._grammar_tokenizer: GrammarTokenizer | None = None
 
     @classmethod
     def from_pretrained(
@@ -89,9 +92,16 @@ class TransformersVLM:
     # -- generation ---------------------------------------------------------------------------
 
     def describe_batch(
-        self, requests: Sequence[tuple[Sequence[Image.Image], str]], *, max_new_tokens: int
+        self,
+        requests: Sequence[tuple[Sequence[Image.Image], str]],
+        *,
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
     ) -> list[str]:
         """Answer image prompts in one padded, greedy ``generate`` call.
+
+        ``json_schemas``: one per request; each answer then follows its schema (a logits
+        processor applies the grammar, :mod:`~videocaption.backends.grammar`).
 
         Raises:
             ValueError: a prompt has more placeholders than images.
@@ -100,7 +110,23 @@ class TransformersVLM:
             return []
         texts = [self._chat_text(prompt, len(images)) for images, prompt in requests]
         images = [[image.convert("RGB") for image in request_images] for request_images, _ in requests]
-        return self._generate(texts, images if any(images) else None, max_new_tokens)
+        return self._generate(texts, images if any(images) else None, max_new_tokens, json_schemas)
+
+    def min_events_tokens(self, schema: dict) -> int:
+        """The least ``max_new_tokens`` with which every answer under ``schema`` is complete."""
+        return min_tokens(self.grammar_tokenizer(), grammar(schema))
+
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """The tokenizer as the grammar library sees it, built on first use (about a second)."""
+        if self._grammar_tokenizer is None:
+            config = self.model.config
+            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+            self._grammar_tokenizer = GrammarTokenizer.from_transformers(
+                self.tokenizer,
+                vocab_size=text_config.vocab_size,
+                eos_token_id=self.model.generation_config.eos_token_id,
+            )
+        return self._grammar_tokenizer
 
     def complete_batch(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Answer text-only prompts in one padded, greedy ``generate`` call."""
@@ -108,7 +134,13 @@ class TransformersVLM:
             return []
         return self._generate([self._chat_text(prompt, 0) for prompt in prompts], None, max_new_tokens)
 
-    def _generate(self, texts: list[str], images: list[list[Image.Image]] | None, max_new_tokens: int) -> list[str]:
+    def _generate(
+        self,
+        texts: list[str],
+        images: list[list[Image.Image]] | None,
+        max_new_tokens: int,
+        json_schemas: Sequence[dict] | None = None,
+    ) -> list[str]:
         """The answers, as :class:`~videocaption.usage.Answers` with each prompt's token counts."""
         # Left padding keeps every prompt's last token at the end, where generation continues.
         self.tokenizer.padding_side = "left"
@@ -117,9 +149,19 @@ class TransformersVLM:
         for key, value in inputs.items():  # pixel values in the model's dtype; ids stay integers
             if torch.is_floating_point(value):
                 inputs[key] = value.to(self.model.dtype)
+        extra: dict[str, Any] = {}
+        if json_schemas is not None:
+            from transformers import LogitsProcessorList
+
+            guide = JsonGuide(self.grammar_tokenizer(), [grammar(schema) for schema in json_schemas])
+            prompt_length = inputs["input_ids"].shape[1]
+            extra["logits_processor"] = LogitsProcessorList(
+                [GuideLogitsProcessor(guide, prompt_length, max_new_tokens)]
+            )
         with self._lock, torch.inference_mode():
             output = self.model.generate(
                 **inputs,
+                **extra,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,

@@ -9,6 +9,7 @@ the summary. It writes nothing; writers turn its result into files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -30,9 +31,17 @@ from videocaption.captioning.scheduler import BatchScheduler
 from videocaption.captioning.speech_gate import SpeechGate
 from videocaption.captioning.summary import Summarizer, ground
 from videocaption.errors import BackendError, CaptionError, InvalidOptionError, VideoInputError
+from videocaption.events import batch_schema, events_line, load_schema, parse_events
 from videocaption.options import CaptionOptions
 from videocaption.outputs.report import Thumbnails
-from videocaption.prompts import IMAGE_PLACEHOLDER, batch_prompt, clean_title, speech_line, title_prompt
+from videocaption.prompts import (
+    IMAGE_PLACEHOLDER,
+    batch_prompt,
+    clean_title,
+    events_prompt,
+    speech_line,
+    title_prompt,
+)
 from videocaption.result import BatchCaption, CaptionResult
 from videocaption.sampling.grid import SampledFrame
 from videocaption.sampling.samplers import Decision, Thumbnail, make_sampler
@@ -101,12 +110,8 @@ def check_batch_fits(model: VisionLanguageModel, options: CaptionOptions) -> Non
 
 
 def _summary_items(batches: list[BatchCaption]) -> list[tuple[float, float, str]]:
-    """What the summary pass reads of each described batch: its span, description and speech."""
-    return [
-        (b.start_time, b.end_time, b.description + (f"\n{speech_line(b.speech)}" if b.speech else ""))
-        for b in batches
-        if b.error is None
-    ]
+    """What the summary pass reads of each described batch: its span, description, speech and events."""
+    return [(b.start_time, b.end_time, b.description + _speech_and_events(b)) for b in batches if b.error is None]
 
 
 class Captioner:
@@ -140,6 +145,7 @@ class Captioner:
         self.on_progress = on_progress
         self.model = model if model is not None else load_model(options)
         check_batch_fits(self.model, options)
+        self._events_schema = self._check_events(options) if options.events else None
         # A local model takes one call at a time: a live run's window summaries (on the thread
         # feeding frames) wait for the batch being described. A server takes many at once.
         self._model_calls = contextlib.nullcontext() if self.model.concurrent_calls else threading.Lock()
@@ -168,6 +174,25 @@ class Captioner:
         self._frames_to_skip = 0
         self._frames_sampled = 0
         self._input_done = False  # finish_batches ran: the last batch is submitted and all are described
+
+    def _check_events(self, options: CaptionOptions) -> dict[str, Any]:
+        """The events schema, checked, and refused when ``max_new_tokens`` cannot hold a complete
+        object (a model that decodes with the grammar says how many tokens the shortest takes).
+
+        Raises:
+            InvalidOptionError: a bad schema file, or a budget below the shortest object.
+        """
+        schema = load_schema(options.events_schema)
+        least = getattr(self.model, "min_events_tokens", None)
+        if least is not None:
+            needed = least(schema)
+            if options.max_new_tokens < needed:
+                raise InvalidOptionError(
+                    f"max_new_tokens {options.max_new_tokens} cannot hold a complete events object: the "
+                    f"shortest one the schema allows takes {needed} tokens of {self.model.name}; give "
+                    f"max_new_tokens {needed} or more"
+                )
+        return schema
 
     # -- feeding frames ---------------------------------------------------------------------
 
@@ -499,9 +524,60 @@ class Captioner:
                 return [caption for batch in batches for caption in self._describe_group([batch])]
             return [self._describe_split(batches[0], error)]
         seconds = (time.perf_counter() - started) / len(batches)
-        return [
+        captions = [
             self._caption(batch, text, seconds, usage=usage)
             for batch, text, usage in zip(batches, texts, usage_of(texts))
+        ]
+        return self._with_events(batches, captions) if self._events_schema is not None else captions
+
+    def _with_events(self, batches: list[FrameBatch], captions: list[BatchCaption]) -> list[BatchCaption]:
+        """The captions with their events: a second, constrained call for the described batches.
+
+        Every answer is validated (a server may ignore ``response_format``); the invalid ones are
+        asked once more, then recorded as ``events_error``. A failing events call never fails the
+        batch: its description is kept.
+        """
+        todo = [i for i, caption in enumerate(captions) if caption.error is None]
+        schemas = {i: batch_schema(self._events_schema, batches[i].start_time, batches[i].end_time) for i in todo}
+        found: dict[int, dict[str, Any]] = {}
+        why: dict[int, str] = {}
+        for _attempt in range(2):
+            asking = [i for i in todo if i not in found]
+            if not asking:
+                break
+            requests = [
+                (
+                    [f.image for f in batches[i].frames],
+                    events_prompt(batches[i].timestamps, schemas[i], time_aware=self.options.time_aware),
+                )
+                for i in asking
+            ]
+            try:
+                with self._model_calls:
+                    texts = self.model.describe_batch(
+                        requests, max_new_tokens=self.options.max_new_tokens, json_schemas=[schemas[i] for i in asking]
+                    )
+            except InvalidOptionError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a server down, out of memory: the batch keeps its text
+                why.update({i: f"{type(error).__name__}: {' '.join(str(error).split())}" for i in asking})
+                continue
+            for i, text in zip(asking, texts):
+                events, problem = parse_events(text, schemas[i])
+                if events is None:
+                    why[i] = problem
+                else:
+                    found[i] = events
+        for i in todo:
+            if i not in found:
+                log.warning("batch %d has no events: %s", captions[i].batch_id, why[i])
+        return [
+            dataclasses.replace(caption, events=found[i])
+            if i in found
+            else dataclasses.replace(caption, events_error=why[i])
+            if i in why
+            else caption
+            for i, caption in enumerate(captions)
         ]
 
     def _describe_split(self, batch: FrameBatch, first_error: Exception) -> BatchCaption:
@@ -527,7 +603,8 @@ class Captioner:
             return self._caption(batch, "", time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
         parts = usage_of(texts)
         usage = None if None in parts else sum(parts[1:], parts[0])
-        return self._caption(batch, " ".join(texts), time.perf_counter() - started, usage=usage)
+        caption = self._caption(batch, " ".join(texts), time.perf_counter() - started, usage=usage)
+        return self._with_events([batch], [caption])[0] if self._events_schema is not None else caption
 
     def _server_failed(self, batch: FrameBatch, error: BackendError, seconds: float) -> BatchCaption:
         """A batch the server failed after its retries (``record_backend_errors``): recorded
@@ -570,3 +647,10 @@ class Captioner:
             self.on_progress(
                 Progress(frames_sampled=self._frames_sampled, batches_done=len(self._described), stage=stage)
             )
+
+
+def _speech_and_events(batch: BatchCaption) -> str:
+    """What the summary pass reads beside a batch's description: its speech, its events' fields."""
+    extra = f"\n{speech_line(batch.speech)}" if batch.speech else ""
+    line = events_line(batch.events) if batch.events else ""
+    return extra + (f"\n{line}" if line else "")

@@ -34,6 +34,7 @@ from videocaption.api import caption_video
 from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.captioning.progress import Progress
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
+from videocaption.events import load_schema
 from videocaption.library import command as library
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
@@ -161,8 +162,13 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     values["srt_path"] = _beside_result(args.srt_path, args.result_path, ".srt")
     values["vtt_path"] = _beside_result(args.vtt_path, args.result_path, ".vtt")
     values["report_path"] = _beside_result(args.report_path, args.result_path, ".html")
+    if values.get("events_schema"):  # library workers may run in another folder
+        values["events_schema"] = os.path.abspath(values["events_schema"])
     try:
-        return CaptionOptions(**values)
+        options = CaptionOptions(**values)
+        if options.events:  # a user's schema is checked here, before any model or decoder starts
+            load_schema(options.events_schema)
+        return options
     except CaptionError as error:
         parser.error(str(error))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -32,6 +33,14 @@ class GenerationOutput:
     lengths: list[int] = field(default_factory=list)
     prefill_s: float = 0.0
     decode_s: float = 0.0
+
+
+class TokenGuide(Protocol):
+    """Chooses a row's next token from its logits (constrained decoding; see backends/grammar.py)."""
+
+    def choose(self, row: int, logits: torch.Tensor, remaining: int | None) -> int:
+        """``row``: the original row; ``logits`` [vocab]; ``remaining``: tokens the row may still
+        emit, this one included."""
 
 
 def _synchronize(device: torch.device) -> None:
@@ -58,11 +67,13 @@ def generate(
     eos_token_id: int,
     pad_token_id: int | None = None,
     output_scores: bool = False,
+    guide: TokenGuide | None = None,
 ) -> GenerationOutput:
     """Greedy continuation of the prompts ``inputs_embeds`` [B, T, D] (left-padded, mask [B, T]).
 
     ``max_new_tokens`` is one limit for all rows or one per row (a row near the end of the
-    context may get fewer tokens without shortening the others).
+    context may get fewer tokens without shortening the others). ``guide``: picks each row's
+    token instead of the plain argmax (a grammar that keeps the answer valid JSON).
     """
     batch, prompt_len, _ = inputs_embeds.shape
     device = inputs_embeds.device
@@ -105,7 +116,11 @@ def generate(
             scores = logits.new_full((batch, logits.shape[-1]), float("nan"))
             scores[active] = logits
             out.scores.append(scores)
-        tokens = logits.argmax(dim=-1)  # [b]
+        if guide is None:
+            tokens = logits.argmax(dim=-1)  # [b]
+        else:  # on the host: the grammar's masks are computed there
+            chosen = [guide.choose(row, logits[i], remaining[i]) for i, row in enumerate(active_rows)]
+            tokens = torch.tensor(chosen, dtype=torch.long, device=device)
         sequences[active, step] = tokens
         # The step's one host read (a device sync on a GPU): which rows chose eos.
         eos = (tokens == eos_token_id).tolist()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -245,9 +246,32 @@ def _ticks(duration: float, count: int = 6) -> list[dict[str, Any]]:
 
 
 def _events(batch: BatchCaption) -> list[str]:
-    """A batch's events as lines of text, when the result has any (``events`` in its dict)."""
+    """A batch's events as lines of text, when the result has any (``events`` in its dict).
+
+    ``events`` is the object of ``--events`` (docs/events.md): its timed ``actions`` become
+    lines of their own, each other field one ``name: value`` line. A list of events (each a
+    mapping with ``time`` or ``start``, or text) is shown one line each.
+    """
+    events = batch.to_dict().get("events") or []
+    return _object_events(events) if isinstance(events, Mapping) else _events_list(events)
+
+
+def _object_events(events: Mapping[str, Any]) -> list[str]:
+    """The lines of an events object: timed actions first, then the other fields that have a value."""
+    actions = events.get("actions")
+    lines = _events_list(actions) if isinstance(actions, list) else []
+    for key, value in events.items():
+        if key == "actions" or value in (None, "", [], {}):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(json.dumps(item) if isinstance(item, dict | list) else str(item) for item in value)
+        lines.append(f"{key}: {value}")
+    return lines
+
+
+def _events_list(events: list[Any]) -> list[str]:
     lines = []
-    for event in batch.to_dict().get("events") or []:
+    for event in events:
         if isinstance(event, Mapping):
             time = event.get("time", event.get("start"))
             rest = ", ".join(f"{key}: {value}" for key, value in event.items() if key not in ("time", "start"))
