@@ -93,6 +93,8 @@ def test_converting_frees_each_old_weight_before_the_next(convert, monkeypatch):
             super().__init__(linear, *args)
 
     monkeypatch.setattr(module, name, Checking)
-    net = load(False).model
+    net = load(False).model.requires_grad_(True)  # as while from_pretrained loads
     packing.pack_for_cpu(net) if convert == "pack" else quantize.quantize_language_int8(net.language)
     assert len(replaced) > 10 and all(ref() is None for ref in replaced)
+    # Nothing converted keeps an autograd graph (which would hold a float copy of its weight).
+    assert not any(t.grad_fn is not None for t in [*net.parameters(), *net.buffers()])

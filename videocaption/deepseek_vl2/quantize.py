@@ -28,8 +28,12 @@ SMALL_BATCH = 16  # rows up to which the int8 kernel beats dequantize + bf16 GEM
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., out, in] float -> int8 of the same shape and float scales [..., out] (symmetric, per row)."""
-    w = weight.float()
+    """[..., out, in] float -> int8 of the same shape and float scales [..., out] (symmetric, per row).
+
+    ``detach`` matters: the weights still require grad while a model loads, and the scales' autograd
+    graph would keep a float32 copy of every weight alive (16 GB and counting for the real model).
+    """
+    w = weight.detach().float()
     scales = (w.abs().amax(dim=-1) / 127).clamp_min(1e-12)
     return (w / scales.unsqueeze(-1)).round().clamp(-127, 127).to(torch.int8), scales
 
