@@ -115,7 +115,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
 
         run_on_model_thread(quantize_language_int8, net.language, torch_dtype)
     if weights and packing_supported(torch_device, torch_dtype):  # as from_pretrained does on CPU
-        run_on_model_thread(pack_for_cpu, net)
+        run_on_model_thread(pack_for_cpu, net.language)
     processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
     return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
 

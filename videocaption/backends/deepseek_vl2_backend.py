@@ -117,7 +117,7 @@ class DeepseekVL2:
         if int8:
             quantize_language_int8(net.language, dtype)
         if pack:
-            pack_for_cpu(net)
+            pack_for_cpu(net.language)
         return net.eval().requires_grad_(False)
 
     def __repr__(self) -> str:
