@@ -128,3 +128,11 @@ def test_shots_counts_the_shots_described_as_the_cli_lists_them():
     )
     document = result.to_dict()
     assert document["shots"] == len(shot_spans(document["batches"])) == 3
+
+
+def test_an_output_path_ending_in_a_slash_is_refused_before_any_work(tmp_path):
+    from videocaption.outputs.files import check_output_path
+
+    with pytest.raises(OutputError, match="is a directory; give a file name"):
+        check_output_path(f"{tmp_path}/not-yet/")
+    check_output_path(f"{tmp_path}/not-yet/result.json")  # a file inside a folder still to be made is fine

@@ -32,9 +32,12 @@ def check_output_path(path: str | os.PathLike) -> None:
         OutputError: ``path`` is a directory, or its nearest existing parent is not a
             writable directory.
     """
+    text = os.fspath(path)
     path = Path(path)
     try:
-        if path.is_dir():
+        # "out/" names a folder even before it exists (Path drops the slash, and the run would
+        # only fail when it writes, after all the work).
+        if path.is_dir() or text.endswith((os.sep, "/")):
             raise OutputError(f"{path}: is a directory; give a file name")
         parent = path.parent
         while not parent.exists() and parent != parent.parent:
