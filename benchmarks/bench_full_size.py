@@ -102,7 +102,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
     """A DeepseekVL2 runtime around the full-size network; random weights, or meta tensors only."""
     from videocaption.backends.devices import resolve_device, resolve_dtype
     from videocaption.deepseek_vl2 import DeepseekVL2
-    from videocaption.deepseek_vl2.packing import pack_for_cpu, packing_supported
+    from videocaption.deepseek_vl2.packing import pack_network_for_cpu, packing_supported
     from videocaption.deepseek_vl2.processor import DeepseekVL2Processor
     from videocaption.deepseek_vl2.threads import run_on_model_thread
 
@@ -115,7 +115,7 @@ def build_runtime(device: str, dtype: str, *, weights: bool):
 
         run_on_model_thread(quantize_language_int8, net.language, torch_dtype)
     if weights and packing_supported(torch_device, torch_dtype):  # as from_pretrained does on CPU
-        run_on_model_thread(pack_for_cpu, net.language)
+        run_on_model_thread(pack_network_for_cpu, net)
     processor = DeepseekVL2Processor.from_pretrained(TINY_MODEL)
     return DeepseekVL2("deepseek-vl2-tiny (random weights)", net, processor, device=torch_device, dtype=torch_dtype)
 

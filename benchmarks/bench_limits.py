@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.bench_full_size import build_runtime, sample_frames
 from benchmarks.common import machine
 from videocaption.deepseek_vl2.generation import generate, position_ids_from_mask
-from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate
+from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate, cache_dtype
 from videocaption.deepseek_vl2.packing import PackedExperts
 from videocaption.deepseek_vl2.quantize import Int8Experts
 from videocaption.deepseek_vl2.threads import run_on_model_thread
@@ -170,7 +170,8 @@ def step_bytes(runtime, batch_rows: int, cache_len: int, experts_used: list[floa
         used * sum(size(t) for t in own(m)) / m.num_experts for m, used in zip(routed_experts(lm), experts_used)
     )
     c = lm.config
-    kv = 2 * c.num_hidden_layers * batch_rows * c.num_key_value_heads * c.head_dim * cache_len * runtime.dtype.itemsize
+    kv_itemsize = cache_dtype(runtime.device, runtime.dtype).itemsize  # what generate keeps the cache in
+    kv = 2 * c.num_hidden_layers * batch_rows * c.num_key_value_heads * c.head_dim * cache_len * kv_itemsize
     return dense + routed + kv
 
 

@@ -1,4 +1,5 @@
-"""bfloat16 weights packed for oneDNN on CPU (``deepseek_vl2.packing``): same numbers, same checkpoint.
+"""bfloat16 on CPU: weights packed for oneDNN (``deepseek_vl2.packing``) and a float32 KV cache
+(``language.cache_dtype``): same numbers, same checkpoint.
 
 The packed layout is what a CPU user in bfloat16 runs by default; the portable layout (stacked
 experts, no host reads) is what GPUs run and what ``pack_cpu_weights=False`` keeps. Both are
@@ -15,7 +16,8 @@ from safetensors.torch import load_file
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.deepseek_vl2.language import Experts
-from videocaption.deepseek_vl2.packing import PackedExperts, PackedLinear, packing_supported
+from videocaption.deepseek_vl2.packing import PackedExperts, PackedGeluMlp, PackedLinear, packing_supported
+from videocaption.deepseek_vl2.vision import Mlp
 
 pytestmark = pytest.mark.skipif(
     not packing_supported(torch.device("cpu"), torch.bfloat16), reason="this CPU's oneDNN has no bf16 kernels"
@@ -37,8 +39,10 @@ def test_bfloat16_on_cpu_packs_by_default_and_float32_does_not(pair):
     assert isinstance(packed.model.language.lm_head, PackedLinear)
     assert any(isinstance(m, PackedExperts) for m in modules)
     assert not any(isinstance(m, (torch.nn.Linear, Experts)) for m in modules)  # nothing left unpacked
-    # The vision tower is compute-bound: packed it was 4% slower (docs/performance.md).
-    assert any(isinstance(m, torch.nn.Linear) for m in packed.model.vision.modules())
+    # The vision tower too, its MLPs with the GELU fused into fc1 (docs/performance.md).
+    vision = list(packed.model.vision.modules())
+    assert sum(isinstance(m, PackedGeluMlp) for m in vision) == packed.config.vision.layers
+    assert not any(isinstance(m, (torch.nn.Linear, Mlp)) for m in vision)
     assert any(isinstance(m, Experts) for m in plain.model.modules())
     float32 = DeepseekVL2.from_pretrained(FIXTURES / "model", device="cpu", dtype="float32")
     assert not any(isinstance(m, (PackedLinear, PackedExperts)) for m in float32.model.modules())
@@ -76,6 +80,24 @@ def test_packed_gives_the_portable_layouts_numbers(pair):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
 
 
+@torch.inference_mode()
+def test_packed_vision_tower_gives_the_portable_numbers(pair):
+    packed, plain = pair
+    size = packed.config.vision.image_size
+    tiles = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    ours, theirs = packed.model.vision(tiles).float(), plain.model.vision(tiles).float()
+    # The fused GELU runs on fc1's float32 accumulator where the plain layout first rounds it to
+    # bfloat16: a few bfloat16 steps apart at most, never more.
+    scale = theirs.abs().max()
+    assert (ours - theirs).abs().max() <= 0.05 * scale
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0) > 0.9999
+
+
+def test_unknown_fused_activation_is_refused():
+    with pytest.raises(ValueError, match="no fused activation 'swish'"):
+        PackedLinear(torch.nn.Linear(4, 4).to(torch.bfloat16), activation="swish")
+
+
 @pytest.mark.parametrize("convert", ["pack", "int8"])
 def test_converting_frees_each_old_weight_before_the_next(convert, monkeypatch):
     # A 6 GiB model converted while every old module stayed referenced until the end held both
@@ -100,3 +122,47 @@ def test_converting_frees_each_old_weight_before_the_next(convert, monkeypatch):
     assert len(replaced) > 10 and all(ref() is None for ref in replaced)
     # Nothing converted keeps an autograd graph (which would hold a float copy of its weight).
     assert not any(t.grad_fn is not None for t in [*net.parameters(), *net.buffers()])
+
+
+def test_cpu_decoding_keeps_the_cache_in_float32_and_gpus_in_the_model_dtype():
+    from videocaption.deepseek_vl2.language import cache_dtype
+
+    assert cache_dtype(torch.device("cpu"), torch.bfloat16) == torch.float32
+    assert cache_dtype(torch.device("cpu"), torch.float32) == torch.float32
+    assert cache_dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("padded", [False, True])
+def test_float32_cache_gives_the_bfloat16_caches_numbers(pair, monkeypatch, padded):
+    # The cache holds the bfloat16 keys and values widened, so only the order of the attention's
+    # float32 sums differs from converting a bfloat16 cache at every step.
+    from videocaption.deepseek_vl2 import generation
+    from videocaption.deepseek_vl2.language import KVCache
+
+    lm = pair[0].model.language
+    case = sorted((FIXTURES / "cases").glob("*.json"))[0]
+    ref = load_file(str(case.with_suffix(".safetensors")))
+    embeds, mask = ref["inputs_embeds"].to(torch.bfloat16), ref["attention_mask"].bool()
+    if padded:  # a second, shorter row on the left padding
+        embeds, mask = torch.cat([embeds, embeds]), torch.cat([mask, mask])
+        mask[1, :3] = False
+    stored: list[torch.dtype] = []
+    update = KVCache.update
+
+    def spy(self, layer_idx, key, value):
+        keys, values = update(self, layer_idx, key, value)
+        stored.append(keys.dtype)
+        return keys, values
+
+    monkeypatch.setattr(KVCache, "update", spy)
+    run = lambda: generate(lm, embeds, mask, max_new_tokens=6, eos_token_id=-1, output_scores=True)  # noqa: E731
+    wide = run()
+    assert set(stored) == {torch.float32}
+    monkeypatch.setattr(generation, "cache_dtype", lambda device, dtype: dtype)
+    stored.clear()
+    narrow = run()
+    assert set(stored) == {torch.bfloat16}
+    assert wide.sequences.tolist() == narrow.sequences.tolist()
+    for a, b in zip(wide.scores, narrow.scores):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-2)

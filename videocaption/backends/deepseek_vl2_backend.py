@@ -21,7 +21,7 @@ from videocaption.backends.grammar import GrammarTokenizer, JsonGuide, min_token
 from videocaption.deepseek_vl2.config import DeepseekVL2Config
 from videocaption.deepseek_vl2.generation import generate
 from videocaption.deepseek_vl2.model import DeepseekVL2Model
-from videocaption.deepseek_vl2.packing import pack_for_cpu, packing_supported
+from videocaption.deepseek_vl2.packing import pack_network_for_cpu, packing_supported
 from videocaption.deepseek_vl2.processor import DeepseekVL2Batch, DeepseekVL2Processor
 from videocaption.deepseek_vl2.quantize import quantize_language_int8
 from videocaption.deepseek_vl2.threads import run_on_model_thread
@@ -117,7 +117,7 @@ class DeepseekVL2:
         if int8:
             quantize_language_int8(net.language, dtype)
         if pack:
-            pack_for_cpu(net.language)
+            pack_network_for_cpu(net)
         return net.eval().requires_grad_(False)
 
     def __repr__(self) -> str:

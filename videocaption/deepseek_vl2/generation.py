@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from .language import DeepseekV2ForCausalLM, KVCache
+from .language import DeepseekV2ForCausalLM, KVCache, cache_dtype
 
 
 @dataclass
@@ -93,7 +93,8 @@ def generate(
         return out
 
     positions = position_ids_from_mask(mask)
-    cache = KVCache(capacity=prompt_len + steps - 1)
+    kv_dtype = cache_dtype(device, inputs_embeds.dtype)
+    cache = KVCache(capacity=prompt_len + steps - 1, dtype=kv_dtype)
     if len(active_rows) < batch:  # rows with no budget never enter
         keep = torch.tensor(active_rows, device=device)
         inputs_embeds, mask, positions = inputs_embeds[keep], mask[keep], positions[keep]
@@ -169,7 +170,7 @@ def prefill_rows_alone(
     row_caches = []
     for row in range(inputs_embeds.shape[0]):
         start = int((~mask[row]).sum())  # left padding: the real tokens are the suffix
-        row_cache = KVCache()
+        row_cache = KVCache(dtype=cache.dtype)
         hidden = language.model(inputs_embeds[row : row + 1, start:], positions[row : row + 1, start:], None, row_cache)
         last_hidden.append(hidden[:, -1])
         row_caches.append((start, row_cache))

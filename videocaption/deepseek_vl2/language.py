@@ -43,28 +43,48 @@ def sdpa_attention(
     """softmax(q k^T * scale + mask) v for [B, H, Tq, D] queries; ``mask`` is boolean, True = attend."""
     if q.shape[-2] == 1 and q.device.type == "cpu":
         return one_query_attention(q, k, v, mask=mask, scale=scale)
+    if k.dtype != q.dtype:  # a float32 cache (see cache_dtype) under a bfloat16 prompt: exact round trip
+        k, v = k.to(q.dtype), v.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
 
 
 def one_query_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """Attention of one new token per row (a decode step) as two float32 matmuls.
+    """Attention of one new token per row (a decode step) as two float32 matrix-vector products.
 
     Why not SDPA here: on CPU its flash kernel splits work by query blocks, and one query per
-    head leaves it a few tiny tasks; for 1,800 cached keys x 10 heads it took 2.1 ms a layer
-    where converting the keys and values to float32 and doing two matmuls takes 0.9 ms (idle
-    2-core EPYC, bfloat16; docs/performance.md). Float32 throughout is also at least as exact as the flash kernel, which accumulates in float32 too. Keys and values
-    shared by all heads (MLA's latents, expanded with stride 0) are used once, not per head.
+    head leaves it a few tiny tasks. The scores are computed as ``keys @ query`` (the cache is the
+    matrix, read once, row by row) rather than ``query @ keys^T``: for 1,800 cached keys x 10 heads
+    that is 1.0 ms a layer against 1.7 ms, and SDPA takes 2.8 ms (idle 2-core EPYC; the cache held
+    in float32, see :func:`cache_dtype`; docs/performance.md). Float32 throughout is at least as
+    exact as the flash kernel, which accumulates in float32 too. Keys and values shared by all
+    heads (MLA's latents, expanded with stride 0) are used once, not per head.
     """
     b, h, t, d = q.shape
     if h > 1 and k.stride(1) == 0 and v.stride(1) == 0:  # one key/value for all heads: fold heads into rows
         out = one_query_attention(q.reshape(b, 1, h * t, d), k[:, :1], v[:, :1], mask=mask, scale=scale)
         return out.view(b, h, t, -1)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # [B, H, t, L]
+    scores = torch.matmul(k.float(), q.float().transpose(-1, -2)).mul_(scale).transpose(-1, -2)  # [B, H, t, L]
     if mask is not None:
         scores = scores.masked_fill_(~mask, float("-inf"))
     return torch.matmul(scores.softmax(dim=-1), v.float()).to(q.dtype)
+
+
+def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to keep keys and values in while decoding on ``device`` with a ``dtype`` model.
+
+    On CPU: float32. A decode step's attention (:func:`one_query_attention`) reads the whole cache
+    in float32; a bfloat16 cache meant converting every layer's keys and values each step, a fresh
+    float32 copy of 2 x 4.6 MB a layer at 1,800 tokens, about a quarter of the step. The stored
+    values are the bfloat16 keys and values, widened: nothing changes numerically, and a prompt's
+    attention narrows them back exactly. The cost is memory: 2 x 1,280 x 4 bytes per token and
+    layer instead of 2 bytes (252 MB instead of 126 MB for a 2,055-token conversation of
+    deepseek-vl2-tiny). Elsewhere the model's dtype (a GPU's attention kernels take it directly).
+    """
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype
 
 
 # The one attention function every layer calls; replace it to try another kernel.
@@ -85,8 +105,9 @@ class KVCache:
     writes one column instead of copying the whole cache.
     """
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self, capacity: int = 0, dtype: torch.dtype | None = None) -> None:
         self.capacity = capacity
+        self.dtype = dtype  # storage dtype (None: the keys' own; see cache_dtype)
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._lengths: list[int] = []
@@ -99,8 +120,9 @@ class KVCache:
         """Append this step's [B, h, t, d] key/value for ``layer_idx``; return all cached so far."""
         if layer_idx == len(self._keys):  # first call for this layer
             capacity = max(self.capacity, key.shape[2])
-            self._keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
-            self._values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
+            dtype = self.dtype or key.dtype
+            self._keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3], dtype=dtype))
+            self._values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3], dtype=dtype))
             self._lengths.append(0)
         start, end = self._lengths[layer_idx], self._lengths[layer_idx] + key.shape[2]
         if end > self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)

@@ -8,13 +8,17 @@ plain and 13 ms packed, and the six chosen experts of all eleven MoE layers 38 m
 ``torch._grouped_mm`` and 21 ms as packed linears; at 1,800 rows packed is a little faster too.
 The results are bit-identical to ``F.linear`` (same kernel, weight already in place).
 
-Packed (the language model only): every ``nn.Linear`` (but MLA's ``kv_b_proj``, whose weight the
+Packed in the language model: every ``nn.Linear`` (but MLA's ``kv_b_proj``, whose weight the
 attention reads as a matrix, and a ``lm_head`` tied to the embeddings) and the routed experts, one
-packed weight per expert. The vision tower is left as it is: it is compute-bound (729 rows a tile),
-and packed it ran 4% slower (18.8-19.1 s against 18.1-18.4 s for 8 tiles, idle). The packed tensors are buffers named as before, so counting bytes still works, and
-``state_dict`` gives the checkpoint's dense tensors back (``to_dense``). Only for bfloat16 on a CPU
-whose oneDNN has bf16 kernels; float32 packed was slower for one row, and on GPUs cuBLAS takes
-the plain layout.
+packed weight per expert. In the vision tower: each block's MLP, with the tanh GELU fused into
+``fc1`` as a oneDNN post-op (applied to the float32 accumulator, before rounding to bfloat16), and
+its attention's linears. The vision tower is compute-bound (729 rows a tile): packing alone ran it
+4% slower, but the fused GELU saves the separate pass over the [tokens, 4,304] activation (48 ms
+of 216 for ``fc1`` + GELU on 8 tiles, a layer): 8 tiles took 18.4 s against 21.1 s (idle, min of
+3; docs/performance.md). The projector's two small linears are left as they are. The packed
+tensors are buffers named as before, so counting bytes still works, and ``state_dict`` gives the
+checkpoint's dense tensors back (``to_dense``). Only for bfloat16 on a CPU whose oneDNN has bf16
+kernels; float32 packed was slower for one row, and on GPUs cuBLAS takes the plain layout.
 
 Routed experts then run one by one and their group ends are read on the host (one read per MoE
 layer): free on a CPU, the only device this is for; the grouped, sync-free path stays the one
@@ -27,7 +31,11 @@ import torch
 from torch import nn
 
 from .language import Experts
+from .vision import Mlp
 from .weights import replace_submodules
+
+# Activations oneDNN can apply inside a linear: name -> (post-op, its algorithm).
+FUSED_ACTIVATIONS = {None: ("none", ""), "gelu_tanh": ("gelu", "tanh")}
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -45,22 +53,29 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
 
 
-def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` with a :func:`pack_weight` weight; ``x`` [..., in]."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
+) -> torch.Tensor:
+    """``F.linear`` with a :func:`pack_weight` weight; ``x`` [..., in]; ``activation`` fused (see
+    ``FUSED_ACTIVATIONS``)."""
+    post_op, algorithm = FUSED_ACTIVATIONS[activation]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
 
 
 class PackedLinear(nn.Module):
-    """``nn.Linear`` whose weight is packed; ``state_dict`` holds the dense weight (checkpoint keys)."""
+    """``nn.Linear`` whose weight is packed, optionally followed by a fused activation;
+    ``state_dict`` holds the dense weight (checkpoint keys)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, activation: str | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"no fused activation {activation!r}; known: {sorted(filter(None, FUSED_ACTIVATIONS))}")
+        self.in_features, self.out_features, self.activation = linear.in_features, linear.out_features, activation
         self.register_buffer("weight", pack_weight(linear.weight))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(x, self.weight, self.bias)
+        return packed_linear(x, self.weight, self.bias, self.activation)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.weight.to_dense()
@@ -101,8 +116,21 @@ class PackedExperts(nn.Module):
             destination[f"{prefix}{e}.down_proj.weight"] = self.down_proj[e].to_dense()
 
 
+class PackedGeluMlp(nn.Module):
+    """The vision tower's :class:`~.vision.Mlp` packed: ``fc2(gelu_tanh(fc1(x)))``, the GELU fused
+    into ``fc1``; the same ``fc1.*`` / ``fc2.*`` checkpoint keys."""
+
+    def __init__(self, mlp: Mlp) -> None:
+        super().__init__()
+        self.fc1 = PackedLinear(mlp.fc1, activation="gelu_tanh")
+        self.fc2 = PackedLinear(mlp.fc2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x))
+
+
 def pack_for_cpu(module: nn.Module) -> None:
-    """Replace every ``nn.Linear`` (see the module docstring for the two kept) and ``Experts``, in place.
+    """Pack a language model or a vision tower in place (see the module docstring for what is kept).
 
     One module at a time, so the process holds at most one extra layer's worth of weights.
     """
@@ -111,8 +139,16 @@ def pack_for_cpu(module: nn.Module) -> None:
     def convert(name: str, child: nn.Module) -> nn.Module | None:
         if isinstance(child, Experts):
             return PackedExperts(child)
+        if isinstance(child, Mlp):
+            return PackedGeluMlp(child)
         if isinstance(child, nn.Linear) and name != "kv_b_proj" and not (tied and name == "lm_head"):
             return PackedLinear(child)
         return None
 
     replace_submodules(module, convert)
+
+
+def pack_network_for_cpu(net: nn.Module) -> None:
+    """Pack a whole :class:`~.model.DeepseekVL2Model`: its language model and its vision tower."""
+    pack_for_cpu(net.language)
+    pack_for_cpu(net.vision)
