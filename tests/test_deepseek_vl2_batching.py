@@ -146,3 +146,26 @@ def test_answers_carry_their_token_counts(runtime, requests, free_runs):
             assert usage.generated_tokens == batched.lengths[row]  # stopped at the same eos, or at the limit
     text = runtime.complete_batch([requests[1][1]], max_new_tokens=STEPS)
     assert text.usage[0].image_tokens == 0 and text.usage[0].prompt_tokens == batch.seq_lens[1]
+
+
+def test_a_second_call_about_the_same_frames_reuses_the_vision_features(monkeypatch):
+    # With --events each batch is asked twice about the same frames: the vision tower (most of a
+    # prompt's cost) must run once, and the answers must be those of a runtime that runs it again.
+    fresh = lambda: DeepseekVL2.from_pretrained(  # noqa: E731
+        FIXTURES / "model", device=str(DEVICE), dtype=str(DTYPE).removeprefix("torch.")
+    )
+    runtime, other = fresh(), fresh()
+    encoded: list[int] = []
+    encode = runtime.model.encode_images
+    monkeypatch.setattr(runtime.model, "encode_images", lambda images, crop: encoded.append(1) or encode(images, crop))
+    frames = [frame("bunny_t4.2_320x180.png"), frame("bikes_t7.5_320x136.png")]
+    first = runtime.describe(frames, "<image>\n<image>\nDescribe the scene.", max_new_tokens=4)
+    second = runtime.describe(frames, "<image>\n<image>\nWhich frame shows a rabbit?", max_new_tokens=4)
+    assert len(encoded) == 1
+    assert second == other.describe(frames, "<image>\n<image>\nWhich frame shows a rabbit?", max_new_tokens=4)
+    assert first == other.describe(frames, "<image>\n<image>\nDescribe the scene.", max_new_tokens=4)
+    # Other frames (or the same frames in another order) are other features.
+    runtime.describe(frames[::-1], "<image>\n<image>\nDescribe the scene.", max_new_tokens=4)
+    runtime.describe(frames[:1], "<image>\nDescribe the scene.", max_new_tokens=4)
+    runtime.complete("Write a title.", max_new_tokens=2)  # text only: no vision call at all
+    assert len(encoded) == 3
