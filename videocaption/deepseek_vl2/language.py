@@ -247,7 +247,9 @@ class MultiHeadAttention(nn.Module):
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, L, D]
+            cached_k, cached_v = cache.update(self.layer_idx, k, v)  # [B, Hkv, L, D]
+            if cached_k.shape[2] > k.shape[2]:  # earlier positions: attend over the cache; a fresh
+                k, v = cached_k, cached_v  # prompt keeps its own keys (no float32 round trip)
         if self.num_kv_heads != self.num_heads:  # grouped-query attention: share kv heads
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
