@@ -38,7 +38,8 @@ from videocaption.deepseek_vl2.language import Experts, KVCache, MoEGate, cache_
 from videocaption.deepseek_vl2.packing import PackedExperts
 from videocaption.deepseek_vl2.quantize import Int8Experts
 from videocaption.deepseek_vl2.threads import run_on_model_thread
-from videocaption.prompts import DEFAULT_BATCH_PROMPT, batch_prompt
+from videocaption.options import DEFAULT_BATCH_PROMPT
+from videocaption.prompts import batch_prompt
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 6) -> float:
