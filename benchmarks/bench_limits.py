@@ -89,7 +89,7 @@ def _packed_linear_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
 CUSTOM_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
     torch.ops.aten._grouped_mm: _grouped_mm_flops,
-    torch.ops.mkldnn._linear_pointwise.default: _packed_linear_flops,
+    torch.ops.mkldnn._linear_pointwise: _packed_linear_flops,  # packets: FlopCounterMode looks up func.overloadpacket
 }
 
 

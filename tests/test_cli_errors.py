@@ -107,3 +107,26 @@ def test_an_absurd_batch_size_is_refused_in_constant_time(batch_size):
     ):
         check_batch_fits(model, options)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "module", "expected"),
+    [
+        (["--backend", "openai", "--api-base", "http://localhost:1/v1"], "openai", "llm-caption[serve]"),
+        (["--transcribe"], "silero_vad", "llm-caption[speech]"),
+        (["--segments", "seg.parquet"], "pyarrow", "llm-caption[search]"),
+        (["--workers", "2"], "ray", "llm-caption[ray]"),
+    ],
+)
+def test_a_feature_whose_extra_is_missing_is_refused_up_front(tmp_path, monkeypatch, capsys, flags, module, expected):
+    # It used to fail late with an unexpected ModuleNotFoundError (exit 1, "a bug").
+    from videocaption.cli.main import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec answers None
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main([str(SAMPLE_CLIP), *flags])
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"needs {module}, which is not installed" in lines[0] and expected in lines[0], lines
+    assert not (tmp_path / "result.json").exists()

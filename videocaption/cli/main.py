@@ -35,6 +35,7 @@ from videocaption.captioning.checkpoint import Checkpoint, finished_result
 from videocaption.captioning.progress import Progress
 from videocaption.errors import BackendError, CaptionError, ModelLoadError, OutputError, VideoInputError
 from videocaption.events import load_schema
+from videocaption.extras import missing_extras_message, needed_modules
 from videocaption.library import command as library
 from videocaption.media.probe import VIDEO_EXTENSIONS, MediaInfo
 from videocaption.options import DEFAULT_MODEL, CaptionOptions, cli_flag
@@ -168,9 +169,18 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         options = CaptionOptions(**values)
         if options.events:  # a user's schema is checked here, before any model or decoder starts
             load_schema(options.events_schema)
-        return options
     except CaptionError as error:
         parser.error(str(error))
+    needed = needed_modules(
+        options,
+        library=library.library_requested(args),
+        segments=bool(getattr(args, "segments", None)),
+        embed_model=bool(getattr(args, "embed_model", None)),
+    )
+    missing = missing_extras_message(needed)
+    if missing:
+        parser.error(missing)
+    return options
 
 
 def _beside_result(value: str | None, result_path: str, suffix: str) -> str | None:
