@@ -238,7 +238,12 @@ def recording_model_calls(model_class: type | None = None) -> Iterator[CallLog]:
 
 
 def replay(model: Any, calls: Sequence[ModelCall]) -> float:
-    """Make the same calls again directly on ``model``, one after another; seconds taken."""
+    """Make the same calls again directly on ``model``, one after another; seconds taken.
+
+    The replay starts without the image features the run's last call left (a replay whose first
+    call is about the run's last frames would otherwise skip its vision tower)."""
+    if hasattr(model, "forget_image_features"):
+        model.forget_image_features()
     with stopwatch() as elapsed:
         for call in calls:
             getattr(model, call.method)(*call.args, **call.kwargs)

@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "videocaption"
 LAYERS = [
     {"errors", "options"},
-    {"prompts", "result", "usage", "events"},
+    {"prompts", "result", "usage", "events", "extras"},
     {"media", "sampling", "audio", "backends", "deepseek_vl2", "outputs"},
     {"captioning"},
     {"graph"},

@@ -190,6 +190,11 @@ class DeepseekVL2:
         one tile each with three or more, a tiling that lets both fit the context with two)."""
         return self.geometry.prepare_image(image, num_images, self.context_length)
 
+    def forget_image_features(self) -> None:
+        """Drop the last call's image features (see :meth:`_image_features`): the next call about
+        those frames runs the vision tower again, as timing the same call twice needs."""
+        self._last_image_features = None
+
     # ---------------------------------------------------------------- helpers
     def _image_features(self, batch: DeepseekVL2Batch, tiles: str | None) -> torch.Tensor | None:
         """The vision tower's features of the batch's tiles; the previous call's when its tiles
