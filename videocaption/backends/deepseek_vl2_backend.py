@@ -115,7 +115,7 @@ class DeepseekVL2:
         # torch ops too, and any thread that runs one keeps an OpenMP pool.
         with torch.device("meta"):
             net = DeepseekVL2Model(config)
-        load_weights(net, files, name=name, dtype=dtype, device=device)
+        load_weights(net, files, name=name, dtype=dtype, device=device, copy=int8 or pack)  # converted next
         if int8:
             quantize_language_int8(net.language, dtype)
         if pack:
