@@ -130,3 +130,14 @@ def test_a_feature_whose_extra_is_missing_is_refused_up_front(tmp_path, monkeypa
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"needs {module}, which is not installed" in lines[0] and expected in lines[0], lines
     assert not (tmp_path / "result.json").exists()
+
+
+def test_searching_a_parquet_table_without_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):
+    # What the up-front check cannot foresee (the --index file's kind) fails as cleanly, later.
+    from videocaption.cli.main import main
+
+    (tmp_path / "segments.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    assert main(["--search", "rabbit", "--index", str(tmp_path / "segments.parquet")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: reading a Parquet table needs pyarrow, which is not installed: pip install 'llm-caption[search]'"]

@@ -29,6 +29,10 @@ class ModelLoadError(CaptionError):
     """The model cannot be found or its files do not match the architecture."""
 
 
+class MissingDependencyError(CaptionError):
+    """A feature's optional package is not installed; the message names the pip command."""
+
+
 class ContextOverflowError(CaptionError, ValueError):
     """A prompt would need more tokens than the model's context holds."""
 

@@ -7,8 +7,11 @@ The fix is one pip command, so the command line refuses the run before any work 
 
 from __future__ import annotations
 
+import importlib
 from importlib.util import find_spec
+from types import ModuleType
 
+from videocaption.errors import MissingDependencyError
 from videocaption.options import CaptionOptions
 
 # Top-level module -> the extra of pyproject.toml that installs it.
@@ -51,3 +54,17 @@ def missing_extras_message(needed: list[tuple[str, str]]) -> str | None:
     modules = ", ".join(dict.fromkeys(module for _, module in missing))
     extras = ",".join(dict.fromkeys(EXTRA_OF[module] for _, module in missing))
     return f"{features} needs {modules}, which is not installed: pip install 'llm-caption[{extras}]'"
+
+
+def require(module: str, feature: str) -> ModuleType:
+    """``import module`` for ``feature``, or MissingDependencyError naming the extra to install.
+
+    For the places the command line's up-front check cannot foresee (``--search`` over a Parquet
+    table, the Python API): a missing package is the user's to fix, not a bug.
+    """
+    top = module.split(".")[0]
+    if find_spec(top) is None:
+        raise MissingDependencyError(
+            f"{feature} needs {top}, which is not installed: pip install 'llm-caption[{EXTRA_OF[top]}]'"
+        )
+    return importlib.import_module(module)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from videocaption.errors import InvalidOptionError, OutputError
+from videocaption.extras import require
 from videocaption.outputs.files import NEW_FILE_MODE
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -56,7 +57,7 @@ class ManifestRow:
 
 
 def parquet_schema():
-    import pyarrow as pa
+    pa = require("pyarrow", "the library manifest")
 
     # Annotations are strings here ("float | None"): the first word names the column's type.
     types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64()}
@@ -164,8 +165,8 @@ class Manifest:
         Raises:
             OutputError: it cannot be written (a full disk); the journal still holds every row.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pa = require("pyarrow", "the library manifest")
+        pq = require("pyarrow.parquet", "the library manifest")
 
         table = pa.Table.from_pylist([asdict(row) for row in rows], schema=parquet_schema())
         try:
@@ -209,6 +210,6 @@ def _reason(error: OSError) -> str:
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The Parquet manifest's rows as dicts (for tests and scripts)."""
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "the library manifest")
 
     return pq.read_table(path).to_pylist()

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from videocaption.errors import VideoInputError
+from videocaption.extras import require
 from videocaption.search.segments import (
     SEGMENTS_NAME,
     Segment,
@@ -89,7 +90,7 @@ def source_files(index: str | os.PathLike) -> tuple[str, list[Path]]:
     if path.suffix == ".json":
         return "result", [path]
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        pq = require("pyarrow.parquet", "reading a Parquet table")
 
         try:
             columns = set(pq.read_schema(path).names)
@@ -141,7 +142,7 @@ def _try_result(file: Path) -> dict | None:
 
 def _manifest_segments(manifest: Path) -> list[Segment]:
     """The segments of a manifest's ``ok`` rows, from the result.json in each row's folder."""
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading a library manifest")
 
     rows: list[Segment] = []
     for row in pq.read_table(manifest).to_pylist():

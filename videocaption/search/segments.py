@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from videocaption.errors import OutputError, VideoInputError
+from videocaption.extras import require
 from videocaption.outputs.files import NEW_FILE_MODE
 
 SEGMENTS_NAME = "segments.parquet"
@@ -105,7 +106,7 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parquet_schema():
-    import pyarrow as pa
+    pa = require("pyarrow", "the segments table")
 
     types = {"str": pa.string(), "float": pa.float64(), "int": pa.int64()}
     required = {"path", "key", "batch_id", "start_time", "end_time", "description"}
@@ -123,8 +124,8 @@ def write_segments(rows: Iterable[Segment], path: str | os.PathLike) -> Path:
     Raises:
         OutputError: it cannot be written (one line naming the path).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "the segments table")
+    pq = require("pyarrow.parquet", "the segments table")
 
     path = Path(path)
     table = pa.Table.from_pylist([asdict(row) for row in rows], schema=parquet_schema())
@@ -152,7 +153,7 @@ def read_segments(path: str | os.PathLike) -> list[Segment]:
     Raises:
         VideoInputError: it cannot be read, or lacks the table's columns.
     """
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "the segments table")
 
     try:
         table = pq.read_table(path)
