@@ -201,7 +201,7 @@ class DeepseekVL2:
         were the very same (``tiles``: :func:`tiles_digest`), None for a text-only batch.
 
         Why: with ``events`` each batch is asked twice about the same frames (its description,
-        then its events), and the vision tower is most of a prompt's cost (18 of 24 s for 4 frames
+        then its events), and the vision tower is most of a prompt's cost (19 of 26 s for 4 frames
         of the full-size model on 2 CPU cores). Only the last call's features are kept (a few MB).
         """
         if tiles is None:
