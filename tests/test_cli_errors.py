@@ -140,4 +140,6 @@ def test_searching_a_parquet_table_without_pyarrow_names_the_extra(tmp_path, mon
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     assert main(["--search", "rabbit", "--index", str(tmp_path / "segments.parquet")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["error: reading a Parquet table needs pyarrow, which is not installed: pip install 'llm-caption[search]'"]
+    assert lines == [
+        "error: reading a Parquet table needs pyarrow, which is not installed: pip install 'llm-caption[search]'"
+    ]
