@@ -48,8 +48,11 @@ def needed_modules(
 def missing_extras_message(needed: list[tuple[str, str]]) -> str | None:
     """One line naming what is missing and the pip command that installs it, or None."""
     missing = [(feature, module) for feature, module in needed if find_spec(module) is None]
-    if not missing:
-        return None
+    return _install_hint(missing) if missing else None
+
+
+def _install_hint(missing: list[tuple[str, str]]) -> str:
+    """'FEATURES needs MODULES, which is not installed: pip install ...' for (feature, module) pairs."""
     features = ", ".join(dict.fromkeys(feature for feature, _ in missing))
     modules = ", ".join(dict.fromkeys(module for _, module in missing))
     extras = ",".join(dict.fromkeys(EXTRA_OF[module] for _, module in missing))
@@ -64,7 +67,5 @@ def require(module: str, feature: str) -> ModuleType:
     """
     top = module.split(".")[0]
     if find_spec(top) is None:
-        raise MissingDependencyError(
-            f"{feature} needs {top}, which is not installed: pip install 'llm-caption[{EXTRA_OF[top]}]'"
-        )
+        raise MissingDependencyError(_install_hint([(feature, top)]))
     return importlib.import_module(module)
