@@ -7,7 +7,7 @@ Run from the repository root::
 Why: "fast" means "near what the hardware allows". In one process this measures
 
 * the bf16 matmul peak (best of a few 2048^3 GEMMs) right before each timed stage, and the memory
-  read bandwidth (sums over a 2 GiB buffer, far beyond any L3) right before and after each decode
+  read bandwidth (sums over fresh 2 GiB buffers of random data, far beyond any L3) right before and after each decode
   call: on a shared machine both move with the load, so each time is compared with the limit
   measured beside it;
 * the prefill of one ``--frames``-frame prompt (as :mod:`benchmarks.bench_full_size` builds it:
@@ -54,16 +54,25 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 6) -> float
     return 2 * size**3 / best
 
 
-def read_bandwidth(gib: float = 2.0, repeats: int = 5) -> float:
-    """Best bytes/s of a sum over a ``gib`` GiB float32 buffer (reads it once per sum)."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    x.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+def read_bandwidth(gib: float = 2.0, buffers: int = 3) -> float:
+    """Median over ``buffers`` fresh ``gib`` GiB buffers of random float32 of the best bytes/s of a sum.
+
+    Random data, not ``torch.ones``: on the development VM a buffer of identical pages read at
+    either ~35 or ~55-62 GB/s from one allocation to the next (the host merging identical pages
+    is the likely cause), while random buffers, like weights, read at 31-37 GB/s every time. A fresh
+    buffer each time, and the median, so one lucky placement does not set the bound.
+    """
+    rates = []
+    for _ in range(buffers):
+        x = torch.rand(int(gib * 2**30) // 4)
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            x.sum()
+            best = min(best, time.perf_counter() - start)
+        rates.append(x.numel() * 4 / best)
+        del x
+    return statistics.median(rates)
 
 
 def _cpu_attention_flops(query, key, value, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
@@ -201,9 +210,9 @@ def decode(runtime, rows: int, prompt_len: int, new_tokens: int) -> tuple[float,
 
     MoEGate.forward = counting
     try:
-        before = read_bandwidth(repeats=3)
+        before = read_bandwidth()
         out = generate(model.language, embeds, mask, max_new_tokens=new_tokens, eos_token_id=-1)
-        bandwidth = (before + read_bandwidth(repeats=3)) / 2
+        bandwidth = (before + read_bandwidth()) / 2
     finally:
         MoEGate.forward = original
     layers = len(routed_experts(model.language))
