@@ -20,7 +20,13 @@ from safetensors.torch import load_file
 from videocaption.deepseek_vl2 import DeepseekVL2, generate
 from videocaption.deepseek_vl2.generation import position_ids_from_mask
 from videocaption.deepseek_vl2.language import Experts
-from videocaption.deepseek_vl2.packing import PackedExperts, PackedGeluMlp, PackedLinear, packing_supported
+from videocaption.deepseek_vl2.packing import (
+    FusedPackedLinear,
+    PackedExperts,
+    PackedGeluMlp,
+    PackedLinear,
+    packing_supported,
+)
 from videocaption.deepseek_vl2.vision import Mlp
 
 pytestmark = pytest.mark.skipif(
@@ -43,6 +49,9 @@ def test_bfloat16_on_cpu_packs_by_default_and_float32_does_not(pair):
     assert isinstance(packed.model.language.lm_head, PackedLinear)
     assert any(isinstance(m, PackedExperts) for m in modules)
     assert not any(isinstance(m, (torch.nn.Linear, Experts)) for m in modules)  # nothing left unpacked
+    attention = packed.model.language.model.layers[0].self_attn  # q, k, v as one weight (one call a step)
+    assert isinstance(attention.qkv_proj, FusedPackedLinear) and not hasattr(attention, "q_proj")
+    assert sum(isinstance(m, FusedPackedLinear) for m in modules) == 2 * packed.config.language.num_hidden_layers
     # The vision tower too, its MLPs with the GELU fused into fc1 (docs/performance.md).
     vision = list(packed.model.vision.modules())
     assert sum(isinstance(m, PackedGeluMlp) for m in vision) == packed.config.vision.layers
@@ -110,17 +119,23 @@ def test_converting_frees_each_old_weight_before_the_next(convert, monkeypatch):
 
     from videocaption.deepseek_vl2 import packing, quantize
 
-    module, name = (packing, "PackedLinear") if convert == "pack" else (quantize, "Int8Linear")
+    targets = (
+        [(packing, "PackedLinear"), (packing, "FusedPackedLinear")] if convert == "pack" else [(quantize, "Int8Linear")]
+    )
     replaced: list[weakref.ref] = []
-    original = getattr(module, name)
 
-    class Checking(original):
-        def __init__(self, linear, *args):
-            assert all(ref() is None for ref in replaced), "a replaced weight is still alive"
-            replaced.append(weakref.ref(linear.weight))
-            super().__init__(linear, *args)
+    def checking(original):
+        class Checking(original):
+            def __init__(self, *args):  # (linear, ...) or (attribute, {name: linear})
+                linears = args[1].values() if len(args) > 1 and isinstance(args[1], dict) else [args[0]]
+                assert all(ref() is None for ref in replaced), "a replaced weight is still alive"
+                replaced.extend(weakref.ref(linear.weight) for linear in linears)
+                super().__init__(*args)
 
-    monkeypatch.setattr(module, name, Checking)
+        return Checking
+
+    for module, name in targets:
+        monkeypatch.setattr(module, name, checking(getattr(module, name)))
     net = load(False).model.requires_grad_(True)  # as while from_pretrained loads
     packing.pack_for_cpu(net.language) if convert == "pack" else quantize.quantize_language_int8(net.language)
     assert len(replaced) > 10 and all(ref() is None for ref in replaced)
