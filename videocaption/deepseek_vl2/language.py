@@ -231,17 +231,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.qkv_proj: nn.Module | None = None  # the three as one GEMM, where a layout fuses them (packing)
-
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v [B, T, heads * head_dim] of ``x`` [B, T, hidden].
-
-        A method, so that a layout holding the three weights as one (``packing.FusedPackedLinear``,
-        one weight read and one oneDNN call instead of three in a decode step) needs no other forward.
-        """
-        if self.qkv_proj is not None:
-            return self.qkv_proj(x)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        # q, k and v as one weight where a layout fuses them (packing.FusedPackedLinear: one weight
+        # read and one oneDNN call instead of three in a decode step).
+        self.qkv_proj: nn.Module | None = None
 
     def forward(
         self,
@@ -252,7 +244,7 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.project_qkv(x)
+        q, k, v = self.qkv_proj(x) if self.qkv_proj is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
         q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
