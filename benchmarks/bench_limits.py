@@ -270,13 +270,13 @@ def main() -> None:
             f"{'ratio min':>9} {'median':>7}  (bound from the peak measured just before each repeat)"
         )
     total_flops = total_min = total_bound = 0.0
-    for name, work, runs in stages:
-        ratios = [seconds / (work / peak) for seconds, peak in runs]
-        best = min(runs)
+    for name, work, stage_runs in stages:
+        ratios = [seconds / (work / peak) for seconds, peak in stage_runs]
+        best = min(stage_runs)
         total_flops, total_min, total_bound = total_flops + work, total_min + best[0], total_bound + work / best[1]
         print(
-            f"{name:<14} {work / 1e9:>9.1f} {statistics.median(p for _, p in runs) / 1e12:>12.3f} "
-            f"{work / best[1]:>8.3f} {best[0]:>8.3f} {statistics.median(t for t, _ in runs):>9.3f} "
+            f"{name:<14} {work / 1e9:>9.1f} {statistics.median(p for _, p in stage_runs) / 1e12:>12.3f} "
+            f"{work / best[1]:>8.3f} {best[0]:>8.3f} {statistics.median(t for t, _ in stage_runs):>9.3f} "
             f"{min(ratios):>8.2f}x {statistics.median(ratios):>6.2f}x"
         )
     if stages:

@@ -48,6 +48,16 @@ deb http://deb.debian.org/debian-security bullseye-security main" \
         $FFMPEG4_LIBS ffmpeg >/dev/null
 }
 
+install_compiler() {
+    # TorchInductor compiles the CPU decode kernels with it (docs/performance.md); without one the
+    # runtime decodes with its eager layers, so a failed install is not fatal.
+    command -v g++ >/dev/null 2>&1 && return
+    say "installing g++ (for the compiled CPU decode kernels)"
+    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends g++ >/dev/null; } \
+        || say "g++ could not be installed: decoding on CPU will run without the compiled kernels"
+}
+
 find_python() {
     for candidate in "${PYTHON:-}" python3.11 python3; do
         [ -n "$candidate" ] || continue
@@ -99,5 +109,6 @@ install_test_tools() {
 }
 
 install_system_libs
+install_compiler
 install_test_tools
 install_python_packages

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decode_kernels
 from .config import LanguageConfig
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -59,12 +60,15 @@ def one_query_attention(
     that is 1.0 ms a layer against 1.7 ms, and SDPA takes 2.8 ms (idle 2-core EPYC; the cache held
     in float32, see :func:`cache_dtype`; docs/performance.md). Float32 throughout is at least as
     exact as the flash kernel, which accumulates in float32 too. Keys and values shared by all
-    heads (MLA's latents, expanded with stride 0) are used once, not per head.
+    heads (MLA's latents, expanded with stride 0) are used once, not per head. A bfloat16 cache goes
+    to the compiled kernel (``decode_kernels.one_query_attention``: the same sums, float32).
     """
     b, h, t, d = q.shape
     if h > 1 and k.stride(1) == 0 and v.stride(1) == 0:  # one key/value for all heads: fold heads into rows
         out = one_query_attention(q.reshape(b, 1, h * t, d), k[:, :1], v[:, :1], mask=mask, scale=scale)
         return out.view(b, h, t, -1)
+    if k.dtype != torch.float32 and decode_kernels.available():  # a bfloat16 cache (see cache_dtype)
+        return decode_kernels.compiled_one_query_attention(q, k, v, mask, scale)
     scores = torch.matmul(k.float(), q.float().transpose(-1, -2)).mul_(scale).transpose(-1, -2)  # [B, H, t, L]
     if mask is not None:
         scores = scores.masked_fill_(~mask, float("-inf"))
@@ -74,15 +78,15 @@ def one_query_attention(
 def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     """The dtype to keep keys and values in while decoding on ``device`` with a ``dtype`` model.
 
-    On CPU: float32. A decode step's attention (:func:`one_query_attention`) reads the whole cache
-    in float32; a bfloat16 cache meant converting every layer's keys and values each step, a fresh
-    float32 copy of 2 x 4.6 MB a layer at 1,800 tokens, about a quarter of the step. The stored
-    values are the bfloat16 keys and values, widened: nothing changes numerically, and a prompt's
-    attention narrows them back exactly. The cost is memory: 2 x 1,280 x 4 bytes per token and
-    layer instead of 2 bytes (252 MB instead of 126 MB for a 2,055-token conversation of
-    deepseek-vl2-tiny). Elsewhere the model's dtype (a GPU's attention kernels take it directly).
+    The model's dtype, but on a CPU without the compiled decode kernels (``decode_kernels.available``)
+    in bfloat16 or float16: float32 there. The eager one-query attention (:func:`one_query_attention`)
+    reads the cache in float32, and a bfloat16 cache meant a fresh float32 copy of 2 x 4.6 MB a
+    layer at 1,800 tokens every step, about a quarter of the step; a float32 cache holds the same
+    values widened (nothing changes numerically) at twice the memory (252 MB instead of 126 MB for
+    a 2,055-token conversation of deepseek-vl2-tiny). The compiled kernel widens each value in
+    registers, so it reads a bfloat16 cache at its own width: half the bytes a step, half the memory.
     """
-    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not decode_kernels.available():
         return torch.float32
     return dtype
 
@@ -102,7 +106,10 @@ class KVCache:
 
     Entries are [B, heads, T, dim] (for MLA: the RoPE key [B, 1, T, rope] and the compressed latent
     [B, 1, T, kv_lora_rank]). Storage is preallocated to ``capacity`` tokens so that a decode step
-    writes one column instead of copying the whole cache.
+    writes one column instead of copying the whole cache, plus one spare position: the cached
+    keys handed to attention are then never the whole buffer, so they have the same strided layout
+    at every step, and the compiled attention (``decode_kernels``) is not compiled again for the
+    last step's contiguous one.
     """
 
     def __init__(self, capacity: int = 0, dtype: torch.dtype | None = None) -> None:
@@ -119,14 +126,14 @@ class KVCache:
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's [B, h, t, d] key/value for ``layer_idx``; return all cached so far."""
         if layer_idx == len(self._keys):  # first call for this layer
-            capacity = max(self.capacity, key.shape[2])
+            capacity = max(self.capacity, key.shape[2]) + 1  # + the spare position
             dtype = self.dtype or key.dtype
             self._keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3], dtype=dtype))
             self._values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3], dtype=dtype))
             self._lengths.append(0)
         start, end = self._lengths[layer_idx], self._lengths[layer_idx] + key.shape[2]
-        if end > self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)
-            grow = max(end, 2 * self._keys[layer_idx].shape[2]) - self._keys[layer_idx].shape[2]
+        if end >= self._keys[layer_idx].shape[2]:  # out of room: grow (doubling keeps appends cheap)
+            grow = max(end + 1, 2 * self._keys[layer_idx].shape[2]) - self._keys[layer_idx].shape[2]
             self._keys[layer_idx] = torch.cat(
                 [self._keys[layer_idx], self._keys[layer_idx].new_empty(*key.shape[:2], grow, key.shape[3])], 2
             )
@@ -147,7 +154,7 @@ class KVCache:
         """
         if self._keys:
             raise ValueError("fill_left_padded needs an empty cache")
-        capacity = max(self.capacity, length)
+        capacity = max(self.capacity, length) + 1  # + the spare position (see the class docstring)
         for layer_idx in range(len(rows[0][1]._keys)):
             first_key, first_value = rows[0][1]._keys[layer_idx], rows[0][1]._values[layer_idx]
             keys = first_key.new_zeros(len(rows), first_key.shape[1], capacity, first_key.shape[3])
@@ -520,9 +527,13 @@ class MoE(nn.Module):
         """Weighted sum of the chosen experts' outputs: tokens sorted by expert, one grouped GEMM per weight.
 
         Everything stays on the device (no token count is read on the host); results are
-        weighted and summed in float32 (as upstream) with ``index_add_``.
+        weighted and summed in float32 (as upstream) with ``index_add_``. A decode step's few
+        tokens go to the experts' one compiled kernel where they have one (``few_tokens``).
         """
         n, k = idx.shape
+        few_tokens = getattr(self.experts, "few_tokens", None)  # packing.KernelExperts (CPU bfloat16)
+        if few_tokens is not None and n <= decode_kernels.FEW_TOKENS:
+            return few_tokens(x, idx, weight)
         flat_idx = idx.reshape(-1)  # [N * k]
         order = flat_idx.argsort(stable=True)
         token_of = order // k  # token of each sorted assignment

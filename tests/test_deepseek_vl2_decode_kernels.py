@@ -1,0 +1,120 @@
+"""The compiled decode-step kernels (``deepseek_vl2.decode_kernels``, opt-in with
+``LLM_CAPTION_COMPILE=1``): the same numbers as the eager layers, used for a decode step's few
+tokens only, and the eager layers by default or where they cannot compile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import FIXTURES
+
+from videocaption.deepseek_vl2 import decode_kernels
+from videocaption.deepseek_vl2.language import MoE, one_query_attention
+from videocaption.deepseek_vl2.packing import packing_supported
+
+needs_kernels = pytest.mark.skipif(not decode_kernels.compiler_works(), reason="inductor cannot compile here")
+
+
+def random_moe(experts: int = 8, hidden: int = 64, inter: int = 32, top_k: int = 3) -> MoE:
+    from videocaption.deepseek_vl2.config import LanguageConfig
+
+    config = LanguageConfig(
+        hidden_size=hidden, moe_intermediate_size=inter, n_routed_experts=experts, num_experts_per_tok=top_k
+    )
+    moe = MoE(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in moe.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return moe.to(torch.bfloat16).eval()
+
+
+@needs_kernels
+@torch.inference_mode()
+@pytest.mark.parametrize("tokens", [1, 3, decode_kernels.FEW_TOKENS])
+def test_compiled_experts_give_the_grouped_layers_numbers(tokens):
+    moe = random_moe()
+    generator = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 64, generator=generator).to(torch.bfloat16)
+    idx, weight = moe.gate(x)
+    idx[-1] = idx[0]  # two tokens on the same experts: each pair still counts once per token
+    expected = moe.route(x, idx, weight)  # the stacked layout's grouped GEMMs
+    got = decode_kernels.compiled_chosen_experts(
+        x, idx, weight, moe.experts.gate_up_proj, moe.experts.down_proj, moe.experts.act_fn
+    )
+    # float32 sums in another order, each product rounded to bfloat16 as the GEMMs round it
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
+
+
+@torch.inference_mode()
+def test_the_experts_formula_is_the_weighted_sum_of_each_expert():
+    moe = random_moe().float()
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
+    idx, weight = moe.gate(x)
+    got = decode_kernels.chosen_experts(x, idx, weight, moe.experts.gate_up_proj, moe.experts.down_proj, F.silu)
+    expected = torch.stack(
+        [sum(w * moe.experts.expert(int(e), row) for e, w in zip(i, ws)) for row, i, ws in zip(x, idx, weight)]
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@torch.inference_mode()
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_attention_over_a_bfloat16_cache_gives_the_float32_numbers(masked):
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 1, 16, generator=generator).to(torch.bfloat16)
+    k, v = (torch.randn(2, 4, 37, 16, generator=generator).to(torch.bfloat16) for _ in range(2))
+    mask = None
+    if masked:  # left padding on the second row
+        mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
+        mask[1, ..., :5] = False
+    expected = one_query_attention(q, k.float(), v.float(), mask=mask, scale=0.25)  # the eager float32 path
+    got = decode_kernels.compiled_one_query_attention(q, k, v, mask, 0.25)  # over the bfloat16 cache
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.01, atol=0.01)
+
+
+def test_a_moe_layer_hands_only_a_decode_steps_few_tokens_to_the_kernel():
+    moe = random_moe()
+    calls: list[int] = []
+    moe.experts.few_tokens = lambda x, idx, weight: calls.append(x.shape[0]) or torch.zeros_like(x)
+    with torch.inference_mode():
+        moe(torch.zeros(1, decode_kernels.FEW_TOKENS, 64, dtype=torch.bfloat16))
+        moe(torch.zeros(1, decode_kernels.FEW_TOKENS + 1, 64, dtype=torch.bfloat16))  # a prompt: GEMMs
+    assert calls == [decode_kernels.FEW_TOKENS]
+
+
+@pytest.mark.parametrize("compile_flag", [None, "1"])
+def test_bfloat16_on_cpu_uses_the_kernels_only_when_asked(compile_flag):
+    # By default (and where inductor cannot compile) packed experts and a float32 cache; with
+    # LLM_CAPTION_COMPILE=1 the kernels' stacked experts and a bfloat16 cache. Either way it decodes.
+    if compile_flag and not decode_kernels.compiler_works():
+        pytest.skip("inductor cannot compile here")
+    script = (
+        "import torch; from videocaption.deepseek_vl2 import DeepseekVL2, decode_kernels;"
+        "from videocaption.deepseek_vl2.language import cache_dtype;"
+        "from videocaption.deepseek_vl2.packing import KernelExperts, PackedExperts, packing_supported;"
+        f"m = DeepseekVL2.from_pretrained({str(FIXTURES / 'model')!r}, device='cpu', dtype='bfloat16');"
+        "on = decode_kernels.available();"
+        "kinds = {type(x).__name__ for x in m.model.modules() if isinstance(x, (KernelExperts, PackedExperts))};"
+        "print(on, cache_dtype(torch.device('cpu'), torch.bfloat16), sorted(kinds));"
+        "from PIL import Image;"
+        "print(type(m.describe([Image.new('RGB', (64, 64))], '<image> Say something.', max_new_tokens=3)).__name__)"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "LLM_CAPTION_COMPILE"}
+    if compile_flag:
+        env["LLM_CAPTION_COMPILE"] = compile_flag
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    *_, layout, answer = result.stdout.strip().splitlines()
+    if compile_flag:
+        assert layout == "True torch.bfloat16 ['KernelExperts']"
+    else:  # (no experts of either kind where oneDNN has no bfloat16 kernels: nothing is packed)
+        packed = "'PackedExperts'" if packing_supported(torch.device("cpu"), torch.bfloat16) else ""
+        assert layout == f"False torch.float32 [{packed}]"
+    assert answer == "str"
