@@ -86,6 +86,7 @@ def one_query_attention(
 compiled_one_query_attention = torch.compile(one_query_attention, dynamic=True)
 
 
+@functools.cache  # read once a process: it is asked at every layer of every step
 def available() -> bool:
     """Whether decoding uses the compiled kernels: asked for (``LLM_CAPTION_COMPILE=1``) and they
     compile here (:func:`compiler_works`).

@@ -370,9 +370,15 @@ def grouped_mm(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> tor
             return torch._grouped_mm(x, weight.transpose(-2, -1), offs=ends)
         except RuntimeError:  # e.g. a dtype or GPU generation the kernel does not cover
             pass
+    return looped_mm(x, weight, ends)
+
+
+def looped_mm(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """:func:`grouped_mm` as a Python loop of one ``F.linear`` per group (reads ``ends`` on the host)."""
     out, start = x.new_empty(x.shape[0], weight.shape[1]), 0
     for e, end in enumerate(ends.tolist()):
-        out[start:end] = F.linear(x[start:end], weight[e])
+        if end > start:
+            out[start:end] = F.linear(x[start:end], weight[e])
         start = end
     return out
 

@@ -32,11 +32,10 @@ only device this is for; the grouped, sync-free path stays the one GPUs use (``l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import decode_kernels
-from .language import MLP, Experts, MultiHeadAttention
+from .language import MLP, Experts, MultiHeadAttention, looped_mm
 from .vision import Mlp
 from .weights import replace_submodules
 
@@ -187,16 +186,11 @@ class KernelExperts(Experts):
     def forward(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """A prompt's tokens sorted by expert (see ``Experts.forward``): one GEMM per expert and weight.
 
-        The group ends are read on the host, as for the packed layout (free on a CPU);
-        ``torch._grouped_mm``'s CPU loop was 8% slower on these shapes.
+        ``language.looped_mm`` reads the group ends on the host, as the packed layout does (free on
+        a CPU); ``torch._grouped_mm``'s CPU loop was 8% slower on these shapes.
         """
-        out, start = x.new_empty(x.shape), 0
-        for e, end in enumerate(ends.tolist()):
-            if end > start:
-                gate, up = F.linear(x[start:end], self.gate_up_proj[e]).chunk(2, dim=-1)
-                out[start:end] = F.linear(self.act_fn(gate) * up, self.down_proj[e])
-            start = end
-        return out
+        gate, up = looped_mm(x, self.gate_up_proj, ends).chunk(2, dim=-1)
+        return looped_mm(self.act_fn(gate) * up, self.down_proj, ends)
 
     def few_tokens(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """What ``MoE.route`` computes, for up to :data:`.decode_kernels.FEW_TOKENS` tokens, in one compiled kernel."""
