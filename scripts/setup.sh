@@ -8,7 +8,9 @@
 #   3. torch, then BabitMF-GPU where an NVIDIA driver is present (BabitMF otherwise), then the
 #      project itself, editable (`pip install -e .[all]`, `.[test]` with --test: pyproject.toml),
 #      which gives the `llm-caption` command in .venv/bin.
-#   4. With --test: espeak-ng, the speech synthesiser of the transcription tests, and Debian's
+#   4. g++ and Python's headers, which TorchInductor needs for the compiled CPU decode kernels
+#      (non-fatal: without them the runtime decodes with its eager layers).
+#   5. With --test: espeak-ng, the speech synthesiser of the transcription tests, and Debian's
 #      chromium, the headless browser the HTML report's tests load the page in.
 #
 # Environment: PYTHON (interpreter to use), TORCH_SPEC (default torch==2.13.0),
@@ -56,6 +58,17 @@ install_compiler() {
     { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends g++ >/dev/null; } \
         || say "g++ could not be installed: decoding on CPU will run without the compiled kernels"
+}
+
+install_python_headers() {
+    # The compiled kernels' C++ wrapper includes Python.h; Debian's interpreter keeps it apart.
+    local include
+    include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    [ -f "$include/Python.h" ] && return
+    say "installing Python's headers (for the compiled CPU decode kernels)"
+    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends libpython3.11-dev >/dev/null; } \
+        || say "Python's headers could not be installed: decoding on CPU will run without the compiled kernels"
 }
 
 find_python() {
@@ -112,3 +125,4 @@ install_system_libs
 install_compiler
 install_test_tools
 install_python_packages
+install_python_headers

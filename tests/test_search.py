@@ -214,14 +214,20 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_hybrid_search_embeds_once_and_again_when_the_segments_change(results: Path, embedder: Path, capsys) -> None:
-    from videocaption.search.embeddings import Embeddings, hybrid_search
+    from videocaption.search.embeddings import RRF_K, Embeddings, hybrid_search
 
     index = SearchIndex(results)
     first = Embeddings(index, str(embedder))
     assert first.computed == 6 and first.vectors.shape == (6, 32) and first.path.is_file()
     hits = hybrid_search(index, first, "red kettle", top=6)
     assert sorted(hit.segment.batch_id for hit in hits) == [1, 1, 2, 2, 3, 3]  # every segment, fused
-    assert Path(hits[0].segment.path).stem == "kitchen" and hits[0].segment.start_time == 2.0  # BM25's best leads
+    # RRF: BM25's best (the kettle) scores by its rank in both lists; the random-weight embedder's
+    # own order is arbitrary, so which segment leads is not asserted.
+    bm25_best = index.segment(index.rank("red kettle", 6)[0][0])
+    assert Path(bm25_best.path).stem == "kitchen" and bm25_best.start_time == 2.0
+    embedding_rank = [index.segment(rowid) for rowid in first.rank("red kettle", 6)].index(bm25_best) + 1
+    kettle = next(hit for hit in hits if hit.segment == bm25_best)
+    assert kettle.score == pytest.approx(1 / (RRF_K + 1) + 1 / (RRF_K + embedding_rank))
     assert Embeddings(SearchIndex(results), str(embedder)).computed == 0  # the cache is reused
     (results / "more.json").write_text(json.dumps(result([("A submarine surfaces.", None)], "Sea")))
     again = Embeddings(SearchIndex(results), str(embedder))

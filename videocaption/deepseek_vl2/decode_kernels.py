@@ -12,10 +12,13 @@ The same goes for a decode step's attention over a bfloat16 KV cache (:func:`one
 which eager torch can only read as a float32 copy: the cache is read at half the bytes and held in
 half the memory.
 
-They are opt-in, ``LLM_CAPTION_COMPILE=1`` (see :func:`available` for why). The kernels are then
-compiled at load and cached on disk by inductor; they need a C++ compiler. :func:`compiler_works`
-tries them once on tiny inputs: where that fails (no compiler, an unsupported platform), and by
-default, the runtime keeps the packed per-expert layout and a float32 cache (``language.cache_dtype``).
+They are used by default in bfloat16 on a CPU; ``LLM_CAPTION_COMPILE=0`` turns them off. The
+kernels are compiled at load (about 20 s the first time on a machine, then a few seconds from
+inductor's cache on disk) and need a C++ compiler and Python's headers. :func:`compiler_works`
+tries them once on tiny inputs: where that fails (no compiler, an unsupported platform), or with
+the variable at 0, the runtime keeps the packed per-expert layout and a float32 cache
+(``language.cache_dtype``). A kernel that fails to compile later, at a size met only in a run,
+falls back to its eager formula with a warning (:class:`Kernel`) rather than stopping the run.
 """
 
 from __future__ import annotations
@@ -64,7 +67,39 @@ def chosen_experts(
     return out.index_add_(0, token, y.float() * weight.reshape(-1)[order, None]).to(x.dtype)
 
 
-compiled_chosen_experts = torch.compile(chosen_experts, dynamic=True)
+class Kernel:
+    """``fn`` compiled by TorchInductor, or ``fn`` itself for good once compiling it failed.
+
+    Compiled with inductor's C++ wrapper, which releases the GIL for the whole call. Why: with the
+    default Python wrapper each generated kernel runs with the GIL held (a plain CPython binding),
+    where torch's own operators release it; inside the pipeline, with BMF's Python threads beside
+    the model, the model's calls then ran 9-15% slower than the same calls alone, and about as
+    fast as alone with the C++ wrapper (docs/performance.md). It also skips the Python wrapper's
+    per-call work.
+    """
+
+    def __init__(self, fn: Callable) -> None:
+        self.eager = fn
+        self.compiled = torch.compile(fn, dynamic=True, options={"cpp_wrapper": True})
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - a size the compiler cannot handle: the eager formula
+                self.failed = True
+                log.warning("compiled %s failed (%s); it runs eager from now on", self.eager.__name__, _summary(exc))
+        return self.eager(*args)
+
+
+def _summary(exc: Exception) -> str:
+    """The exception's type and first line: a compiler's error carries pages of build output."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+compiled_chosen_experts = Kernel(chosen_experts)
 
 
 def one_query_attention(
@@ -83,21 +118,14 @@ def one_query_attention(
     return (probs.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2).to(q.dtype)  # [B, H, t, D]
 
 
-compiled_one_query_attention = torch.compile(one_query_attention, dynamic=True)
+compiled_one_query_attention = Kernel(one_query_attention)
 
 
 @functools.cache  # read once a process: it is asked at every layer of every step
 def available() -> bool:
-    """Whether decoding uses the compiled kernels: asked for (``LLM_CAPTION_COMPILE=1``) and they
-    compile here (:func:`compiler_works`).
-
-    Off by default: alone they make a decode step faster, but inside the pipeline, with BMF
-    decoding frames beside the model, the model's calls ran 9-15% slower than the same calls
-    replayed alone (three runs), against -1% with the eager layers, so the demo's whole run took
-    longer. A likely cause, not yet confirmed: inductor's CPU kernels are called with the GIL held,
-    where torch's own operators release it (docs/performance.md).
-    """
-    return os.environ.get("LLM_CAPTION_COMPILE", "0") == "1" and compiler_works()
+    """Whether decoding uses the compiled kernels: not turned off (``LLM_CAPTION_COMPILE=0``) and
+    they compile here (:func:`compiler_works`)."""
+    return os.environ.get("LLM_CAPTION_COMPILE", "1") != "0" and compiler_works()
 
 
 @functools.cache
@@ -108,20 +136,24 @@ def compiler_works() -> bool:
     batch's mask, a cache slice of a longer buffer); its sizes are dynamic, so a model's first
     step then finds it compiled instead of stopping for the compiler.
     """
+    log.info("compiling the CPU decode kernels (TorchInductor; cached on disk after the first time)")
     with torch.inference_mode():  # as generate calls them (guards tell inference tensors apart)
         tries = _tries()
         try:
-            got = [compiled(*args) for _, compiled, args in tries]
+            got = [kernel.compiled(*args) for _, kernel, args in tries]
         except Exception as exc:  # noqa: BLE001 - any failure to compile means: keep the eager layouts
-            log.warning("compiled decode kernels unavailable (%s: %s); decoding runs eager", type(exc).__name__, exc)
+            log.warning("compiled decode kernels unavailable (%s); decoding runs eager", _summary(exc))
             return False
         expected = [eager(*args) for eager, _, args in tries]
     # bfloat16 results summed in another order: a few rounding steps of the largest value apart
-    return all((a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max() for a, b in zip(got, expected))
+    agree = all((a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max() for a, b in zip(got, expected))
+    if not agree:
+        log.warning("compiled decode kernels disagree with their formulas here; decoding runs eager")
+    return agree
 
 
-def _tries() -> list[tuple[Callable, Callable, tuple]]:
-    """(eager, compiled, arguments) on tiny bfloat16 inputs shaped like a decode step's.
+def _tries() -> list[tuple[Callable, Kernel, tuple]]:
+    """(eager, kernel, arguments) on tiny bfloat16 inputs shaped like a decode step's.
 
     Every size differs from every other (the compiler would otherwise assume, and check, that two
     equal sizes always are). The experts' try only checks that the kernel compiles and computes:
