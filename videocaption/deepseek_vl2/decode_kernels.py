@@ -13,7 +13,7 @@ which eager torch can only read as a float32 copy: the cache is read at half the
 half the memory.
 
 They are used by default in bfloat16 on a CPU; ``LLM_CAPTION_COMPILE=0`` turns them off. The
-kernels are compiled at load (about 20 s the first time on a machine, then a few seconds from
+kernels are compiled at load (about 30 s the first time on a machine, then a few seconds from
 inductor's cache on disk) and need a C++ compiler and Python's headers. :func:`compiler_works`
 tries them once on tiny inputs: where that fails (no compiler, an unsupported platform), or with
 the variable at 0, the runtime keeps the packed per-expert layout and a float32 cache
