@@ -50,25 +50,19 @@ deb http://deb.debian.org/debian-security bullseye-security main" \
         $FFMPEG4_LIBS ffmpeg >/dev/null
 }
 
-install_compiler() {
-    # TorchInductor compiles the CPU decode kernels with it (docs/performance.md); without one the
-    # runtime decodes with its eager layers, so a failed install is not fatal.
-    command -v g++ >/dev/null 2>&1 && return
-    say "installing g++ (for the compiled CPU decode kernels)"
-    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends g++ >/dev/null; } \
-        || say "g++ could not be installed: decoding on CPU will run without the compiled kernels"
-}
-
-install_python_headers() {
-    # The compiled kernels' C++ wrapper includes Python.h; Debian's interpreter keeps it apart.
-    local include
+install_kernel_build_tools() {
+    # TorchInductor compiles the CPU decode kernels (docs/performance.md) with g++, and their C++
+    # wrapper includes Python.h, which Debian's interpreter keeps in a package of its own. Without
+    # them the runtime decodes with its eager layers, so a failed install is not fatal.
+    local missing=() include
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
     include="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-    [ -f "$include/Python.h" ] && return
-    say "installing Python's headers (for the compiled CPU decode kernels)"
+    [ -f "$include/Python.h" ] || missing+=(libpython3.11-dev)
+    [ ${#missing[@]} = 0 ] && return
+    say "installing ${missing[*]} (for the compiled CPU decode kernels)"
     { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends libpython3.11-dev >/dev/null; } \
-        || say "Python's headers could not be installed: decoding on CPU will run without the compiled kernels"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
+        || say "${missing[*]} could not be installed: decoding on CPU will run without the compiled kernels"
 }
 
 find_python() {
@@ -122,7 +116,6 @@ install_test_tools() {
 }
 
 install_system_libs
-install_compiler
 install_test_tools
 install_python_packages
-install_python_headers
+install_kernel_build_tools

@@ -10,8 +10,8 @@ The results are bit-identical to ``F.linear`` (same kernel, weight already in pl
 
 Packed in the language model: every ``nn.Linear`` (but MLA's ``kv_b_proj``, whose weight the
 attention reads as a matrix, and a ``lm_head`` tied to the embeddings), and the routed experts, one
-packed weight per expert, where the compiled decode kernels cannot run (below); attention's q, k and v, and a dense MLP's gate and up, each as one
-weight (:class:`FusedPackedLinear`). In the vision tower: each block's MLP, with the tanh GELU
+packed weight per expert, where the compiled decode kernels cannot run (below); attention's q, k
+and v, and a dense MLP's gate and up, each as one weight (:class:`FusedPackedLinear`). In the vision tower: each block's MLP, with the tanh GELU
 fused into ``fc1`` as a oneDNN post-op (applied to the float32 accumulator, before rounding to bfloat16), and
 its attention's linears. The vision tower is compute-bound (729 rows a tile): packing alone ran it
 4% slower, but the fused GELU saves the separate pass over the [tokens, 4,304] activation (48 ms
