@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from helpers import FIXTURES
 
 from videocaption.deepseek_vl2 import decode_kernels
-from videocaption.deepseek_vl2.language import MoE, one_query_attention
+from videocaption.deepseek_vl2.language import KVCache, MoE, one_query_attention
 from videocaption.deepseek_vl2.packing import packing_supported
 
 needs_kernels = pytest.mark.skipif(not decode_kernels.compiler_works(), reason="inductor cannot compile here")
@@ -79,6 +79,65 @@ def test_compiled_attention_over_a_bfloat16_cache_gives_the_float32_numbers(mask
     expected = one_query_attention(q, k.float(), v.float(), mask=mask, scale=0.25)  # the eager float32 path
     got = decode_kernels.compiled_one_query_attention.compiled(q, k, v, mask, 0.25)  # over the bfloat16 cache
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.01, atol=0.01)
+
+
+def grown_caches(rows: int = 2, heads: int = 3, dim: int = 8) -> tuple[KVCache, KVCache]:
+    """A row-major and a blocked bfloat16 cache given the same keys and values: a 21-token prompt,
+    then decode steps past a block's end and past the capacity (the storage grows)."""
+    generator = torch.Generator().manual_seed(3)
+    caches = KVCache(capacity=24, dtype=torch.bfloat16), KVCache(capacity=24, dtype=torch.bfloat16, key_block=16)
+    for t in (21, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1):
+        key, value = (torch.randn(rows, heads, t, dim, generator=generator) for _ in range(2))
+        for cache in caches:
+            cache.append(0, key, value)
+    return caches
+
+
+def test_a_blocked_cache_holds_the_same_keys_and_values():
+    plain, blocked = grown_caches()
+    assert blocked._keys[0].shape[2:] == (3, 8, 16) and len(blocked) == 33  # 33 positions in 3 blocks
+    for a, b in zip(plain.keys_values(0), blocked.keys_values(0)):
+        assert torch.equal(a, b)
+    rows = torch.tensor([1])
+    plain.select(rows), blocked.select(rows)  # a finished row leaves the batch
+    for a, b in zip(plain.keys_values(0), blocked.keys_values(0)):
+        assert torch.equal(a, b) and a.shape[0] == 1
+    batch = KVCache(dtype=torch.bfloat16, key_block=16)
+    batch.fill_left_padded([(2, plain), (2, blocked)], 35)  # a left-padded batch from row caches
+    keys, values = batch.keys_values(0)
+    for row, cache in enumerate((plain, blocked)):
+        assert torch.equal(keys[row, :, 2:], cache.keys_values(0)[0][0]) and not keys[row, :, :2].any()
+        assert torch.equal(values[row, :, 2:], cache.keys_values(0)[1][0]) and not values[row, :, :2].any()
+
+
+def test_blocked_keys_hand_attention_whole_blocks_with_the_tail_masked():
+    _, blocked = grown_caches()
+    padding = torch.ones(2, 1, 1, 33, dtype=torch.bool)
+    padding[1, ..., :4] = False
+    for mask in (None, padding):
+        keys, values, widened = blocked.blocked(0, mask)
+        assert keys.shape == (2, 3, 3, 8, 16) and values.shape == (2, 3, 48, 8)
+        expected = torch.zeros(2, 1, 1, 48, dtype=torch.bool)  # past the end: masked (and zero values)
+        expected[..., :33] = True if mask is None else mask
+        assert torch.equal(widened, expected) and not values[:, :, 33:].any()
+
+
+@needs_kernels
+@torch.inference_mode()
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_attention_over_blocked_keys_gives_the_float32_numbers(masked):
+    plain, blocked = grown_caches(heads=4, dim=16)
+    q = torch.randn(2, 4, 1, 16, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    mask = None
+    if masked:  # left padding on the second row
+        mask = torch.ones(2, 1, 1, 33, dtype=torch.bool)
+        mask[1, ..., :5] = False
+    k, v = plain.keys_values(0)
+    expected = one_query_attention(q, k.float(), v.float(), mask=mask, scale=0.25)  # the eager float32 path
+    keys, values, widened = blocked.blocked(0, mask)
+    got = decode_kernels.compiled_blocked_query_attention.compiled(q, keys, values, widened, 0.25)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.01, atol=0.01)
+    assert torch.equal(one_query_attention(q, keys, values, mask=widened, scale=0.25), got)  # 5-D keys: the kernel
 
 
 def test_a_moe_layer_hands_only_a_decode_steps_few_tokens_to_the_kernel():

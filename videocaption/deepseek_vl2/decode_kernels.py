@@ -10,7 +10,8 @@ tokens 55 against 80 ms (2-core Zen 4 VM reading 29-33 GB/s; docs/performance.md
 
 The same goes for a decode step's attention over a bfloat16 KV cache (:func:`one_query_attention`),
 which eager torch can only read as a float32 copy: the cache is read at half the bytes and held in
-half the memory.
+half the memory. For plain multi-head attention the cache keeps its keys in transposed blocks of
+:data:`KEY_BLOCK` positions (:func:`blocked_query_attention`, ``language.key_block``).
 
 They are used by default in bfloat16 on a CPU; ``LLM_CAPTION_COMPILE=0`` turns them off. The
 kernels are compiled at load (about 30 s the first time on a machine, then a few seconds from
@@ -120,6 +121,31 @@ def one_query_attention(
 
 compiled_one_query_attention = Kernel(one_query_attention)
 
+# Positions per block of a bfloat16 KV cache's keys for blocked_query_attention (language.key_block).
+KEY_BLOCK = 16
+
+
+def blocked_query_attention(
+    q: torch.Tensor, key_blocks: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """:func:`one_query_attention` over keys stored in transposed blocks (``KVCache.blocked``).
+
+    ``key_blocks`` [B, H, n, D, block] holds position ``i`` at ``[..., i // block, :, i % block]``;
+    ``v`` is [B, H, n * block, D] and ``mask`` [B, 1, t, n * block] (True where to attend) covers
+    whole blocks. The scores' sum over D then runs down a block's columns with one vector lane per
+    position, where row-major keys need a sum across each key's vector (``language.key_block``).
+    """
+    b, h, blocks, d, block = key_blocks.shape
+    t = q.shape[2]
+    # [B, H, t, 1, D, 1] x [B, H, 1, n, D, block] summed over D -> [B, H, t, n, block]
+    scores = (q.float()[:, :, :, None, :, None] * (key_blocks.float() * scale)[:, :, None]).sum(-2)
+    scores = scores.reshape(b, h, t, blocks * block).masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return (probs.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2).to(q.dtype)  # [B, H, t, D]
+
+
+compiled_blocked_query_attention = Kernel(blocked_query_attention)
+
 
 @functools.cache  # read once a process: it is asked at every layer of every step
 def available() -> bool:
@@ -159,6 +185,8 @@ def _tries() -> list[tuple[Callable, Kernel, tuple]]:
     equal sizes always are). The experts' try only checks that the kernel compiles and computes:
     a model's weights are parameters, whose sizes are compiled in (``KernelExperts.warm_up``).
     """
+    from .language import KVCache  # which imports this module
+
     generator = torch.Generator().manual_seed(0)
     tiny = lambda *shape: torch.randn(*shape, generator=generator).mul(0.3).to(torch.bfloat16)  # noqa: E731
     with torch.inference_mode(False):  # weights, loaded outside inference mode; the rest is made inside
@@ -172,5 +200,17 @@ def _tries() -> list[tuple[Callable, Kernel, tuple]]:
         mask = torch.tensor([[True] * 5, [False] + [True] * 4])[:, None, None, :] if padded else None
         tries.append(
             (one_query_attention, compiled_one_query_attention, (tiny(rows, 3, 1, 8), keys, values, mask, 0.5))
+        )
+    for rows, padded in ((1, False), (2, True)):
+        cache = KVCache(capacity=70, dtype=torch.bfloat16, key_block=KEY_BLOCK)  # 4 of its 6 blocks read
+        cache.append(0, tiny(rows, 3, 50, 8), tiny(rows, 3, 50, 8))
+        mask = torch.tensor([[True] * 50, [False] + [True] * 49])[:rows, None, None, :] if padded else None
+        keys, values, widened = cache.blocked(0, mask)
+        tries.append(
+            (
+                blocked_query_attention,
+                compiled_blocked_query_attention,
+                (tiny(rows, 3, 1, 8), keys, values, widened, 0.5),
+            )
         )
     return tries

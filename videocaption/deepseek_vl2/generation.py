@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from .language import DeepseekV2ForCausalLM, KVCache, cache_dtype
+from .language import DeepseekV2ForCausalLM, KVCache, cache_dtype, key_block
 
 
 @dataclass
@@ -94,7 +94,9 @@ def generate(
 
     positions = position_ids_from_mask(mask)
     kv_dtype = cache_dtype(device, inputs_embeds.dtype)
-    cache = KVCache(capacity=prompt_len + steps - 1, dtype=kv_dtype)
+    cache = KVCache(
+        capacity=prompt_len + steps - 1, dtype=kv_dtype, key_block=key_block(device, kv_dtype, language.config)
+    )
     if len(active_rows) < batch:  # rows with no budget never enter
         keep = torch.tensor(active_rows, device=device)
         inputs_embeds, mask, positions = inputs_embeds[keep], mask[keep], positions[keep]
