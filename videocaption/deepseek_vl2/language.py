@@ -254,9 +254,10 @@ def key_block(device: torch.device, dtype: torch.dtype, config: LanguageConfig) 
     attention key is built afresh every step). Why: with each block of 16 keys stored transposed
     ([dim, 16], 4 KB in one piece), the kernel computes 16 scores at once, one vector lane a
     position, where row-major keys need each key's 128-wide product summed across a vector. A
-    full-size decode step after a 1,799-token prompt ran 1.04-1.06x faster at batch 1 and 1.09x
-    at batch 4 (min and median, interleaved in one process; ``benchmarks.bench_kv_layout``); the keys
-    take no more memory (only the last block's unused positions).
+    full-size decode step after a 1,799-token prompt ran 1.04-1.20x faster at batch 1 and
+    0.99-1.17x at batch 4 (min and median of three runs, each interleaved in one process;
+    ``benchmarks.bench_kv_layout``); the keys take no more memory (only the last block's unused
+    positions).
     """
     blocked = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not config.use_mla
     return decode_kernels.KEY_BLOCK if blocked and decode_kernels.available() else 0
